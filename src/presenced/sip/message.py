@@ -1,0 +1,356 @@
+"""SIP messages: parse from bytes, serialize to bytes (RFC 3261 §7, §18.3, §20).
+
+Parsing decodes the start line and header block once and keeps header values as strings;
+structured headers are parsed on first access and cached. Bodies stay bytes.
+
+`parse_message` raises `ParseError` and nothing else, for any input. It checks what every
+later layer relies on (start line, header syntax, Content-Length, the mandatory headers and
+a consistent CSeq) and leaves the rest to lazy accessors, which raise `ParseError` too.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from presenced.sip.errors import ParseError
+from presenced.sip.headers import (
+    CANONICAL,
+    CSeq,
+    EventHeader,
+    Headers,
+    NameAddr,
+    Via,
+    parse_cseq,
+    parse_delta_seconds,
+    parse_event,
+    parse_name_addr,
+    parse_via,
+    split_list,
+)
+from presenced.sip.uri import SipUri, parse_uri
+
+SIP_VERSION = "SIP/2.0"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """What a peer may send. An oversized message is an error, never a MemoryError."""
+
+    max_message_size: int = 65535  # whole datagram / framed message (UDP's own limit)
+    max_headers: int = 128  # header lines after unfolding
+    max_body_size: int = 65535
+
+
+DEFAULT_LIMITS = Limits()
+
+_MISSING: Any = object()
+
+REASONS = {
+    100: "Trying", 180: "Ringing", 200: "OK", 202: "Accepted", 204: "No Notification",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 406: "Not Acceptable", 408: "Request Timeout",
+    412: "Conditional Request Failed", 413: "Request Entity Too Large",
+    415: "Unsupported Media Type", 416: "Unsupported URI Scheme", 420: "Bad Extension",
+    423: "Interval Too Brief", 480: "Temporarily Unavailable",
+    481: "Call/Transaction Does Not Exist", 482: "Loop Detected", 483: "Too Many Hops",
+    489: "Bad Event", 500: "Server Internal Error", 501: "Not Implemented",
+    503: "Service Unavailable", 504: "Server Time-out", 505: "Version Not Supported",
+    513: "Message Too Large",
+}
+
+
+class Message:
+    """What requests and responses share: headers, body and cached parsed headers."""
+
+    __slots__ = ("_cache", "body", "headers")
+
+    def __init__(self, headers: Headers, body: bytes) -> None:
+        self.headers = headers
+        self.body = body
+        self._cache: dict[str, Any] = {}
+
+    def _cached(self, key: str) -> Any:
+        return self._cache.get(key, _MISSING)
+
+    def _required(self, name: str) -> str:
+        value = self.headers.get(name)
+        if value is None:
+            raise ParseError(f"missing {name} header")
+        return value
+
+    @property
+    def vias(self) -> list[Via]:
+        v = self._cached("vias")
+        if v is _MISSING:
+            values = self.headers.get_list("Via")
+            if not values:
+                raise ParseError("missing Via header")
+            v = self._cache["vias"] = [parse_via(x) for x in values]
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def top_via(self) -> Via:
+        v = self._cached("top_via")
+        if v is _MISSING:
+            v = self._cached("vias")
+            if v is not _MISSING:
+                v = v[0]
+            else:
+                first = self.headers.get("Via")
+                if first is None:
+                    raise ParseError("missing Via header")
+                v = parse_via(split_list(first)[0])
+            self._cache["top_via"] = v
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def from_(self) -> NameAddr:
+        v = self._cached("from")
+        if v is _MISSING:
+            v = self._cache["from"] = parse_name_addr(self._required("From"))
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def to(self) -> NameAddr:
+        v = self._cached("to")
+        if v is _MISSING:
+            v = self._cache["to"] = parse_name_addr(self._required("To"))
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def call_id(self) -> str:
+        return self._required("Call-ID")
+
+    @property
+    def cseq(self) -> CSeq:
+        v = self._cached("cseq")
+        if v is _MISSING:
+            v = self._cache["cseq"] = parse_cseq(self._required("CSeq"))
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def contacts(self) -> list[NameAddr]:
+        v = self._cached("contacts")
+        if v is _MISSING:
+            v = self._cache["contacts"] = [parse_name_addr(x) for x in self.headers.get_list("Contact")]
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def max_forwards(self) -> int | None:
+        value = self.headers.get("Max-Forwards")
+        if value is None:
+            return None
+        text = value.strip()
+        if not text.isdigit() or int(text) > 255:
+            raise ParseError(f"bad Max-Forwards {value!r}")
+        return int(text)
+
+    @property
+    def expires(self) -> int | None:
+        value = self.headers.get("Expires")
+        return None if value is None else parse_delta_seconds(value)
+
+    @property
+    def event(self) -> EventHeader | None:
+        v = self._cached("event")
+        if v is _MISSING:
+            value = self.headers.get("Event")
+            v = self._cache["event"] = None if value is None else parse_event(value)
+        return v  # type: ignore[no-any-return]
+
+    @property
+    def content_type(self) -> str | None:
+        value = self.headers.get("Content-Type")
+        if value is None:
+            return None
+        return value.split(";", 1)[0].strip().lower()
+
+    def _start_line(self) -> str:
+        raise NotImplementedError
+
+    def encode(self) -> bytes:
+        """Serialize; Content-Length always states the body's real length."""
+        lines = [self._start_line()]
+        for name, value in self.headers:
+            if name != "Content-Length":
+                lines.append(f"{name}: {value}")
+        lines.append(f"Content-Length: {len(self.body)}")
+        lines.append("")
+        lines.append("")
+        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+
+
+class Request(Message):
+    __slots__ = ("method", "uri")
+
+    def __init__(self, method: str, uri: str, headers: Headers, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.method = method
+        self.uri = uri
+
+    @property
+    def ruri(self) -> SipUri:
+        v = self._cached("ruri")
+        if v is _MISSING:
+            v = self._cache["ruri"] = parse_uri(self.uri)
+        return v  # type: ignore[no-any-return]
+
+    def _start_line(self) -> str:
+        return f"{self.method} {self.uri} {SIP_VERSION}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Request):
+            return NotImplemented
+        return (
+            self.method == other.method
+            and self.uri == other.uri
+            and self.headers == other.headers
+            and self.body == other.body
+        )
+
+    def __repr__(self) -> str:
+        return f"<Request {self.method} {self.uri}>"
+
+
+class Response(Message):
+    __slots__ = ("reason", "status")
+
+    def __init__(self, status: int, reason: str, headers: Headers, body: bytes = b"") -> None:
+        super().__init__(headers, body)
+        self.status = status
+        self.reason = reason
+
+    def _start_line(self) -> str:
+        return f"{SIP_VERSION} {self.status} {self.reason}"
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Response):
+            return NotImplemented
+        return (
+            self.status == other.status
+            and self.reason == other.reason
+            and self.headers == other.headers
+            and self.body == other.body
+        )
+
+    def __repr__(self) -> str:
+        return f"<Response {self.status} {self.reason}>"
+
+
+# Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each, §25.1)
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) SIP/(\d+\.\d+)\Z")
+# Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
+_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) (\d{3}) ([^\r\n]*)\Z")
+_HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
+_MANDATORY = ("via", "from", "to", "call-id", "cseq")
+
+
+def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
+    """Parse one whole message (a datagram, or a message framed off a stream)."""
+    if len(data) > limits.max_message_size:
+        raise ParseError("message too large", 513)
+    # RFC 3261 §7.5: CRLFs before the start line are ignored.
+    start = 0
+    while data.startswith(b"\r\n", start):
+        start += 2
+    end = data.find(b"\r\n\r\n", start)
+    if end < 0:
+        raise ParseError("no blank line after the headers")
+    try:
+        head = data[start:end].decode("utf-8", "surrogateescape")
+    except UnicodeDecodeError:  # pragma: no cover - surrogateescape decodes any bytes
+        raise ParseError("undecodable header block") from None
+    lines = head.split("\r\n")
+    first = lines[0]
+    msg: Request | Response
+    m = _REQUEST_LINE.match(first)
+    headers = Headers._from_parsed(_parse_header_lines(lines, limits))
+    if m is not None:
+        method, uri, version = m.groups()
+        if version != "2.0":
+            raise ParseError(f"unsupported SIP version {version}", 505, Request(method, uri, headers))
+        msg = Request(method, uri, headers)
+    else:
+        m = _STATUS_LINE.match(first)
+        if m is None:
+            raise ParseError(f"bad start line {first[:80]!r}")
+        version, status, reason = m.groups()
+        if version != "2.0":
+            raise ParseError(f"unsupported SIP version {version}")
+        msg = Response(int(status), reason, headers)
+        if msg.status < 100:
+            raise ParseError(f"bad status code {status}")
+    body = data[end + 4 :]
+    length_text = headers.get("Content-Length")
+    if length_text is not None:
+        text = length_text.strip()
+        if not text.isdigit():
+            raise ParseError(f"bad Content-Length {length_text!r}", 400, msg)
+        length = int(text)
+        if length > len(body):
+            raise ParseError("Content-Length larger than the body", 400, msg)
+        # RFC 3261 §18.3: bytes past Content-Length in a datagram are discarded.
+        body = body[:length]
+    if len(body) > limits.max_body_size:
+        raise ParseError("body too large", 413, msg)
+    msg.body = body
+    present = {k for k, _, _ in headers._items}
+    for key in _MANDATORY:
+        if key not in present:
+            raise ParseError(f"missing {CANONICAL[key]} header", 400, msg)
+    cseq = msg.cseq if isinstance(msg, Response) else _check_cseq(msg)
+    del cseq
+    return msg
+
+
+def _check_cseq(req: Request) -> CSeq:
+    try:
+        cseq = req.cseq
+    except ParseError as exc:
+        raise ParseError(exc.reason, 400, req) from None
+    if cseq.method != req.method:
+        raise ParseError("CSeq method does not match the request method", 400, req)
+    return cseq
+
+
+def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str]]:
+    entries: list[tuple[str, str, str]] = []
+    canonical = CANONICAL
+    for line in lines[1:]:
+        if line[:1] in (" ", "\t"):
+            # Line folding (RFC 3261 §7.3.1): a continuation joins the previous value.
+            if not entries:
+                raise ParseError("continuation line before any header")
+            key, name, value = entries[-1]
+            entries[-1] = (key, name, f"{value} {line.strip()}".strip())
+            continue
+        name, colon, value = line.partition(":")
+        if not colon:
+            raise ParseError(f"header line without a colon: {line[:80]!r}")
+        name = name.rstrip(" \t")
+        full = canonical.get(name.lower())
+        if full is None:
+            if not _HEADER_NAME.match(name):
+                raise ParseError(f"bad header name {name[:80]!r}")
+            entries.append((name.lower(), name, value.strip()))
+        else:
+            entries.append((full.lower(), full, value.strip()))
+        if len(entries) > limits.max_headers:
+            raise ParseError("too many headers")
+    return entries
+
+
+def make_response(
+    req: Request, status: int, reason: str | None = None, to_tag: str | None = None
+) -> Response:
+    """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked."""
+    h = Headers._from_parsed(
+        [e for e in req.headers._items if e[0] in ("via", "from", "call-id", "cseq")]
+    )
+    to = req.headers.get("To") or ""
+    if to_tag is not None and ";tag=" not in to.replace(" ", "").lower():
+        to = f"{to};tag={to_tag}"
+    h.add("To", to)
+    return Response(status, reason or REASONS.get(status, "Unknown"), h)

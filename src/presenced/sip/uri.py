@@ -1,0 +1,153 @@
+"""SIP and SIPS URIs (RFC 3261 §19.1, grammar §25.1) with IPv6 references (RFC 5118).
+
+A `SipUri` keeps the user part exactly as written (escaped), so serializing gives back what
+was parsed; `aor` gives the unescaped, case-normalised "user@host" used as a lookup key.
+Other schemes (tel:, urn:, ...) parse to a `SipUri` with `opaque` set and no host, so the
+endpoint can answer 416 (RFC 3261 §8.2.2.1) instead of failing the whole message.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from urllib.parse import unquote
+
+from presenced.sip.errors import ParseError
+
+# scheme = ALPHA *( ALPHA / DIGIT / "+" / "-" / "." )
+_SCHEME = re.compile(r"[A-Za-z][A-Za-z0-9+.\-]*\Z")
+# user = 1*( unreserved / escaped / user-unreserved ); user-unreserved = & = + $ , ; ? /
+_USER = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,;?/]|%[0-9A-Fa-f]{2})+\Z")
+# password = *( unreserved / escaped / & = + $ , )
+_PASSWORD = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()&=+$,]|%[0-9A-Fa-f]{2})*\Z")
+# hostname / IPv4address (toplabel must start with a letter, but we accept digit-led labels
+# because IPv4 addresses take the same shape); IPv6reference is checked separately.
+_HOSTNAME = re.compile(r"(?:[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.)*[A-Za-z0-9](?:[A-Za-z0-9\-]*[A-Za-z0-9])?\.?\Z")
+_IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
+# paramchar = param-unreserved / unreserved / escaped; param-unreserved = [ ] / : & + $
+_PARAM = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
+# hnv-unreserved = [ ] / ? : + $  (header names and values inside a URI)
+_HVALUE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*\Z")
+
+
+@dataclass(slots=True)
+class SipUri:
+    scheme: str  # lowercased: "sip", "sips", "tel", ...
+    user: str | None = None  # as written (escaped)
+    password: str | None = None
+    host: str = ""  # as written; IPv6 references keep their brackets
+    port: int | None = None
+    params: dict[str, str | None] = field(default_factory=dict)  # names lowercased
+    headers: dict[str, str] = field(default_factory=dict)
+    opaque: str | None = None  # the part after "scheme:" for non-SIP schemes
+
+    @property
+    def is_sip(self) -> bool:
+        return self.opaque is None
+
+    @property
+    def host_key(self) -> str:
+        """Host for comparisons: lowercased, no trailing dot."""
+        return self.host.lower().rstrip(".")
+
+    @property
+    def user_unescaped(self) -> str | None:
+        return unquote(self.user) if self.user is not None else None
+
+    @property
+    def aor(self) -> str:
+        """Address-of-record key "user@host" (RFC 3261 §10.3 step 5: scheme-independent)."""
+        host = self.host_key
+        if self.user is None:
+            return host
+        return f"{unquote(self.user)}@{host}"
+
+    def without_params(self) -> SipUri:
+        return SipUri(self.scheme, self.user, self.password, self.host, self.port, {}, {}, self.opaque)
+
+    def __str__(self) -> str:
+        if self.opaque is not None:
+            return f"{self.scheme}:{self.opaque}"
+        out = [self.scheme, ":"]
+        if self.user is not None:
+            out.append(self.user)
+            if self.password is not None:
+                out.append(":")
+                out.append(self.password)
+            out.append("@")
+        out.append(self.host)
+        if self.port is not None:
+            out.append(f":{self.port}")
+        for name, value in self.params.items():
+            out.append(f";{name}" if value is None else f";{name}={value}")
+        if self.headers:
+            out.append("?")
+            out.append("&".join(f"{k}={v}" for k, v in self.headers.items()))
+        return "".join(out)
+
+
+def parse_hostport(text: str) -> tuple[str, int | None]:
+    """Parse `host [":" port]` (RFC 3261 hostport), IPv6 references in brackets."""
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0:
+            raise ParseError(f"unterminated IPv6 reference in {text!r}")
+        host = text[: end + 1]
+        rest = text[end + 1 :]
+        if not _IPV6.match(host):
+            raise ParseError(f"bad IPv6 reference {host!r}")
+        if not rest:
+            return host, None
+        if rest[0] != ":":
+            raise ParseError(f"junk after IPv6 reference in {text!r}")
+        port_text = rest[1:]
+    else:
+        host, sep, port_text = text.partition(":")
+        if not _HOSTNAME.match(host):
+            raise ParseError(f"bad host {host!r}")
+        if not sep:
+            return host, None
+    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+        raise ParseError(f"bad port {port_text!r}")
+    return host, int(port_text)
+
+
+def parse_uri(text: str) -> SipUri:
+    """Parse an absolute URI; SIP/SIPS fully, other schemes as opaque. Raises ParseError."""
+    scheme, colon, rest = text.partition(":")
+    if not colon or not _SCHEME.match(scheme):
+        raise ParseError(f"bad URI {text!r}")
+    scheme = scheme.lower()
+    if scheme not in ("sip", "sips"):
+        if not rest or any(c in rest for c in " \t\r\n<>\""):
+            raise ParseError(f"bad URI {text!r}")
+        return SipUri(scheme, opaque=rest)
+    user = password = None
+    at = rest.find("@")
+    if at >= 0:
+        userinfo = rest[:at]
+        rest = rest[at + 1 :]
+        user, colon, pw = userinfo.partition(":")
+        if not _USER.match(user):
+            raise ParseError(f"bad user part in {text!r}")
+        if colon:
+            if not _PASSWORD.match(pw):
+                raise ParseError(f"bad password in {text!r}")
+            password = pw
+    headers: dict[str, str] = {}
+    rest, q, header_text = rest.partition("?")
+    if q:
+        for item in header_text.split("&"):
+            hname, eq, hvalue = item.partition("=")
+            if not hname or not eq or not _HVALUE.match(hname) or not _HVALUE.match(hvalue):
+                raise ParseError(f"bad URI header in {text!r}")
+            headers[hname] = hvalue
+    hostport, *param_items = rest.split(";")
+    host, port = parse_hostport(hostport)
+    params: dict[str, str | None] = {}
+    for item in param_items:
+        pname, eq, pvalue = item.partition("=")
+        if not _PARAM.match(pname) or (eq and not _PARAM.match(pvalue)):
+            raise ParseError(f"bad URI parameter {item!r} in {text!r}")
+        params[pname.lower()] = pvalue if eq else None
+    return SipUri(scheme, user, password, host, port, params, headers)
