@@ -66,7 +66,12 @@ class UnsupportedSchemeError(AuthParseError):
 
 # -- hashing -----------------------------------------------------------------------------------
 
-_HashFn = Callable[[bytes], "hashlib._Hash"]
+
+class _Hash(Protocol):
+    def hexdigest(self) -> str: ...
+
+
+_HashFn = Callable[[bytes], _Hash]
 
 # Base algorithm -> hash constructor and hex digest length.
 _HASHES: dict[str, tuple[_HashFn, int]] = {
@@ -81,7 +86,12 @@ ALGORITHMS: dict[str, tuple[str, bool]] = {
     "SHA-256-SESS": ("SHA-256", True),
 }
 # How each is spelled on the wire (RFC 7616 §6.1 registry).
-_WIRE_NAME = {"MD5": "MD5", "MD5-SESS": "MD5-sess", "SHA-256": "SHA-256", "SHA-256-SESS": "SHA-256-sess"}
+_WIRE_NAME = {
+    "MD5": "MD5",
+    "MD5-SESS": "MD5-sess",
+    "SHA-256": "SHA-256",
+    "SHA-256-SESS": "SHA-256-sess",
+}
 
 
 def _h(base: str, text: str) -> str:
@@ -126,7 +136,7 @@ _TOKEN = r"[A-Za-z0-9\-.!%*_+`'~]+"
 # allowed), '"' and '\'; quoted-pair = "\" followed by %x00-09 / %x0B-0C / %x0E-7F. The header
 # layer has already unfolded continuation lines, so CR and LF never belong here.
 _QUOTED = r'"((?:[^"\\\x00-\x08\x0a-\x1f\x7f]|\\[\x00-\x09\x0b\x0c\x0e-\x7f])*)"'
-_SCHEME_RE = re.compile(rf"[ \t]*({_TOKEN})[ \t]+")
+_SCHEME_RE = re.compile(rf"[ \t]*({_TOKEN})(?:[ \t]+|\Z)")
 # dig-resp = name EQUAL (token / quoted-string); EQUAL and COMMA allow whitespace around them.
 _PARAM_RE = re.compile(rf"({_TOKEN})[ \t]*=[ \t]*(?:{_QUOTED}|({_TOKEN}))[ \t]*")
 # One comma, then empty list elements are tolerated (", ,"), as RFC 7230 §7 does.
@@ -257,11 +267,14 @@ class StaticCredentials:
 
     def add_ha1(self, username: str, *, md5: str | None = None, sha256: str | None = None) -> None:
         """Add precomputed HA1 values; they must have been computed for `self.realm`."""
-        for base, ha1 in (("MD5", md5), ("SHA-256", sha256)):
-            if ha1 is None:
-                continue
-            if len(ha1) != _HASHES[base][1] or _HEX_RE.fullmatch(ha1) is None:
-                raise ValueError(f"{base} HA1 for {username!r} must be {_HASHES[base][1]} hex digits")
+        given = [
+            (base, ha1) for base, ha1 in (("MD5", md5), ("SHA-256", sha256)) if ha1 is not None
+        ]
+        for base, ha1 in given:  # validate all before storing any
+            size = _HASHES[base][1]
+            if len(ha1) != size or _HEX_RE.fullmatch(ha1) is None:
+                raise ValueError(f"{base} HA1 for {username!r} must be {size} hex digits")
+        for base, ha1 in given:
             self._by_alg[base][username] = ha1.lower()
 
     def ha1(self, username: str, algorithm: str) -> str | None:
@@ -272,7 +285,10 @@ class StaticCredentials:
         return any(username in users for users in self._by_alg.values())
 
     def __len__(self) -> int:
-        return len(set().union(*self._by_alg.values()))
+        names: set[str] = set()
+        for users in self._by_alg.values():
+            names.update(users)
+        return len(names)
 
 
 def load_users_file(text: str, realm: str) -> StaticCredentials:
@@ -298,7 +314,9 @@ def load_users_file(text: str, realm: str) -> StaticCredentials:
             continue
         parts = raw.split(":", 2)
         if len(parts) != 3:
-            raise ValueError(f"users file line {lineno}: expected user:md5-ha1:sha256-ha1 or user:plain:password")
+            raise ValueError(
+                f"users file line {lineno}: expected user:md5-ha1:sha256-ha1 or user:plain:password"
+            )
         user, second, third = parts
         if not user or user != user.strip():
             raise ValueError(f"users file line {lineno}: empty user name or stray whitespace")
@@ -344,7 +362,7 @@ _TS_LEN = 8
 _MAC_LEN = 16  # HMAC-SHA-256 truncated to 128 bits (RFC 2104 §5)
 _NONCE_LEN = 32  # base64 of 24 bytes: exactly 32 characters, no padding, one encoding per value
 _NONCE_RE = re.compile(r"[A-Za-z0-9_-]{32}")
-_FUTURE_SKEW_US = 2_000_000  # a nonce from the future means our clock went back: call it stale
+_FUTURE_SKEW = 2.0  # seconds; a nonce from the future means our clock went back: call it stale
 
 
 def _quote(text: str) -> str:
@@ -359,7 +377,17 @@ class DigestAuthenticator:
     a response using an algorithm not offered fails.
     """
 
-    __slots__ = ("_algorithms", "_challenge_tail", "_dummy_ha1", "_key", "_opaque", "_realm_b", "_store", "nonce_ttl", "realm")
+    __slots__ = (
+        "_algorithms",
+        "_challenge_tail",
+        "_dummy_ha1",
+        "_key",
+        "_opaque",
+        "_realm_b",
+        "_store",
+        "nonce_ttl",
+        "realm",
+    )
 
     def __init__(
         self,
@@ -439,7 +467,9 @@ class DigestAuthenticator:
         # We offer qop="auth" only; a response without qop is the RFC 2069 form (RFC 3261 §22.4).
         if creds.qop is not None and creds.qop != "auth":
             return AuthResult(AuthOutcome.FAILED, reason=f"qop {creds.qop} not offered")
-        if creds.opaque is not None and not hmac.compare_digest(creds.opaque.encode(), self._opaque.encode()):
+        if creds.opaque is not None and not hmac.compare_digest(
+            creds.opaque.encode(), self._opaque.encode()
+        ):
             return AuthResult(AuthOutcome.FAILED, reason="opaque mismatch")
         age = self._nonce_age(creds.nonce, now)
         if age is None:
@@ -462,6 +492,6 @@ class DigestAuthenticator:
         if not (known and matches):
             # One reason for both, so logs shipped elsewhere do not enumerate users either.
             return AuthResult(AuthOutcome.FAILED, reason="bad credentials")
-        if age > self.nonce_ttl or age < -_FUTURE_SKEW_US / 1_000_000:
+        if age > self.nonce_ttl or age < -_FUTURE_SKEW:
             return AuthResult(AuthOutcome.STALE, username=creds.username, reason="nonce expired")
         return AuthResult(AuthOutcome.OK, username=creds.username)
