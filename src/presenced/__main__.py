@@ -1,0 +1,3 @@
+from presenced.cli import main
+
+raise SystemExit(main())

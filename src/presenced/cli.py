@@ -1,0 +1,117 @@
+"""Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``.
+
+Exit codes: 0 normal stop or config ok, 1 --check-config found a problem, 2 bad usage or a bad
+--config (argparse uses 2 for usage errors too), 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Sequence
+from typing import TextIO
+
+from presenced import __version__
+from presenced.config import Config, ConfigError, load_config, load_default_config
+
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+class OneLineFormatter(logging.Formatter):
+    """``2025-01-31T12:00:00.123Z INFO presenced.server message`` — one line per event.
+
+    Newlines inside a message or traceback are escaped so that every event stays one grep-able
+    line, and a log line cannot be forged by a peer-controlled string containing CRLF.
+    """
+
+    def __init__(self) -> None:
+        super().__init__("%(asctime)s %(levelname)s %(name)s %(message)s")
+
+    def formatTime(self, record: logging.LogRecord, datefmt: str | None = None) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        return f"{stamp}.{int(record.msecs):03d}Z"
+
+    def format(self, record: logging.LogRecord) -> str:
+        text = super().format(record)
+        if "\n" in text or "\r" in text:
+            text = text.replace("\r", "\\r").replace("\n", "\\n")
+        return text
+
+
+def configure_logging(level: str, stream: TextIO | None = None) -> None:
+    """Send every log record at `level` or above to `stream` (stderr) in the one-line format."""
+    handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
+    handler.setFormatter(OneLineFormatter())
+    root = logging.getLogger()
+    for old in root.handlers[:]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(level.upper())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presenced",
+        description="SIP presence server (SUBSCRIBE/NOTIFY, PUBLISH, registrar, XMPP gateway).",
+    )
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--config",
+        metavar="FILE",
+        help="TOML configuration file (default: the built-in configuration)",
+    )
+    group.add_argument(
+        "--check-config",
+        metavar="FILE",
+        help='validate FILE, print "FILE: ok" and exit 0, or print the problem and exit 1',
+    )
+    parser.add_argument(
+        "--log-level",
+        choices=LOG_LEVELS,
+        help="override server.log_level from the configuration",
+    )
+    parser.add_argument("--version", action="version", version=f"presenced {__version__}")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+
+    if args.check_config is not None:
+        try:
+            load_config(args.check_config)
+        except ConfigError as exc:
+            print(f"{args.check_config}: {exc}", file=sys.stderr)
+            return 1
+        print(f"{args.check_config}: ok")
+        return 0
+
+    config: Config
+    try:
+        config = load_config(args.config) if args.config else load_default_config()
+    except ConfigError as exc:
+        print(f"{args.config or 'default config'}: {exc}", file=sys.stderr)
+        return 2
+
+    configure_logging(args.log_level or config.server.log_level)
+    log = logging.getLogger("presenced")
+    log.info(
+        "presenced %s starting config=%s listen=%s domains=%s storage=%s",
+        __version__,
+        args.config or "<built-in>",
+        ",".join(config.server.listen),
+        ",".join(config.server.domains),
+        config.storage.backend,
+    )
+
+    # Imported here so that config checking never pulls in the network stack.
+    from presenced.server import run
+
+    try:
+        result = run(config)
+    except KeyboardInterrupt:
+        log.info("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0

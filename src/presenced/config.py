@@ -1,0 +1,600 @@
+"""Typed configuration: TOML in, frozen msgspec structs out.
+
+`parse_config` runs three stages. tomllib reads the text; `msgspec.convert` checks shapes, types and
+per-key bounds against the structs below (unknown keys are refused); then cross-field checks that a
+schema cannot express run (expiry ranges, listen strings, the storage URL, referenced files).
+Whatever fails raises `ConfigError` whose text is one line naming the key path:
+``pa.min_expires: must be an integer >= 0``. Relative paths are resolved against the config file's
+directory while loading, so the returned `Config` holds only absolute paths.
+
+docs/configuration.md is the reference for every key; keep it in step with this file.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Annotated, Any, Literal, NamedTuple
+from urllib.parse import urlsplit, urlunsplit
+
+import msgspec
+import msgspec.inspect as mi
+
+__all__ = [
+    "AdminConfig",
+    "AuthConfig",
+    "Config",
+    "ConfigError",
+    "JabberConfig",
+    "ListenAddress",
+    "PaConfig",
+    "RegistrarConfig",
+    "RoutingConfig",
+    "ServerConfig",
+    "StorageConfig",
+    "load_config",
+    "load_default_config",
+    "parse_config",
+    "parse_host_port",
+    "parse_listen",
+]
+
+NonNegInt = Annotated[int, msgspec.Meta(ge=0)]
+PosInt = Annotated[int, msgspec.Meta(ge=1)]
+NonEmptyStr = Annotated[str, msgspec.Meta(min_length=1)]
+LogLevel = Literal["debug", "info", "warning", "error"]
+
+_MASK = "'***'"
+
+
+class ConfigError(Exception):
+    """A configuration problem; `str()` is one line: ``"<key path>: <problem>"``.
+
+    `key` is the dotted path of the offending key (``"server.listen[1]"``), or None when the
+    problem is not about one key (unreadable file, TOML syntax).
+    """
+
+    def __init__(self, key: str | None, problem: str) -> None:
+        self.key = key
+        self.problem = problem
+        super().__init__(f"{key}: {problem}" if key else problem)
+
+
+class _Shown:
+    """Carries a pre-rendered repr through rich's pretty printer."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def __repr__(self) -> str:
+        return self.text
+
+
+class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=True):
+    """Base of every section: immutable, keyword-only, refuses unknown keys.
+
+    repr() goes through `_repr_value`, which sections holding secrets override, so passwords never
+    reach a log line that prints a config.
+    """
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        return repr(value)
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={self._repr_value(name, getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"{type(self).__name__}({fields})"
+
+    def __rich_repr__(self) -> list[tuple[str, Any]]:
+        # msgspec's own rich repr would bypass the masking.
+        return [
+            (name, _Shown(self._repr_value(name, getattr(self, name))))
+            for name in self.__struct_fields__
+        ]
+
+
+# --------------------------------------------------------------------------------------------
+# Address helpers
+
+
+class ListenAddress(NamedTuple):
+    """One `server.listen` entry; `host` has no brackets, `str()` gives the config form back."""
+
+    transport: Literal["udp", "tcp"]
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+# RFC 1123 host name: dot-separated labels of letters, digits and inner hyphens.
+_HOSTNAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(?:\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*\.?")
+
+
+def _valid_host(host: str) -> bool:
+    if _HOSTNAME.fullmatch(host) and len(host) <= 253:
+        return True
+    try:
+        ipaddress.IPv4Address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def parse_host_port(text: str) -> tuple[str, int]:
+    """Parse ``HOST:PORT`` or ``[IPv6]:PORT``; raise ValueError with the problem in words."""
+    return _host_port(text, "HOST:PORT")
+
+
+def _host_port(text: str, form: str) -> tuple[str, int]:
+    if text.startswith("["):
+        end = text.find("]")
+        if end < 0 or text[end + 1 : end + 2] != ":":
+            raise ValueError("expected [IPV6]:PORT")
+        host, port_text = text[1:end], text[end + 2 :]
+        try:
+            host = str(ipaddress.IPv6Address(host))  # canonical form, so duplicates compare equal
+        except ValueError:
+            raise ValueError(f"invalid IPv6 address {host!r}") from None
+    else:
+        host, sep, port_text = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"expected {form}")
+        if ":" in host:
+            raise ValueError("an IPv6 address needs brackets, as in [::1]:5060")
+        if not _valid_host(host):
+            raise ValueError(f"invalid host {host!r}")
+    if not port_text.isascii() or not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError("port must be an integer between 0 and 65535")
+    return host, int(port_text)
+
+
+def parse_listen(text: str) -> ListenAddress:
+    """Parse ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 as ``udp:[::1]:5060``)."""
+    transport, sep, rest = text.partition(":")
+    if not sep:
+        raise ValueError("expected TRANSPORT:HOST:PORT")
+    if transport not in ("udp", "tcp"):
+        raise ValueError('transport must be "udp" or "tcp"')
+    host, port = _host_port(rest, "TRANSPORT:HOST:PORT")
+    return ListenAddress("udp" if transport == "udp" else "tcp", host, port)
+
+
+# --------------------------------------------------------------------------------------------
+# Sections
+
+
+class ServerConfig(_Section, frozen=True):
+    listen: tuple[str, ...] = ("udp:127.0.0.1:5060", "tcp:127.0.0.1:5060")
+    domains: tuple[str, ...] = ("localhost",)  # lowercased while loading
+    max_message_size: Annotated[int, msgspec.Meta(ge=1024)] = 65536
+    max_tcp_connections: PosInt = 1024
+    log_level: LogLevel = "info"
+    data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
+
+    @property
+    def listen_addresses(self) -> tuple[ListenAddress, ...]:
+        """The parsed `listen` entries (validated while loading, so this cannot fail)."""
+        return tuple(parse_listen(entry) for entry in self.listen)
+
+
+class PaConfig(_Section, frozen=True):
+    # Bounds for a SUBSCRIBE's Expires (RFC 6665 §4.2.1.1; below min_expires gets 423).
+    default_expires: NonNegInt = 3600
+    min_expires: NonNegInt = 60
+    max_expires: NonNegInt = 86400
+    max_subscriptions_per_watcher: PosInt = 1000
+
+
+class RegistrarConfig(_Section, frozen=True):
+    # Bounds for a REGISTER's expiry (RFC 3261 §10.3 steps 7-8; 423 below min_expires).
+    default_expires: NonNegInt = 3600
+    min_expires: NonNegInt = 60
+    max_expires: NonNegInt = 86400
+    max_contacts_per_aor: PosInt = 32
+
+
+class StorageConfig(_Section, frozen=True):
+    url: NonEmptyStr = "sqlite:///presenced.db"
+
+    @property
+    def backend(self) -> Literal["sqlite", "memory", "redis"]:
+        if self.url == "memory:":
+            return "memory"
+        if self.url.startswith("redis://"):
+            return "redis"
+        return "sqlite"
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        return repr(_redact_url(value)) if name == "url" else repr(value)
+
+
+class JabberConfig(_Section, frozen=True):
+    gateway_domain: NonEmptyStr  # SIP domain that stands for the XMPP world
+    component: NonEmptyStr  # our XEP-0114 component JID
+    server: NonEmptyStr  # XMPP server's component port, "host:port"
+    secret: NonEmptyStr  # XEP-0114 handshake secret
+    separator: NonEmptyStr = "*"
+    domains: dict[str, str] = {}  # SIP domain -> XMPP domain
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        return _MASK if name == "secret" else repr(value)
+
+    @property
+    def server_address(self) -> tuple[str, int]:
+        return parse_host_port(self.server)
+
+
+class AuthConfig(_Section, frozen=True):
+    realm: str | None = None  # None in the file means the first of server.domains
+    users: dict[str, str] = {}  # user -> plain-text password
+    users_file: str | None = None  # absolute after loading; format: sip.auth.load_users_file
+    nonce_ttl: PosInt = 300
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        if name == "users":
+            return "{" + ", ".join(f"{user!r}: {_MASK}" for user in value) + "}"
+        return repr(value)
+
+
+class RoutingConfig(_Section, frozen=True):
+    script: NonEmptyStr  # absolute after loading
+
+
+class AdminConfig(_Section, frozen=True):
+    listen: NonEmptyStr  # "127.0.0.1:8080"
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+
+class Config(_Section, frozen=True):
+    server: ServerConfig = ServerConfig()
+    pa: PaConfig = PaConfig()
+    registrar: RegistrarConfig = RegistrarConfig()
+    storage: StorageConfig = StorageConfig()
+    jabber: JabberConfig | None = None
+    auth: AuthConfig | None = None
+    routing: RoutingConfig | None = None
+    admin: AdminConfig | None = None
+
+    def storage_path(self) -> Path | None:
+        """The absolute SQLite database path, or None for the memory and Redis backends."""
+        if self.storage.backend != "sqlite":
+            return None
+        return Path(self.server.data_dir) / self.storage.url[len("sqlite:///") :]
+
+
+def _redact_url(url: str) -> str:
+    """Hide the password of ``redis://user:pw@host`` for display."""
+    try:
+        parts = urlsplit(url)
+        if parts.password is None:
+            return url
+        user = parts.username or ""
+        host = parts.netloc.rpartition("@")[2]
+        return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+    except ValueError:
+        return url
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+
+
+def load_config(path: str | Path) -> Config:
+    """Read and validate a config file; relative paths inside resolve against its directory."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(None, f"cannot read {path}: {_os_reason(exc)}") from None
+    return parse_config(text, path.resolve().parent)
+
+
+def load_default_config() -> Config:
+    """The embedded default.toml; its relative paths resolve against the current directory."""
+    text = resources.files("presenced").joinpath("default.toml").read_text(encoding="utf-8")
+    return parse_config(text, Path.cwd())
+
+
+def parse_config(text: str, base_dir: Path) -> Config:
+    """Validate TOML text; `base_dir` anchors relative paths (data_dir, users_file, script)."""
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(None, f"invalid TOML: {exc}") from None
+    try:
+        config = msgspec.convert(data, Config)
+    except msgspec.ValidationError as exc:
+        raise _translate(str(exc), data) from None
+    return _check(config, Path(base_dir).absolute())
+
+
+def _os_reason(exc: Exception) -> str:
+    if isinstance(exc, OSError) and exc.strerror:
+        return exc.strerror
+    return str(exc)
+
+
+def _resolve(base: Path, value: str) -> str:
+    return str(base / Path(value).expanduser())
+
+
+def _check(config: Config, base: Path) -> Config:
+    """Cross-field checks and path resolution; returns the finished Config."""
+    replace = msgspec.structs.replace
+    server = config.server
+
+    if not server.listen:
+        raise ConfigError("server.listen", "must list at least one address")
+    seen: dict[ListenAddress, int] = {}
+    for i, entry in enumerate(server.listen):
+        try:
+            addr = parse_listen(entry)
+        except ValueError as exc:
+            raise ConfigError(f"server.listen[{i}]", f"{exc} (got {entry!r})") from None
+        if addr in seen:
+            raise ConfigError(f"server.listen[{i}]", f"duplicates server.listen[{seen[addr]}]")
+        seen[addr] = i
+
+    if not server.domains:
+        raise ConfigError("server.domains", "must list at least one domain")
+    domains: list[str] = []
+    for i, domain in enumerate(server.domains):
+        if not _valid_host(domain):
+            raise ConfigError(f"server.domains[{i}]", f"not a valid host name (got {domain!r})")
+        domains.append(domain.lower().rstrip("."))
+    server = replace(
+        server,
+        domains=tuple(dict.fromkeys(domains)),
+        data_dir=_resolve(base, server.data_dir),
+    )
+
+    _check_expires("pa", config.pa)
+    _check_expires("registrar", config.registrar)
+
+    _check_storage_url(config.storage.url)
+
+    if config.jabber is not None:
+        _check_jabber(config.jabber)
+
+    auth = config.auth
+    if auth is not None:
+        if not auth.users and auth.users_file is None:
+            raise ConfigError("auth", "must set users or users_file")
+        for user in auth.users:
+            if not user or ":" in user:
+                raise ConfigError("auth.users", f"invalid user name {user!r}")
+        if auth.realm is not None and not auth.realm:
+            raise ConfigError("auth.realm", "must be a non-empty string")
+        realm = auth.realm or server.domains[0]
+        users_file = None
+        if auth.users_file is not None:
+            users_file = _resolve(base, auth.users_file)
+            _check_users_file(users_file, realm)
+        auth = replace(auth, realm=realm, users_file=users_file)
+
+    routing = config.routing
+    if routing is not None:
+        script = Path(_resolve(base, routing.script))
+        if not script.is_file():
+            raise ConfigError("routing.script", f"no such file: {script}")
+        routing = replace(routing, script=str(script))
+
+    if config.admin is not None:
+        try:
+            parse_host_port(config.admin.listen)
+        except ValueError as exc:
+            raise ConfigError("admin.listen", f"{exc} (got {config.admin.listen!r})") from None
+
+    return replace(config, server=server, auth=auth, routing=routing)
+
+
+def _check_users_file(path: str, realm: str) -> None:
+    """Parse the users file now so a broken one fails at startup and under --check-config.
+
+    The format belongs to presenced.sip.auth.load_users_file; reusing it keeps one definition.
+    """
+    from presenced.sip.auth import load_users_file
+
+    key = "auth.users_file"
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+    try:
+        load_users_file(text, realm)
+    except ValueError as exc:
+        # Its messages name the line but never echo a password or hash.
+        raise ConfigError(key, str(exc).removeprefix("users file ")) from None
+
+
+def _check_expires(section: str, cfg: PaConfig | RegistrarConfig) -> None:
+    if cfg.min_expires > cfg.max_expires:
+        raise ConfigError(
+            f"{section}.min_expires",
+            f"must be <= {section}.max_expires ({cfg.max_expires}), got {cfg.min_expires}",
+        )
+    if not cfg.min_expires <= cfg.default_expires <= cfg.max_expires:
+        raise ConfigError(
+            f"{section}.default_expires",
+            f"must be between {section}.min_expires ({cfg.min_expires}) and "
+            f"{section}.max_expires ({cfg.max_expires}), got {cfg.default_expires}",
+        )
+
+
+_STORAGE_FORMS = 'must be "memory:", "sqlite:///PATH" or "redis://HOST[:PORT][/DB]"'
+
+
+def _check_storage_url(url: str) -> None:
+    key = "storage.url"
+    if url == "memory:":
+        return
+    if url.startswith("sqlite:"):
+        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
+            raise ConfigError(key, f"{_STORAGE_FORMS} (got {url!r})")
+        return
+    if url.startswith("redis://"):
+        shown = _redact_url(url)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError when out of range or not a number
+        except ValueError:
+            raise ConfigError(key, f"invalid Redis port (got {shown!r})") from None
+        if not parts.hostname:
+            raise ConfigError(key, f"Redis URL needs a host (got {shown!r})")
+        db = parts.path.lstrip("/")
+        if db and not (db.isascii() and db.isdigit()):
+            raise ConfigError(key, f"Redis database must be a number (got {shown!r})")
+        return
+    raise ConfigError(key, f"{_STORAGE_FORMS} (got {_redact_url(url)!r})")
+
+
+def _check_jabber(jabber: JabberConfig) -> None:
+    try:
+        parse_host_port(jabber.server)
+    except ValueError as exc:
+        raise ConfigError("jabber.server", f"{exc} (got {jabber.server!r})") from None
+    if "@" in jabber.separator or ":" in jabber.separator:
+        raise ConfigError("jabber.separator", 'must not contain "@" or ":"')
+    for name in ("gateway_domain", "component"):
+        value = getattr(jabber, name)
+        if not _valid_host(value):
+            raise ConfigError(f"jabber.{name}", f"not a valid domain name (got {value!r})")
+    for sip_domain, xmpp_domain in jabber.domains.items():
+        if not _valid_host(xmpp_domain):
+            raise ConfigError(
+                f"jabber.domains.{_toml_key(sip_domain)}",
+                f"not a valid domain name (got {xmpp_domain!r})",
+            )
+
+
+# --------------------------------------------------------------------------------------------
+# msgspec error -> one friendly line
+
+_AT = re.compile(r" - at `\$(.*)`$")
+_PATH_TOKEN = re.compile(r"\.(\w+)|\[(\d+)\]|\[\.\.\.\]")
+_UNKNOWN = re.compile(r"^Object contains unknown field `(.*)`")
+_MISSING = re.compile(r"^Object missing required field `(.*)`")
+_BARE_KEY = re.compile(r"[A-Za-z0-9_-]+")
+
+
+def _toml_key(key: str) -> str:
+    return key if _BARE_KEY.fullmatch(key) else '"' + key.replace('"', '\\"') + '"'
+
+
+def _translate(message: str, data: Any) -> ConfigError:
+    """Turn msgspec's ``Expected `int` >= 0 - at `$.pa.min_expires``` into our one-line form.
+
+    The expected type is read from the schema (msgspec.inspect), not from msgspec's wording, so a
+    wrong type and a value out of range get the same description of what the key must be.
+    """
+    at = _AT.search(message)
+    raw_path = at.group(1) if at else ""
+    head = message[: at.start()] if at else message
+
+    keys: list[str] = []  # dotted display pieces
+    info: mi.Type | None = mi.type_info(Config)
+    node: Any = data
+    for m in _PATH_TOKEN.finditer(raw_path):
+        name, index = m.group(1), m.group(2)
+        info = _unwrap(info)
+        if name is not None:
+            keys.append(name)
+            info = _field_type(info, name)
+            node = node.get(name) if isinstance(node, dict) else None
+        elif index is not None:
+            keys.append(f"[{index}]")
+            info = info.item_type if isinstance(info, mi.ListType | mi.VarTupleType) else None
+            node = node[int(index)] if isinstance(node, list) else None
+        else:  # `[...]`: a table value; find which key msgspec refused
+            value_type = info.value_type if isinstance(info, mi.DictType) else None
+            bad = _first_bad_key(node, value_type)
+            keys.append(_toml_key(bad) if bad is not None else "*")
+            info = value_type
+            node = node.get(bad) if isinstance(node, dict) and bad is not None else None
+
+    unknown = _UNKNOWN.match(head)
+    missing = _MISSING.match(head)
+    if unknown or missing:
+        keys.append((unknown or missing).group(1))  # type: ignore[union-attr]
+        problem = "unknown key" if unknown else "missing required key"
+    elif info is not None:
+        problem = "must be " + _describe(info)
+    else:  # a shape this translator does not know; still one line
+        problem = head[:1].lower() + head[1:]
+    path = "".join(k if k.startswith("[") or i == 0 else "." + k for i, k in enumerate(keys))
+    return ConfigError(path or None, problem)
+
+
+def _unwrap(info: mi.Type | None) -> mi.Type | None:
+    """Drop NoneType from an optional section so the walk can continue into the struct."""
+    if isinstance(info, mi.UnionType):
+        rest = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        if len(rest) == 1:
+            return rest[0]
+    return info
+
+
+def _field_type(info: mi.Type | None, name: str) -> mi.Type | None:
+    if isinstance(info, mi.StructType):
+        for f in info.fields:
+            if f.encode_name == name:
+                return f.type
+    return None
+
+
+def _first_bad_key(node: Any, value_type: mi.Type | None) -> str | None:
+    if not isinstance(node, dict) or value_type is None:
+        return None
+    target = _python_type(value_type)
+    for key, value in node.items():
+        if target is not None and type(value) is not target:
+            return str(key)
+    return None
+
+
+def _python_type(info: mi.Type) -> type | None:
+    return {mi.StrType: str, mi.IntType: int, mi.BoolType: bool}.get(type(info))
+
+
+def _describe(info: mi.Type, plural: bool = False) -> str:
+    """A noun phrase for what a value must be: "an integer >= 0", "an array of strings"."""
+    if isinstance(info, mi.UnionType):
+        alts = [t for t in info.types if not isinstance(t, mi.NoneType)]
+        return " or ".join(_describe(t, plural) for t in alts)
+    if isinstance(info, mi.IntType):
+        noun = "integers" if plural else "an integer"
+        if info.ge is not None and info.le is not None:
+            return f"{noun} between {info.ge} and {info.le}"
+        if info.ge is not None:
+            return f"{noun} >= {info.ge}"
+        if info.le is not None:
+            return f"{noun} <= {info.le}"
+        return noun
+    if isinstance(info, mi.StrType):
+        if info.min_length:
+            return "non-empty strings" if plural else "a non-empty string"
+        return "strings" if plural else "a string"
+    if isinstance(info, mi.BoolType):
+        return "booleans" if plural else "true or false"
+    if isinstance(info, mi.LiteralType):
+        return "one of " + ", ".join(f'"{v}"' for v in info.values)
+    if isinstance(info, mi.ListType | mi.VarTupleType):
+        return ("arrays" if plural else "an array") + " of " + _describe(info.item_type, True)
+    if isinstance(info, mi.DictType):
+        return ("tables" if plural else "a table") + " of " + _describe(info.value_type, True)
+    if isinstance(info, mi.StructType):
+        return "tables" if plural else "a table"
+    return "valid"
