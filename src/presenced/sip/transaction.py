@@ -108,9 +108,7 @@ SERVER_INPUTS: Final[tuple[ServerInput, ...]] = (
 _TO_COMPLETED: Final[tuple[ClientAction, ...]] = ("pass_up", "stop_timers", "start_k")
 
 # RFC 3261 figure 6.
-CLIENT_TABLE: Final[
-    dict[tuple[State, ClientInput], tuple[tuple[ClientAction, ...], State]]
-] = {
+CLIENT_TABLE: Final[dict[tuple[State, ClientInput], tuple[tuple[ClientAction, ...], State]]] = {
     ("trying", "provisional"): (("pass_up",), "proceeding"),
     ("trying", "final"): (_TO_COMPLETED, "completed"),
     ("trying", "timer_e"): (("retransmit",), "trying"),
@@ -129,9 +127,7 @@ CLIENT_TABLE: Final[
 # RFC 3261 figure 8, plus the guard timer (see the module docstring). There is deliberately no
 # ("completed", "send_*") row: §17.2.2 says the transaction discards such responses, and since the
 # endpoint transmits them itself, raising is the only way to stop a second final response.
-SERVER_TABLE: Final[
-    dict[tuple[State, ServerInput], tuple[tuple[ServerAction, ...], State]]
-] = {
+SERVER_TABLE: Final[dict[tuple[State, ServerInput], tuple[tuple[ServerAction, ...], State]]] = {
     ("trying", "request"): (("absorb",), "trying"),
     ("trying", "send_provisional"): (("store",), "proceeding"),
     ("trying", "send_final"): (("store", "stop_guard", "start_j"), "completed"),
@@ -145,9 +141,7 @@ SERVER_TABLE: Final[
 }
 
 
-def client_transition(
-    state: State, event: ClientInput
-) -> tuple[tuple[ClientAction, ...], State]:
+def client_transition(state: State, event: ClientInput) -> tuple[tuple[ClientAction, ...], State]:
     """Look up figure 6; a pair that cannot happen raises `TransactionError`."""
     try:
         return CLIENT_TABLE[state, event]
@@ -155,9 +149,7 @@ def client_transition(
         raise TransactionError(f"client transaction: {event!r} in state {state!r}") from None
 
 
-def server_transition(
-    state: State, event: ServerInput
-) -> tuple[tuple[ServerAction, ...], State]:
+def server_transition(state: State, event: ServerInput) -> tuple[tuple[ServerAction, ...], State]:
     """Look up figure 8 (plus guard); a pair that cannot happen raises `TransactionError`."""
     try:
         return SERVER_TABLE[state, event]
@@ -296,7 +288,9 @@ class TransactionLayer:
 
     # --- server side (§17.2.2) ------------------------------------------------------------------
 
-    def receive_request(self, key: ServerTransactionKey, reliable: bool, now: float) -> ServerReceive:
+    def receive_request(
+        self, key: ServerTransactionKey, reliable: bool, now: float
+    ) -> ServerReceive:
         """Match a received non-INVITE request (§17.2.3) and say what to do with it."""
         txn = self.servers.get(key)
         if txn is None:
@@ -315,7 +309,9 @@ class TransactionLayer:
             resend = txn.resend = ServerReceive("resend", txn.last)
         return resend
 
-    def send_response(self, key: ServerTransactionKey, status: int, data: bytes, now: float) -> None:
+    def send_response(
+        self, key: ServerTransactionKey, status: int, data: bytes, now: float
+    ) -> None:
         """Record the response the endpoint is about to transmit for this transaction.
 
         Raises `TransactionError` when there is no such transaction (never created, or already
@@ -334,10 +330,10 @@ class TransactionLayer:
                 txn.last = data
                 txn.resend = None
             elif action == "stop_guard":
-                self._cancel(txn.end_seq)
-                txn.end_seq = 0
+                self._cancel_end(txn)
             elif action == "start_j":
                 if txn.reliable:  # Timer J is zero: terminate now (§17.2.2)
+                    txn.state = "terminated"
                     del self.servers[key]
                     return
                 txn.end_seq = self._push(now + self.timer_f, txn, _J)
@@ -380,7 +376,8 @@ class TransactionLayer:
         txn = self.clients.get(branch)
         if txn is None or txn.method != method:
             return None
-        if not 100 <= status <= 699:
+        # Any 3-digit code the parser let through counts: a 7xx-9xx is final, not our error.
+        if not 100 <= status <= 999:
             raise TransactionError(f"bad status {status}")
         final = status >= 200
         actions, state = client_transition(txn.state, "final" if final else "provisional")
@@ -390,12 +387,11 @@ class TransactionLayer:
             if action == "pass_up":
                 result = ClientResult(txn.context, final)
             elif action == "stop_timers":
-                self._cancel(txn.e_seq)
-                self._cancel(txn.end_seq)
-                txn.e_seq = 0
-                txn.end_seq = 0
+                self._cancel_e(txn)
+                self._cancel_end(txn)
             elif action == "start_k":
                 if txn.reliable:  # Timer K is zero: terminate now (§17.1.2.2)
+                    txn.state = "terminated"
                     del self.clients[branch]
                 else:
                     txn.end_seq = self._push(now + self.t4, txn, _K)
@@ -404,6 +400,11 @@ class TransactionLayer:
         return result
 
     # --- timers ---------------------------------------------------------------------------------
+
+    @property
+    def timer_entries(self) -> int:
+        """Heap entries, live and stale: stays proportional to the live transactions."""
+        return len(self._heap)
 
     def get_timer(self) -> float | None:
         """The earliest live deadline, or None when no timer is armed."""
@@ -429,6 +430,7 @@ class TransactionLayer:
             if isinstance(txn, ClientTransaction):
                 self._fire_client(txn, entry[3], now, events)
             else:
+                assert isinstance(txn, ServerTransaction)
                 self._fire_server(txn, entry[3], events)
         return events
 
@@ -456,8 +458,7 @@ class TransactionLayer:
             else:  # pragma: no cover - the table has no other actions for timers
                 raise TransactionError(f"unexpected action {action!r}")
         if state == "terminated":
-            self._cancel(txn.e_seq)
-            txn.e_seq = 0
+            self._cancel_e(txn)
             del self.clients[txn.branch]
 
     def _fire_server(self, txn: ServerTransaction, kind: int, events: list[TxnEvent]) -> None:
@@ -474,21 +475,24 @@ class TransactionLayer:
         heapq.heappush(self._heap, (deadline, self._seq, txn, kind))
         return self._seq
 
-    def _cancel(self, seq: int) -> None:
-        """Account for a timer whose heap entry just went stale; compact when they dominate."""
-        if not seq:
-            return
+    def _cancel_e(self, txn: _Timed) -> None:
+        if txn.e_seq:
+            txn.e_seq = 0
+            self._went_stale()
+
+    def _cancel_end(self, txn: _Timed) -> None:
+        if txn.end_seq:
+            txn.end_seq = 0
+            self._went_stale()
+
+    def _went_stale(self) -> None:
+        """Count one more dead heap entry; rebuild the heap once they are the majority."""
         self._stale += 1
         if self._stale > _COMPACT_MIN and 2 * self._stale > len(self._heap):
-            self._compact()
-
-    def _compact(self) -> None:
-        # Called before the caller zeroes the slot of the entry it cancels, so that one entry
-        # still looks live here; it is dropped later as one stale entry, as counted.
-        live = [e for e in self._heap if _live(e)]
-        self._stale -= len(self._heap) - len(live)
-        heapq.heapify(live)
-        self._heap = live
+            # in place: handle_timer holds a reference to the list while timers cancel
+            self._heap[:] = [e for e in self._heap if _live(e)]
+            heapq.heapify(self._heap)
+            self._stale = 0
 
 
 def _live(entry: _HeapEntry) -> bool:

@@ -1,0 +1,127 @@
+"""REGISTER processing (RFC 3261 §10.3), as a pure function of the request and current bindings.
+
+`process_register` decides; the registrar service persists what it decided, answers, and
+tells the presence agent when an address-of-record opened or closed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from presenced.sip.errors import ParseError
+from presenced.sip.headers import NameAddr
+from presenced.sip.message import Request
+from presenced.storage.base import Binding
+
+
+@dataclass(frozen=True, slots=True)
+class RegistrarPolicy:
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 86400
+    max_contacts: int = 32
+
+
+@dataclass(slots=True)
+class RegisterOutcome:
+    status: int
+    reason: str | None = None
+    min_expires: int | None = None  # for 423 (RFC 3261 §10.3 step 7)
+    puts: list[Binding] = field(default_factory=list)
+    deletes: list[Binding] = field(default_factory=list)
+    bindings: list[Binding] = field(default_factory=list)  # the AOR's bindings afterwards
+
+
+def contact_key(contact: NameAddr) -> str:
+    """What identifies a binding: the contact URI (RFC 3261 §10.3 step 7, §19.1.4 simplified).
+
+    Scheme and host compare case-insensitively; the user part and parameters as written.
+    """
+    uri = contact.uri
+    return str(uri).replace(uri.host, uri.host_key, 1) if uri.is_sip else str(uri)
+
+
+def process_register(
+    req: Request,
+    aor: str,
+    current: Sequence[Binding],
+    policy: RegistrarPolicy,
+    now: float,
+    peer: str,
+) -> RegisterOutcome:
+    """Decide what a REGISTER does to `aor`'s bindings. `now` is wall-clock epoch seconds."""
+    try:
+        contacts = req.contacts
+        header_expires = req.expires
+        call_id = req.call_id
+        cseq = req.cseq.seq
+    except ParseError as exc:
+        return RegisterOutcome(400, f"Bad Request ({exc.reason})", bindings=list(current))
+    by_contact = {b.contact: b for b in current}
+    user_agent = req.headers.get("User-Agent")
+
+    if any(c.star for c in contacts):
+        # §10.3 step 6: "*" only alone and only with Expires: 0.
+        if len(contacts) != 1 or header_expires != 0:
+            return RegisterOutcome(400, "Bad Request (Contact: * needs Expires: 0 and no other contact)",
+                                   bindings=list(current))
+        deletes = [b for b in current if not (b.call_id == call_id and cseq <= b.cseq)]
+        kept = [b for b in current if b not in deletes]
+        return RegisterOutcome(200, deletes=deletes, bindings=kept)
+
+    puts: dict[str, Binding] = {}
+    deletes: dict[str, Binding] = {}
+    for contact in contacts:
+        expires_param = contact.params.get("expires")
+        if expires_param is not None:
+            if not expires_param.isdigit():
+                return RegisterOutcome(400, "Bad Request (bad expires parameter)", bindings=list(current))
+            expires = min(int(expires_param), 2**32 - 1)
+        elif header_expires is not None:
+            expires = header_expires
+        else:
+            expires = policy.default_expires
+        if 0 < expires < policy.min_expires:
+            return RegisterOutcome(423, min_expires=policy.min_expires, bindings=list(current))
+        expires = min(expires, policy.max_expires)
+        q: float | None = None
+        q_text = contact.params.get("q")
+        if q_text is not None:
+            try:
+                q = float(q_text)
+            except ValueError:
+                q = -1.0
+            if not 0.0 <= q <= 1.0:
+                return RegisterOutcome(400, "Bad Request (bad q value)", bindings=list(current))
+        key = contact_key(contact)
+        existing = by_contact.get(key)
+        if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
+            # §10.3 step 7 / §12.2.2: an older or repeated CSeq from the same Call-ID.
+            return RegisterOutcome(500, "Out of Order", bindings=list(current))
+        if expires == 0:
+            if existing is not None:
+                deletes[key] = existing
+            puts.pop(key, None)
+            continue
+        instance = contact.params.get("+sip.instance")
+        puts[key] = Binding(
+            aor=aor, contact=key, expires_at=now + expires, call_id=call_id, cseq=cseq, q=q,
+            peer=peer, instance=instance.strip('"') if instance else None, user_agent=user_agent,
+        )
+    after = {k: b for k, b in by_contact.items() if k not in deletes}
+    after.update(puts)
+    if len(after) > policy.max_contacts:
+        return RegisterOutcome(403, "Forbidden (too many contacts)", bindings=list(current))
+    return RegisterOutcome(200, puts=list(puts.values()), deletes=list(deletes.values()),
+                           bindings=list(after.values()))
+
+
+def contact_header_values(bindings: Sequence[Binding], now: float) -> list[str]:
+    """The Contact values a 200 lists: every current binding with its remaining expiry."""
+    out = []
+    for b in bindings:
+        remaining = max(0, int(b.expires_at - now + 0.5))
+        q = f";q={b.q:g}" if b.q is not None else ""
+        out.append(f"<{b.contact}>;expires={remaining}{q}")
+    return out

@@ -1,0 +1,361 @@
+"""The SIP endpoint: bytes in, events and bytes out (sans-IO).
+
+`Endpoint.receive(data, peer, now)` parses a message, runs it through the transaction layer
+and the core behaviours every request gets whatever its method (RFC 3261 §8.2: Request-URI
+scheme and domain, Max-Forwards, Require, method support, OPTIONS), and returns events:
+
+- `RequestReceived` for a new request the application must answer (REGISTER, SUBSCRIBE,
+  PUBLISH, ...); it answers with `respond()`, whose `Transmit`s the driver sends;
+- `ResponseReceived` / `ClientTimedOut` for requests the application sent with `send_request()`;
+- `Transmit(data, peer)` for bytes to put on the wire (core answers, retransmissions).
+
+Nothing here touches a socket or a clock: `now` comes in with every call and `get_timer()`
+says when `handle_timer(now)` must be called next.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+
+from presenced.sip.errors import ParseError
+from presenced.sip.message import (
+    DEFAULT_LIMITS,
+    Limits,
+    Request,
+    Response,
+    make_response,
+    parse_message,
+)
+from presenced.sip.transaction import (
+    ClientTimeout,
+    Retransmit,
+    ServerTimeout,
+    TransactionError,
+    TransactionLayer,
+)
+
+MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
+# Methods RFC 3261 and its extensions define that we do not serve: 405 with Allow (§8.2.1).
+KNOWN_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+     "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Peer:
+    """Where a message came from or goes to. `conn_id` names a stream connection."""
+
+    transport: str  # "udp" | "tcp" (later "tls", "ws")
+    host: str
+    port: int
+    conn_id: int | None = None
+
+    @property
+    def reliable(self) -> bool:
+        return self.transport != "udp"
+
+    def __str__(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{self.transport}:{host}:{self.port}"
+
+
+def parse_peer(text: str) -> Peer:
+    """Inverse of `str(Peer)` (without the connection id)."""
+    transport, _, rest = text.partition(":")
+    host, _, port = rest.rpartition(":")
+    return Peer(transport, host.strip("[]"), int(port))
+
+
+@dataclass(frozen=True, slots=True)
+class Transmit:
+    data: bytes
+    peer: Peer
+
+
+@dataclass(frozen=True, slots=True)
+class RequestReceived:
+    request: Request
+    peer: Peer
+    txn: tuple[str, str, str]  # server transaction key, for respond()
+
+
+@dataclass(frozen=True, slots=True)
+class ResponseReceived:
+    response: Response
+    context: object
+
+
+@dataclass(frozen=True, slots=True)
+class ClientTimedOut:
+    context: object
+
+
+Event = Transmit | RequestReceived | ResponseReceived | ClientTimedOut
+
+
+@dataclass(slots=True)
+class EndpointStats:
+    received: int = 0
+    dropped: int = 0  # unparseable and unanswerable
+    bad_requests: int = 0  # answered 4xx/5xx by the core
+    retransmissions_absorbed: int = 0
+    late_responses: int = 0  # the application answered after the transaction ended
+    unanswered: int = 0  # the application never answered within the guard time
+
+
+@dataclass(slots=True)
+class EndpointConfig:
+    domains: frozenset[str]  # served domains (lowercase)
+    local_hosts: frozenset[str] = frozenset()  # our own addresses: also valid Request-URI hosts
+    app_methods: frozenset[str] = frozenset({"REGISTER", "SUBSCRIBE", "PUBLISH"})
+    allow_events: tuple[str, ...] = ("presence",)
+    accept: tuple[str, ...] = ("application/pidf+xml",)
+    supported: tuple[str, ...] = ()
+    user_agent: str = "presenced"
+    limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
+    # Address we put in our own Via, per transport: {"udp": "127.0.0.1:5060"}
+    via_hosts: dict[str, str] = field(default_factory=dict)
+
+
+class Endpoint:
+    def __init__(self, config: EndpointConfig, make_token: Callable[[], str],
+                 transactions: TransactionLayer | None = None) -> None:
+        self.config = config
+        self.make_token = make_token
+        self.txns = transactions or TransactionLayer()
+        self.stats = EndpointStats()
+        self._hosts = frozenset(h.lower() for h in config.domains | config.local_hosts)
+        allow = sorted(config.app_methods | {"OPTIONS"})
+        self._allow = ", ".join(allow)
+
+    # --- input ------------------------------------------------------------------------------
+
+    def receive(self, data: bytes, peer: Peer, now: float) -> list[Event]:
+        self.stats.received += 1
+        try:
+            msg = parse_message(data, self.config.limits)
+        except ParseError as exc:
+            return self._reject_unparseable(exc, peer)
+        if isinstance(msg, Response):
+            return self._receive_response(msg, now)
+        return self._receive_request(msg, peer, now)
+
+    def _reject_unparseable(self, exc: ParseError, peer: Peer) -> list[Event]:
+        partial = exc.partial
+        if isinstance(partial, Request) and partial.method != "ACK":
+            try:
+                # Answerable only when the headers a response copies survived (§8.2.6).
+                partial.top_via  # noqa: B018
+                partial.from_  # noqa: B018
+                partial.to  # noqa: B018
+                partial.call_id  # noqa: B018
+                partial.cseq  # noqa: B018
+            except ParseError:
+                pass
+            else:
+                self.stats.bad_requests += 1
+                resp = make_response(partial, exc.status, _reason(exc))
+                return [self._stateless(partial, resp, peer)]
+        self.stats.dropped += 1
+        return []
+
+    def _receive_response(self, resp: Response, now: float) -> list[Event]:
+        try:
+            branch = resp.top_via.branch
+            method = resp.cseq.method
+        except ParseError:
+            self.stats.dropped += 1
+            return []
+        if branch is None:
+            self.stats.dropped += 1
+            return []
+        result = self.txns.receive_response(branch, method, resp.status, now)
+        if result is None:
+            return []
+        return [ResponseReceived(resp, result.context)]
+
+    def _receive_request(self, req: Request, peer: Peer, now: float) -> list[Event]:
+        try:
+            via = req.top_via
+            self._stamp_via(req, peer)
+            key = self._server_key(req, via.sent_by)
+        except ParseError as exc:
+            self.stats.bad_requests += 1
+            return [self._stateless(req, make_response(req, 400, _reason(exc)), peer)]
+        method = req.method
+        if method == "ACK":
+            return []  # ACKs to our stateless 405s: nothing to do (§17.2.1 would absorb them)
+        if method == "INVITE":
+            # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
+            return [self._stateless(req, self._method_not_allowed(req), peer)]
+        outcome = self.txns.receive_request(key, peer.reliable, now)
+        if outcome.action == "absorbed":
+            self.stats.retransmissions_absorbed += 1
+            return []
+        if outcome.action == "resend":
+            self.stats.retransmissions_absorbed += 1
+            return [Transmit(outcome.data, peer)]
+        resp = self._core_checks(req)
+        if resp is not None:
+            return self.respond(key, resp, peer, now)
+        return [RequestReceived(req, peer, key)]
+
+    def _core_checks(self, req: Request) -> Response | None:
+        """The checks every request gets before the application sees it (RFC 3261 §8.2)."""
+        method = req.method
+        try:
+            ruri = req.ruri
+            if not ruri.is_sip:
+                r = make_response(req, 416)  # §8.2.2.1
+                return r
+            max_forwards = req.max_forwards
+            if max_forwards == 0 and method != "OPTIONS":
+                return make_response(req, 483)  # §16.3 step 2, we answer as the last hop
+            if ruri.host_key not in self._hosts:
+                return make_response(req, 404, "Domain Not Served")
+            requires = req.headers.get_list("Require")
+            unsupported = [r for r in requires if r.lower() not in self.config.supported]
+            if unsupported and method != "CANCEL":
+                r = make_response(req, 420)  # §8.2.2.3
+                r.headers.add("Unsupported", ", ".join(unsupported))
+                return r
+        except ParseError as exc:
+            self.stats.bad_requests += 1
+            return make_response(req, exc.status, _reason(exc))
+        if method == "OPTIONS":
+            return self._options(req)
+        if method in self.config.app_methods:
+            return None
+        if method == "CANCEL":
+            return make_response(req, 481)  # no INVITE transactions to cancel, ever
+        if method in KNOWN_METHODS:
+            return self._method_not_allowed(req)
+        r = make_response(req, 501)  # §8.2.1
+        r.headers.add("Allow", self._allow)
+        return r
+
+    def _options(self, req: Request) -> Response:
+        """OPTIONS (RFC 3261 §11.2): what we allow, accept, support."""
+        r = make_response(req, 200, to_tag=self.make_token())
+        h = r.headers
+        h.add("Allow", self._allow)
+        h.add("Accept", ", ".join(self.config.accept))
+        h.add("Allow-Events", ", ".join(self.config.allow_events))
+        if self.config.supported:
+            h.add("Supported", ", ".join(self.config.supported))
+        h.add("Server", self.config.user_agent)
+        return r
+
+    def _method_not_allowed(self, req: Request) -> Response:
+        r = make_response(req, 405)
+        r.headers.add("Allow", self._allow)
+        return r
+
+    @staticmethod
+    def _server_key(req: Request, sent_by: str) -> tuple[str, str, str]:
+        branch = req.top_via.branch
+        if branch is None or not branch.startswith(MAGIC_COOKIE):
+            # RFC 2543 peers (§17.2.3): no usable branch, match on the dialog-ish fields.
+            branch = "|".join(
+                (req.call_id, str(req.cseq.seq), req.from_.tag or "", req.headers.get("Via") or "")
+            )
+        return (branch, sent_by, req.method)
+
+    @staticmethod
+    def _stamp_via(req: Request, peer: Peer) -> None:
+        """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: where the request really came from."""
+        via = req.top_via
+        changed = False
+        if via.host.strip("[]").lower() != peer.host.lower():
+            via.params["received"] = peer.host
+            changed = True
+        if "rport" in via.params:
+            via.params["rport"] = str(peer.port)
+            via.params.setdefault("received", peer.host)
+            changed = True
+        if changed:
+            values = req.headers.get_list("Via")
+            values[0] = str(via)
+            req.headers.set("Via", values[0])
+            for extra in values[1:]:
+                req.headers.add("Via", extra)
+
+    # --- output -----------------------------------------------------------------------------
+
+    def respond(self, txn: tuple[str, str, str], resp: Response, peer: Peer, now: float) -> list[Event]:
+        """Send the application's (or the core's) answer through its server transaction."""
+        if "Server" not in resp.headers:
+            resp.headers.add("Server", self.config.user_agent)
+        data = resp.encode()
+        try:
+            self.txns.send_response(txn, resp.status, data, now)
+        except TransactionError:
+            self.stats.late_responses += 1
+            return []
+        return [Transmit(data, self.response_peer(resp, peer))]
+
+    def _stateless(self, req: Request, resp: Response, peer: Peer) -> Transmit:
+        if "Server" not in resp.headers:
+            resp.headers.add("Server", self.config.user_agent)
+        return Transmit(resp.encode(), self.response_peer(resp, peer))
+
+    @staticmethod
+    def response_peer(resp: Response, peer: Peer) -> Peer:
+        """Where a response goes (RFC 3261 §18.2.2, RFC 3581 §4).
+
+        Over a stream: back on the same connection. Over UDP: to `received` and `rport` when
+        present, else to the source address and the Via port.
+        """
+        if peer.reliable:
+            return peer
+        try:
+            via = resp.top_via
+        except ParseError:
+            return peer
+        host = via.received or peer.host
+        port = via.rport or (peer.port if "rport" in via.params or via.received else via.port or 5060)
+        if host == peer.host and port == peer.port:
+            return peer
+        return Peer(peer.transport, host, port)
+
+    def send_request(self, req: Request, peer: Peer, now: float, context: object) -> list[Event]:
+        """Start a client transaction: stamp our Via with a fresh branch and transmit."""
+        branch = MAGIC_COOKIE + self.make_token()
+        sent_by = self.config.via_hosts.get(peer.transport, "127.0.0.1")
+        req.headers.insert_first("Via", f"SIP/2.0/{peer.transport.upper()} {sent_by};branch={branch};rport")
+        if "Max-Forwards" not in req.headers:
+            req.headers.add("Max-Forwards", "70")
+        data = req.encode()
+        self.txns.start_client(branch, data, peer.reliable, now, (context, peer))
+        return [Transmit(data, peer)]
+
+    # --- time -------------------------------------------------------------------------------
+
+    def get_timer(self) -> float | None:
+        return self.txns.get_timer()
+
+    def handle_timer(self, now: float) -> list[Event]:
+        out: list[Event] = []
+        for ev in self.txns.handle_timer(now):
+            if isinstance(ev, Retransmit):
+                ctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
+                out.append(Transmit(ev.data, ctx[1]))
+            elif isinstance(ev, ClientTimeout):
+                tctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
+                out.append(ClientTimedOut(tctx[0]))
+            elif isinstance(ev, ServerTimeout):
+                self.stats.unanswered += 1
+        return out
+
+    def pending(self) -> Iterable[object]:
+        return (t.context for t in self.txns.clients.values())
+
+
+def _reason(exc: ParseError) -> str:
+    base = {400: "Bad Request", 413: "Request Entity Too Large", 505: "Version Not Supported",
+            513: "Message Too Large", 416: "Unsupported URI Scheme"}.get(exc.status, "Bad Request")
+    # Keep the phrase printable and short: it is copied from untrusted input.
+    detail = "".join(c if c.isprintable() else "?" for c in exc.reason)[:100]
+    return f"{base} ({detail})"

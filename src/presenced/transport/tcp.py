@@ -1,0 +1,172 @@
+"""TCP transport: Content-Length framing, connection reuse, bounded resources.
+
+Every connection has a `StreamFramer`; a peer that breaks framing (garbage, a lying or huge
+Content-Length) is closed alone. Connections are limited in number, a connection that sits
+on a partial message for too long is closed (slow-loris), and idle ones are reaped.
+Responses go back on the connection the request came in on (RFC 3261 §18.2.2); requests we
+originate reuse a live connection to the peer or open a new one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import time
+from collections.abc import Callable
+
+from presenced.sip.endpoint import Peer
+from presenced.sip.errors import ParseError
+from presenced.sip.framing import KeepAlivePing, StreamFramer
+
+log = logging.getLogger("presenced.transport.tcp")
+
+Receiver = Callable[[bytes, Peer], None]
+_ids = itertools.count(1)
+
+
+class _Connection(asyncio.Protocol):
+    def __init__(self, owner: TcpTransport, outbound_key: tuple[str, int] | None = None) -> None:
+        self.owner = owner
+        self.framer = StreamFramer(owner.max_message_size)
+        self.id = next(_ids)
+        self.transport: asyncio.Transport | None = None
+        self.peer: Peer | None = None
+        self.last_activity = time.monotonic()
+        self.partial_since: float | None = None
+        self.outbound_key = outbound_key
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        addr = transport.get_extra_info("peername")
+        self.peer = Peer("tcp", addr[0], addr[1], self.id)
+        if len(self.owner.connections) >= self.owner.max_connections:
+            log.warning("too many TCP connections: refusing %s:%s", addr[0], addr[1])
+            self.owner.refused += 1
+            transport.abort()
+            return
+        self.owner.connections[self.id] = self
+        self.owner.by_addr[(addr[0], addr[1])] = self
+
+    def data_received(self, data: bytes) -> None:
+        assert self.peer is not None and self.transport is not None
+        self.last_activity = time.monotonic()
+        try:
+            items = self.framer.feed(data)
+        except ParseError as exc:
+            log.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            self.owner.framing_errors += 1
+            self.transport.abort()
+            return
+        for item in items:
+            if isinstance(item, KeepAlivePing):
+                self.transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
+                continue
+            try:
+                self.owner.receiver(item, self.peer)
+            except Exception:
+                log.exception("error handling a message from %s", self.peer)
+        self.partial_since = (self.partial_since or self.last_activity) if self.framer.buffered else None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.owner.connections.pop(self.id, None)
+        if self.peer is not None:
+            key = (self.peer.host, self.peer.port)
+            if self.owner.by_addr.get(key) is self:
+                del self.owner.by_addr[key]
+        if self.outbound_key is not None and self.owner.by_addr.get(self.outbound_key) is self:
+            del self.owner.by_addr[self.outbound_key]
+
+
+class TcpTransport:
+    name = "tcp"
+
+    def __init__(
+        self,
+        receiver: Receiver,
+        host: str,
+        port: int,
+        *,
+        max_message_size: int = 65536,
+        max_connections: int = 1024,
+        idle_timeout: float = 600.0,
+        partial_timeout: float = 30.0,
+    ) -> None:
+        self.receiver = receiver
+        self.host = host
+        self.port = port
+        self.max_message_size = max_message_size
+        self.max_connections = max_connections
+        self.idle_timeout = idle_timeout
+        self.partial_timeout = partial_timeout
+        self.connections: dict[int, _Connection] = {}
+        self.by_addr: dict[tuple[str, int], _Connection] = {}
+        self._connecting: dict[tuple[str, int], asyncio.Task[None]] = {}
+        self._server: asyncio.Server | None = None
+        self._reaper: asyncio.Task[None] | None = None
+        self.framing_errors = 0
+        self.refused = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._reaper = asyncio.create_task(self._reap())
+
+    async def _reap(self) -> None:
+        while True:
+            await asyncio.sleep(min(5.0, self.partial_timeout / 2))
+            now = time.monotonic()
+            for conn in list(self.connections.values()):
+                stalled = conn.partial_since is not None and now - conn.partial_since > self.partial_timeout
+                idle = now - conn.last_activity > self.idle_timeout
+                if (stalled or idle) and conn.transport is not None:
+                    log.info("closing %s TCP connection %s", "stalled" if stalled else "idle", conn.peer)
+                    conn.transport.abort()
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        conn = self.connections.get(peer.conn_id) if peer.conn_id is not None else None
+        if conn is None:
+            conn = self.by_addr.get((peer.host, peer.port))
+        if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            conn.transport.write(data)
+            return
+        # No live connection: open one (a NOTIFY to a watcher whose connection dropped).
+        asyncio.get_running_loop().create_task(self._connect_and_send(data, peer))
+
+    async def _connect_and_send(self, data: bytes, peer: Peer) -> None:
+        key = (peer.host, peer.port)
+        try:
+            pending = self._connecting.get(key)
+            if pending is None:
+                pending = asyncio.create_task(self._connect(key))
+                self._connecting[key] = pending
+            await pending
+        except OSError as exc:
+            log.info("cannot connect to %s: %s", peer, exc)
+            return
+        finally:
+            self._connecting.pop(key, None)
+        conn = self.by_addr.get(key)
+        if conn is not None and conn.transport is not None:
+            conn.transport.write(data)
+
+    async def _connect(self, key: tuple[str, int]) -> None:
+        loop = asyncio.get_running_loop()
+        await asyncio.wait_for(
+            loop.create_connection(lambda: _Connection(self, key), key[0], key[1]), timeout=5.0
+        )
+
+    async def stop(self) -> None:
+        if self._reaper is not None:
+            self._reaper.cancel()
+        if self._server is not None:
+            self._server.close()
+        for conn in list(self.connections.values()):
+            if conn.transport is not None:
+                conn.transport.abort()
+        if self._server is not None:
+            await self._server.wait_closed()

@@ -1,0 +1,71 @@
+"""UDP transport: one datagram is one message (RFC 3261 §18.1)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+
+from presenced.sip.endpoint import Peer
+
+log = logging.getLogger("presenced.transport.udp")
+
+Receiver = Callable[[bytes, Peer], None]
+
+
+class UdpTransport(asyncio.DatagramProtocol):
+    name = "udp"
+
+    def __init__(self, receiver: Receiver, host: str, port: int) -> None:
+        self._receiver = receiver
+        self.host = host
+        self.port = port
+        self._transport: asyncio.DatagramTransport | None = None
+        self.sent = 0
+        self.errors = 0
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # Large buffers absorb bursts (a fan-out of thousands of NOTIFYs, a sipp load run).
+        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind((self.host, self.port))
+        sock.setblocking(False)
+        self.port = sock.getsockname()[1]
+        await loop.create_datagram_endpoint(lambda: self, sock=sock)
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.DatagramTransport)
+        self._transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
+        if not data or data in (b"\r\n", b"\r\n\r\n"):
+            return  # keep-alive noise (RFC 5626 §3.5.1 uses STUN on UDP; bare CRLFs happen)
+        try:
+            self._receiver(data, Peer("udp", addr[0], addr[1]))
+        except Exception:  # one bad datagram must never stop the server
+            self.errors += 1
+            log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP port unreachable from a watcher that went away: the transaction times out.
+        self.errors += 1
+        log.debug("udp error: %s", exc)
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        if self._transport is None:
+            return
+        self.sent += 1
+        self._transport.sendto(data, (peer.host, peer.port))
+
+    async def stop(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+            self._transport = None
