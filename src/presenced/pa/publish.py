@@ -1,0 +1,392 @@
+"""PUBLISH decisions (RFC 3903): the event state compositor's publications, in memory.
+
+Theory of operation
+-------------------
+`Publications` is the authoritative state of every live presence publication of the process.
+`handle(req, presentity, now)` runs RFC 3903 §6 steps 2-6 on one PUBLISH and returns a
+`PublishOutcome`: the response to send, plus what the caller must persist *before* sending it
+(`put` / `delete_etag`, written as `Storage.put_publication(put, replaces=delete_etag)`, or
+`Storage.delete_publication(delete_etag)` when there is nothing to put) and the presentities
+whose composed state changed. If that write fails, `revert(outcome)` undoes the change in memory
+and the caller answers 500 instead (§6: a PUBLISH is processed completely or not at all).
+
+The checks run in the order of §6, each answering at once:
+
+    Event missing or not "presence"                  489, Allow-Events: presence   (step 2)
+    SIP-If-Match repeated or not one entity-tag       400                           (step 3)
+    SIP-If-Match unknown, expired, other presentity   412                           (step 3)
+    Expires unparseable / 0 < Expires < min_expires   400 / 423, Min-Expires        (step 4)
+    body of a type we do not read                     415, Accept                   (step 5)
+    body too big, hostile or not a presence document  400, reason names the problem (step 5)
+    no body and no SIP-If-Match                       400                           (step 5)
+
+and the four operations of §4 (Table 1) follow:
+
+    initial  (no SIP-If-Match, body)     new publication, new etag
+    refresh  (SIP-If-Match, no body)     same content, new etag, new expiry; no presence change
+    modify   (SIP-If-Match, body)        content replaced, new etag
+    remove   (SIP-If-Match, Expires: 0)  publication deleted; 200 with Expires: 0
+
+Every success issues a fresh entity-tag: §6 step 6 says the ESC "MUST generate a new
+entity-tag for each successful publication, replacing any previous entity-tag", and a refresh is
+one. So each SIP-If-Match is good for exactly one request: of two PUBLISHes racing with the same
+tag (a retransmitting client, a forking proxy) the first wins and the second gets 412, after
+which the client starts over with an initial PUBLISH (§5). State changes happen synchronously
+inside `handle`, so no await can slip between the lookup and the update.
+
+Expires: 0 stores nothing (§6 step 5): with a SIP-If-Match it removes the publication (a body
+sent along is still checked, then ignored); without one it is an initial publication that is
+dropped at once. Either way the 200 carries Expires: 0 and no SIP-ETag, as no event state is
+left for a tag to name.
+
+Composition order: `docs_for` returns a presentity's documents in the order their content last
+changed (a refresh does not move a publication), so with `compose` the newest content wins where
+tuple ids coincide. Tuple ids are kept exactly as published: a client re-publishing the same
+tuple id (say after a 412 left its old publication alive until expiry) replaces its old tuple
+rather than adding a second one; different publishers only collide if they chose the same id.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from presenced.pa.documents.pidf import decode_pidf
+from presenced.pa.documents.xml import DocumentError
+from presenced.pa.model import PresenceDoc
+from presenced.pa.timers import DeadlineHeap
+from presenced.sip.errors import LocalError, ParseError
+from presenced.sip.headers import is_token
+from presenced.sip.message import Request, Response, make_response
+from presenced.storage.base import Publication
+
+EVENT = "presence"
+# decode_pidf reads both: RFC 3863 PIDF and the pre-RFC cpim-pidf namespace old clients publish.
+ACCEPTED_TYPES = frozenset({"application/pidf+xml", "application/cpim-pidf+xml"})
+_ACCEPT = "application/pidf+xml, application/cpim-pidf+xml"
+_MAX_REASON = 120
+_ETAG_ATTEMPTS = 16
+_NO_CHANGE: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPolicy:
+    default_expires: int = 3600  # when the PUBLISH has no Expires (§6 step 4)
+    min_expires: int = 60  # below this (and above 0): 423 with Min-Expires
+    max_expires: int = 86400  # longer requests are granted this
+    max_body_size: int = 65536  # bigger bodies: 400, before any parsing
+
+
+@dataclass(frozen=True, slots=True)
+class PublishOutcome:
+    """What one PUBLISH did. Persist `put` / `delete_etag` before sending `response`."""
+
+    response: Response
+    put: Publication | None = None
+    delete_etag: str | None = None
+    changed: frozenset[str] = _NO_CHANGE  # presentities whose composed state changed
+    replaced: Publication | None = None  # the publication refreshed, modified or removed
+
+
+class _Entry:
+    __slots__ = ("doc", "pub", "serial")
+
+    def __init__(self, pub: Publication, doc: PresenceDoc, serial: int) -> None:
+        self.pub = pub
+        self.doc = doc  # decoded once; NOTIFYs compose from this
+        self.serial = serial  # position among the presentity's publications
+
+
+def _reason(text: str) -> str:
+    """A Reason-Phrase from a decoder message: no control characters, bounded length."""
+    clean = "".join(c if c.isprintable() else " " for c in text)
+    return clean if len(clean) <= _MAX_REASON else clean[: _MAX_REASON - 3] + "..."
+
+
+class Publications:
+    """All live presence publications of one process (RFC 3903 §6), keyed by entity-tag."""
+
+    __slots__ = (
+        "_by_etag",
+        "_by_presentity",
+        "_expired",
+        "_make_etag",
+        "_make_tag",
+        "_serial",
+        "_timers",
+        "policy",
+    )
+
+    def __init__(
+        self,
+        policy: PublishPolicy,
+        make_etag: Callable[[], str],
+        make_tag: Callable[[], str] | None = None,
+    ) -> None:
+        self.policy = policy
+        self._make_etag = make_etag
+        # To-tags for our responses (RFC 3261 §8.2.6.2); any token factory will do.
+        self._make_tag = make_tag or make_etag
+        self._by_etag: dict[str, _Entry] = {}
+        # serial -> entry; dict order is the order content last changed (see module docstring)
+        self._by_presentity: dict[str, dict[int, _Entry]] = {}
+        self._timers: DeadlineHeap[str] = DeadlineHeap()
+        self._serial = 0
+        self._expired: list[str] = []
+
+    # --- queries ---------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        return len(self._by_etag)
+
+    def get(self, etag: str) -> Publication | None:
+        entry = self._by_etag.get(etag)
+        return None if entry is None else entry.pub
+
+    def docs_for(self, presentity: str) -> list[PresenceDoc]:
+        """The decoded documents of `presentity`'s publications, oldest content first."""
+        entries = self._by_presentity.get(presentity)
+        return [e.doc for e in entries.values()] if entries else []
+
+    def next_deadline(self) -> float | None:
+        return self._timers.next_deadline()
+
+    # --- PUBLISH ---------------------------------------------------------------------------
+
+    def handle(self, req: Request, presentity: str, now: float) -> PublishOutcome:
+        """Process one PUBLISH for `presentity` (RFC 3903 §6 steps 2-6)."""
+        policy = self.policy
+        # Step 2: the event package.
+        try:
+            event = req.event
+        except ParseError as exc:
+            return self._fail(req, 400, f"Bad Event header ({_reason(exc.reason)})")
+        if event is None or event.package != EVENT:
+            r = self._respond(req, 489)
+            r.headers.add("Allow-Events", EVENT)
+            return PublishOutcome(r)
+
+        # Step 3: the precondition. entity-tag = token (§11), and only one of them.
+        entry: _Entry | None = None
+        if_match = req.headers.get_all("SIP-If-Match")
+        if if_match:
+            tag = if_match[0].strip()
+            if len(if_match) > 1 or not is_token(tag):
+                return self._fail(req, 400, "SIP-If-Match must hold a single entity-tag")
+            entry = self._by_etag.get(tag)
+            if entry is None or entry.pub.presentity != presentity or entry.pub.expires_at <= now:
+                return PublishOutcome(self._respond(req, 412))
+
+        # Step 4: the expiration.
+        try:
+            requested = req.expires
+        except ParseError as exc:
+            return self._fail(req, 400, _reason(exc.reason))
+        if requested is None:
+            requested = policy.default_expires
+        elif 0 < requested < policy.min_expires:
+            r = self._respond(req, 423)
+            r.headers.add("Min-Expires", str(policy.min_expires))
+            return PublishOutcome(r)
+        granted = min(requested, policy.max_expires)
+
+        # Step 5: the body.
+        body = req.body
+        doc: PresenceDoc | None = None
+        content_type = ""
+        if body:
+            content_type = req.content_type or ""
+            if content_type not in ACCEPTED_TYPES:
+                r = self._respond(req, 415)
+                r.headers.add("Accept", _ACCEPT)
+                return PublishOutcome(r)
+            try:
+                doc = decode_pidf(body, max_size=policy.max_body_size)
+            except DocumentError as exc:
+                return self._fail(req, 400, f"Bad presence document: {_reason(exc.reason)}")
+        elif entry is None:
+            return self._fail(req, 400, "Initial PUBLISH without a body")
+
+        # Step 5 (storing) and step 6 (the answer).
+        if granted == 0:
+            return self._remove(req, entry)
+        if entry is None:
+            assert doc is not None
+            return self._initial(req, presentity, doc, content_type, body, now + granted, granted)
+        return self._update(req, entry, doc, content_type, body, now + granted, granted)
+
+    def _initial(
+        self,
+        req: Request,
+        presentity: str,
+        doc: PresenceDoc,
+        content_type: str,
+        body: bytes,
+        expires_at: float,
+        granted: int,
+    ) -> PublishOutcome:
+        etag = self._new_etag()
+        pub = Publication(etag, presentity, EVENT, expires_at, content_type, body)
+        self._serial += 1
+        self._insert(_Entry(pub, doc, self._serial))
+        return PublishOutcome(
+            self._ok(req, etag, granted), put=pub, changed=frozenset((presentity,))
+        )
+
+    def _update(
+        self,
+        req: Request,
+        entry: _Entry,
+        doc: PresenceDoc | None,
+        content_type: str,
+        body: bytes,
+        expires_at: float,
+        granted: int,
+    ) -> PublishOutcome:
+        old = entry.pub
+        etag = self._new_etag()
+        changed = _NO_CHANGE
+        if doc is None:  # refresh: same content under a new tag (§6 step 6)
+            pub = msgspec.structs.replace(old, etag=etag, expires_at=expires_at)
+        else:  # modify
+            pub = Publication(etag, old.presentity, EVENT, expires_at, content_type, body)
+            if doc != entry.doc:
+                changed = frozenset((old.presentity,))
+                # newest content last, so it wins where tuple ids coincide
+                entries = self._by_presentity[old.presentity]
+                del entries[entry.serial]
+                self._serial += 1
+                entry.serial = self._serial
+                entries[entry.serial] = entry
+            entry.doc = doc
+        del self._by_etag[old.etag]
+        self._timers.discard(old.etag)
+        entry.pub = pub
+        self._by_etag[etag] = entry
+        self._timers.set(etag, expires_at)
+        return PublishOutcome(
+            self._ok(req, etag, granted),
+            put=pub,
+            delete_etag=old.etag,
+            changed=changed,
+            replaced=old,
+        )
+
+    def _remove(self, req: Request, entry: _Entry | None) -> PublishOutcome:
+        r = self._respond(req, 200)
+        r.headers.add("Expires", "0")
+        if entry is None:  # initial PUBLISH with Expires: 0: nothing to store (§6 step 5)
+            return PublishOutcome(r)
+        self._drop(entry)
+        old = entry.pub
+        return PublishOutcome(
+            r, delete_etag=old.etag, changed=frozenset((old.presentity,)), replaced=old
+        )
+
+    def revert(self, outcome: PublishOutcome) -> frozenset[str]:
+        """Undo `outcome` in memory after its storage write failed; returns changed presentities.
+
+        Call it before handling anything else that could touch the same publication. The
+        restored publication goes last in its presentity's order.
+        """
+        if outcome.put is not None:
+            entry = self._by_etag.get(outcome.put.etag)
+            if entry is not None:
+                self._drop(entry)
+        old = outcome.replaced
+        if old is not None and old.etag not in self._by_etag:
+            self._serial += 1
+            self._insert(_Entry(old, decode_pidf(old.body), self._serial))
+        return outcome.changed
+
+    # --- expiry and restart ----------------------------------------------------------------
+
+    def expire(self, now: float) -> set[str]:
+        """Drop publications whose time is up; returns the presentities that changed.
+
+        The dropped tags are kept for `take_expired()`, so the caller can delete them from
+        storage.
+        """
+        changed: set[str] = set()
+        for etag in self._timers.pop_due(now):
+            entry = self._by_etag.get(etag)
+            if entry is not None:
+                self._drop(entry)
+                self._expired.append(etag)
+                changed.add(entry.pub.presentity)
+        return changed
+
+    def take_expired(self) -> list[str]:
+        """The entity-tags `expire` dropped since the last call (to delete from storage)."""
+        expired, self._expired = self._expired, []
+        return expired
+
+    def load(self, pubs: Iterable[Publication], now: float) -> list[str]:
+        """Take over persisted publications after a restart, in the order given.
+
+        Returns the entity-tags to delete from storage: publications already expired, and any
+        that are not a presence publication this version can read.
+        """
+        stale: list[str] = []
+        for pub in pubs:
+            if (
+                pub.expires_at <= now
+                or pub.event != EVENT
+                or pub.content_type not in ACCEPTED_TYPES
+            ):
+                stale.append(pub.etag)
+                continue
+            try:
+                doc = decode_pidf(pub.body, max_size=max(self.policy.max_body_size, len(pub.body)))
+            except DocumentError:
+                stale.append(pub.etag)
+                continue
+            current = self._by_etag.get(pub.etag)
+            if current is not None:
+                self._drop(current)
+            self._serial += 1
+            self._insert(_Entry(pub, doc, self._serial))
+        return stale
+
+    # --- helpers ---------------------------------------------------------------------------
+
+    def _insert(self, entry: _Entry) -> None:
+        pub = entry.pub
+        self._by_etag[pub.etag] = entry
+        entries = self._by_presentity.get(pub.presentity)
+        if entries is None:
+            entries = self._by_presentity[pub.presentity] = {}
+        entries[entry.serial] = entry
+        self._timers.set(pub.etag, pub.expires_at)
+
+    def _drop(self, entry: _Entry) -> None:
+        pub = entry.pub
+        del self._by_etag[pub.etag]
+        self._timers.discard(pub.etag)
+        entries = self._by_presentity[pub.presentity]
+        del entries[entry.serial]
+        if not entries:
+            del self._by_presentity[pub.presentity]
+
+    def _new_etag(self) -> str:
+        # Unique among live tags (§6 step 6). A tag being replaced is still registered when this
+        # runs, so the new one differs from it too.
+        for _ in range(_ETAG_ATTEMPTS):
+            etag = self._make_etag()
+            if etag not in self._by_etag:
+                return etag
+        raise LocalError("the entity-tag factory keeps returning tags in use")
+
+    def _respond(self, req: Request, status: int, reason: str | None = None) -> Response:
+        return make_response(req, status, reason, to_tag=self._make_tag())
+
+    def _fail(self, req: Request, status: int, reason: str) -> PublishOutcome:
+        return PublishOutcome(self._respond(req, status, reason))
+
+    def _ok(self, req: Request, etag: str, granted: int) -> Response:
+        r = self._respond(req, 200)
+        r.headers.add("SIP-ETag", etag)
+        r.headers.add("Expires", str(granted))
+        return r
