@@ -15,10 +15,12 @@ says when `handle_timer(now)` must be called next.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError
+from presenced.sip.headers import Via
 from presenced.sip.message import (
     DEFAULT_LIMITS,
     Limits,
@@ -126,9 +128,18 @@ class Endpoint:
         self.make_token = make_token
         self.txns = transactions or TransactionLayer()
         self.stats = EndpointStats()
-        self._hosts = frozenset(h.lower() for h in config.domains | config.local_hosts)
+        hosts = {h.lower() for h in config.domains | config.local_hosts}
+        # A Request-URI writes an IPv6 host as a reference, in brackets (RFC 3261 §19.1.1).
+        hosts |= {f"[{h}]" for h in hosts if ":" in h and not h.startswith("[")}
+        self._hosts = frozenset(hosts)
+        # Option tags are tokens, compared case-insensitively (RFC 3261 §7.3.1).
+        self._supported = frozenset(s.lower() for s in config.supported)
         allow = sorted(config.app_methods | {"OPTIONS"})
         self._allow = ", ".join(allow)
+        # Methods whose server transactions a CANCEL can match (§9.2).
+        self._cancellable = tuple(
+            (config.app_methods | KNOWN_METHODS) - {"INVITE", "ACK", "CANCEL"}
+        )
 
     # --- input ------------------------------------------------------------------------------
 
@@ -156,7 +167,7 @@ class Endpoint:
                 pass
             else:
                 self.stats.bad_requests += 1
-                resp = make_response(partial, exc.status, _reason(exc))
+                resp = make_response(partial, exc.status, _reason(exc), _stateless_tag(partial))
                 return [self._stateless(partial, resp, peer)]
         self.stats.dropped += 1
         return []
@@ -174,67 +185,84 @@ class Endpoint:
         result = self.txns.receive_response(branch, method, resp.status, now)
         if result is None:
             return []
-        return [ResponseReceived(resp, result.context)]
+        ctx: tuple[object, Peer] = result.context  # type: ignore[assignment]
+        return [ResponseReceived(resp, ctx[0])]
 
     def _receive_request(self, req: Request, peer: Peer, now: float) -> list[Event]:
+        method = req.method
+        if method == "ACK":
+            # ACKs to our stateless INVITE answers: nothing to do, and an ACK is never answered,
+            # not even a broken one (RFC 3261 §17.2.1, §8.2.6.1).
+            return []
         try:
             via = req.top_via
             self._stamp_via(req, peer)
             key = self._server_key(req, via.sent_by)
         except ParseError as exc:
             self.stats.bad_requests += 1
-            return [self._stateless(req, make_response(req, 400, _reason(exc)), peer)]
-        method = req.method
-        if method == "ACK":
-            return []  # ACKs to our stateless 405s: nothing to do (§17.2.1 would absorb them)
+            bad = make_response(req, 400, _reason(exc), _stateless_tag(req))
+            return [self._stateless(req, bad, peer)]
         if method == "INVITE":
             # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
-            return [self._stateless(req, self._method_not_allowed(req), peer)]
+            refusal = self._method_not_allowed(req, _stateless_tag(req))
+            return [self._stateless(req, refusal, peer)]
         outcome = self.txns.receive_request(key, peer.reliable, now)
         if outcome.action == "absorbed":
             self.stats.retransmissions_absorbed += 1
             return []
         if outcome.action == "resend":
             self.stats.retransmissions_absorbed += 1
-            return [Transmit(outcome.data, peer)]
-        resp = self._core_checks(req)
+            # Same destination as the first copy: the stamped Via is the response's top Via.
+            return [Transmit(outcome.data, _route(via, peer))]
+        resp = self._core_checks(req, key)
         if resp is not None:
             return self.respond(key, resp, peer, now)
         return [RequestReceived(req, peer, key)]
 
-    def _core_checks(self, req: Request) -> Response | None:
-        """The checks every request gets before the application sees it (RFC 3261 §8.2)."""
+    def _core_checks(self, req: Request, key: tuple[str, str, str]) -> Response | None:
+        """The checks every request gets before the application sees it (RFC 3261 §8.2).
+
+        Every answer gets a To-tag: §8.2.6.2 requires one on all but 100 responses.
+        """
         method = req.method
         try:
             ruri = req.ruri
             if not ruri.is_sip:
-                r = make_response(req, 416)  # §8.2.2.1
-                return r
+                return self._reply(req, 416)  # §8.2.2.1
             max_forwards = req.max_forwards
             if max_forwards == 0 and method != "OPTIONS":
-                return make_response(req, 483)  # §16.3 step 2, we answer as the last hop
+                return self._reply(req, 483)  # §16.3 step 2, we answer as the last hop
             if ruri.host_key not in self._hosts:
-                return make_response(req, 404, "Domain Not Served")
+                return self._reply(req, 404, "Domain Not Served")
             requires = req.headers.get_list("Require")
-            unsupported = [r for r in requires if r.lower() not in self.config.supported]
+            unsupported = [r for r in requires if r.lower() not in self._supported]
             if unsupported and method != "CANCEL":
-                r = make_response(req, 420)  # §8.2.2.3
+                r = self._reply(req, 420)  # §8.2.2.3
                 r.headers.add("Unsupported", ", ".join(unsupported))
                 return r
         except ParseError as exc:
             self.stats.bad_requests += 1
-            return make_response(req, exc.status, _reason(exc))
+            return self._reply(req, exc.status, _reason(exc))
         if method == "OPTIONS":
             return self._options(req)
         if method in self.config.app_methods:
             return None
         if method == "CANCEL":
-            return make_response(req, 481)  # no INVITE transactions to cancel, ever
+            # §9.2: 200 when the CANCEL matches a transaction (it has no effect on a non-INVITE
+            # one), else 481. We keep no INVITE transactions, so nothing is ever cancelled.
+            branch, sent_by, _ = key
+            servers = self.txns.servers
+            if any((branch, sent_by, m) in servers for m in self._cancellable):
+                return self._reply(req, 200)
+            return self._reply(req, 481)
         if method in KNOWN_METHODS:
-            return self._method_not_allowed(req)
-        r = make_response(req, 501)  # §8.2.1
+            return self._method_not_allowed(req, self.make_token())
+        r = self._reply(req, 501)  # §8.2.1
         r.headers.add("Allow", self._allow)
         return r
+
+    def _reply(self, req: Request, status: int, reason: str | None = None) -> Response:
+        return make_response(req, status, reason, self.make_token())
 
     def _options(self, req: Request) -> Response:
         """OPTIONS (RFC 3261 §11.2): what we allow, accept, support."""
@@ -248,8 +276,8 @@ class Endpoint:
         h.add("Server", self.config.user_agent)
         return r
 
-    def _method_not_allowed(self, req: Request) -> Response:
-        r = make_response(req, 405)
+    def _method_not_allowed(self, req: Request, to_tag: str) -> Response:
+        r = make_response(req, 405, to_tag=to_tag)
         r.headers.add("Allow", self._allow)
         return r
 
@@ -314,11 +342,7 @@ class Endpoint:
             via = resp.top_via
         except ParseError:
             return peer
-        host = via.received or peer.host
-        port = via.rport or (peer.port if "rport" in via.params or via.received else via.port or 5060)
-        if host == peer.host and port == peer.port:
-            return peer
-        return Peer(peer.transport, host, port)
+        return _route(via, peer)
 
     def send_request(self, req: Request, peer: Peer, now: float, context: object) -> list[Event]:
         """Start a client transaction: stamp our Via with a fresh branch and transmit."""
@@ -351,6 +375,29 @@ class Endpoint:
 
     def pending(self) -> Iterable[object]:
         return (t.context for t in self.txns.clients.values())
+
+
+def _route(via: Via, peer: Peer) -> Peer:
+    """Where a response to a request with this (stamped) top Via goes (RFC 3261 §18.2.2)."""
+    if peer.reliable:
+        return peer
+    received = via.received
+    host = received.strip("[]") if received else peer.host
+    # With rport (RFC 3581 §4): the source port. Without: the sent-by port even when `received`
+    # is present (RFC 3261 §18.2.2), 5060 when the Via names none.
+    port = via.rport or (peer.port if "rport" in via.params else via.port or 5060)
+    if host == peer.host and port == peer.port:
+        return peer
+    return Peer(peer.transport, host, port)
+
+
+def _stateless_tag(req: Request) -> str:
+    """A To-tag that comes out the same for every retransmission of `req`: a stateless answer
+    has nowhere to remember a random one (RFC 3261 §8.2.7)."""
+    h = req.headers
+    seed = "\n".join([h.get("Via") or "", h.get("From") or "", h.get("Call-ID") or "",
+                      h.get("CSeq") or ""])
+    return hashlib.blake2s(seed.encode("utf-8", "surrogateescape"), digest_size=8).hexdigest()
 
 
 def _reason(exc: ParseError) -> str:

@@ -42,8 +42,8 @@ class UdpTransport(asyncio.DatagramProtocol):
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self._transport = transport
+        # uvloop's UDP transport does not subclass asyncio.DatagramTransport: no isinstance.
+        self._transport = transport  # type: ignore[assignment]
 
     def datagram_received(self, data: bytes, addr: tuple[str, int] | tuple[str, int, int, int]) -> None:
         if not data or data in (b"\r\n", b"\r\n\r\n"):

@@ -1,0 +1,535 @@
+"""The presence agent: SUBSCRIBE and source changes in, effects out (RFC 6665, RFC 3856).
+
+Theory of operation
+-------------------
+The agent holds every subscription dialog and the composed presence of every watched
+presentity in memory. Each entry point takes `now` (wall-clock epoch seconds) and returns a
+list of effects, which the presence service executes *in order*:
+
+- `Persist(sub)` / `Forget(sub_id)`: write to storage; awaited before anything after it;
+- `Reply(response)`: answer the SUBSCRIBE being handled;
+- `SendNotify(sub_id, request, peer, target)`: send a NOTIFY in a client transaction and
+  report its final response (or timeout) with `notify_result()`;
+- `WatchStarted` / `WatchStopped`: the first watcher of a presentity arrived / the last one
+  left, so a source that must fetch presence on demand (the XMPP gateway) can start or stop.
+
+NOTIFY discipline (RFC 6665 §4.2.2): at most one NOTIFY is outstanding per dialog. A change
+while one is outstanding only marks the dialog dirty; when the answer arrives the agent sends
+one NOTIFY with the state of *that* moment, so changes coalesce and a watcher never sees an
+older state after a newer one. A NOTIFY answered 481/404/408/410, or timing out, ends the
+subscription (RFC 6665 §4.2.2, §4.1.3) without affecting other watchers.
+
+CSeq across restarts: a NOTIFY's CSeq must keep increasing even after a crash, but writing
+every NOTIFY to storage would cost a write per watcher per change. So the persisted
+`local_cseq` is a lease: an upper bound of the CSeqs used. When a dialog's counter reaches its
+lease, the agent first persists a lease `CSEQ_LEASE` higher, then sends. After a restart the
+counter resumes from the lease, which is never below a CSeq already sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import msgspec
+
+from presenced.pa.compose import compose
+from presenced.pa.documents.negotiate import choose_format, encode
+from presenced.pa.documents.pidf import stable_id
+from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.timers import DeadlineHeap
+from presenced.sip.errors import ParseError
+from presenced.sip.headers import Headers, NameAddr, parse_name_addr
+from presenced.sip.message import Request, Response, make_response
+from presenced.storage.base import Subscription
+
+CSEQ_LEASE = 64
+EVENT_PACKAGES = ("presence",)
+# NOTIFY answers that end the subscription (RFC 6665 §4.2.2 and §4.1.3; 404/410 in practice).
+FATAL_NOTIFY_STATUSES = frozenset({404, 408, 410, 481})
+
+
+@dataclass(frozen=True, slots=True)
+class PaPolicy:
+    default_expires: int = 3600
+    min_expires: int = 60
+    max_expires: int = 86400
+    max_subscriptions_per_watcher: int = 1000
+
+
+# --- effects ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    response: Response
+
+
+@dataclass(frozen=True, slots=True)
+class Persist:
+    sub: Subscription
+
+
+@dataclass(frozen=True, slots=True)
+class Forget:
+    sub_id: str
+
+
+@dataclass(frozen=True, slots=True)
+class SendNotify:
+    sub_id: str
+    request: Request
+    peer: str  # the flow the SUBSCRIBE came on, "udp:127.0.0.1:5070"
+    route: str | None  # first Route URI when the dialog has a route set, else None
+    target: str  # the remote target URI
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStarted:
+    presentity: str
+    source: str
+
+
+@dataclass(frozen=True, slots=True)
+class WatchStopped:
+    presentity: str
+    source: str
+
+
+Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+class _Dialog:
+    """Runtime state of one subscription: the persisted record plus what is in flight."""
+
+    __slots__ = ("cseq", "dirty", "final", "lease", "outstanding", "record")
+
+    def __init__(self, record: Subscription) -> None:
+        self.record = record
+        self.cseq = record.local_cseq  # last CSeq used
+        self.lease = record.local_cseq  # highest CSeq the persisted record allows
+        self.outstanding = False
+        self.dirty = False
+        self.final: str | None = None  # Subscription-State to end with, once sent
+
+
+class _Presentity:
+    __slots__ = ("bodies", "doc", "parts", "watchers")
+
+    def __init__(self, presentity: str) -> None:
+        self.parts: dict[str, PresenceDoc] = {}
+        self.doc = closed_doc(presentity)
+        self.bodies: dict[str, bytes] = {}  # content type -> body of the current doc
+        self.watchers: set[str] = set()
+
+
+def dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
+    return f"{call_id};{local_tag};{remote_tag}"
+
+
+def entity_of(presentity: str) -> str:
+    return f"pres:{presentity}"
+
+
+def presentity_tuple_id(presentity: str) -> str:
+    """The id of a presentity's main tuple: the registrar's tuple and the closed default share
+    it, so a watcher sees one service going open and closed (RFC 3863 §4.1.2)."""
+    return stable_id(presentity)
+
+
+def closed_doc(presentity: str) -> PresenceDoc:
+    """What a user with no registration and no publication is: one closed tuple."""
+    return PresenceDoc(entity_of(presentity), (Tuple(presentity_tuple_id(presentity), "closed"),))
+
+
+class PresenceAgent:
+    def __init__(
+        self,
+        policy: PaPolicy,
+        make_token: Callable[[], str],
+        contact_for: Callable[[str, str], str],
+    ) -> None:
+        """`contact_for(presentity, transport)` gives our Contact URI for a dialog."""
+        self.policy = policy
+        self.make_token = make_token
+        self.contact_for = contact_for
+        self.dialogs: dict[str, _Dialog] = {}
+        self.presentities: dict[str, _Presentity] = {}
+        self.per_watcher: dict[str, int] = {}
+        self.expiry: DeadlineHeap[str] = DeadlineHeap()
+
+    # --- presence state ----------------------------------------------------------------------
+
+    def _presentity(self, presentity: str) -> _Presentity:
+        p = self.presentities.get(presentity)
+        if p is None:
+            p = self.presentities[presentity] = _Presentity(presentity)
+        return p
+
+    def document(self, presentity: str) -> PresenceDoc:
+        p = self.presentities.get(presentity)
+        return p.doc if p is not None else closed_doc(presentity)
+
+    def set_part(self, presentity: str, key: str, part: PresenceDoc | None, now: float) -> list[Effect]:
+        """A source's contribution to `presentity` changed (None removes it). Notifies watchers."""
+        p = self._presentity(presentity)
+        if part is None:
+            if p.parts.pop(key, None) is None:
+                return []
+        else:
+            if p.parts.get(key) == part:
+                return []
+            p.parts[key] = part
+        doc = compose(p.doc.entity, list(p.parts.values()))
+        if not doc.tuples:
+            doc = closed_doc(presentity)
+        if not p.parts and not p.watchers:
+            del self.presentities[presentity]
+            return []
+        if doc == p.doc:
+            return []
+        p.doc = doc
+        p.bodies = {}
+        effects: list[Effect] = []
+        for sub_id in p.watchers:
+            self._notify(self.dialogs[sub_id], now, effects)
+        return effects
+
+    def seed_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None:
+        """Set a source's part without notifying anyone (restoring state at start-up)."""
+        if part is None:
+            return
+        p = self._presentity(presentity)
+        p.parts[key] = part
+        doc = compose(p.doc.entity, list(p.parts.values()))
+        p.doc = doc if doc.tuples else closed_doc(presentity)
+        p.bodies = {}
+
+    def body(self, presentity: str, content_type: str, now: float) -> bytes:
+        p = self._presentity(presentity)
+        b = p.bodies.get(content_type)
+        if b is None:
+            b = p.bodies[content_type] = encode(p.doc, content_type, now)
+        return b
+
+    # --- SUBSCRIBE -----------------------------------------------------------------------------
+
+    def subscribe(self, req: Request, presentity: str, source: str, peer: str, now: float) -> list[Effect]:
+        """An initial SUBSCRIBE (no To-tag): create a dialog, or answer a one-shot fetch."""
+        try:
+            checked = self._check(req)
+        except ParseError as exc:
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+        if isinstance(checked, Response):
+            return [Reply(checked)]
+        expires, content_type = checked
+        try:
+            remote = req.from_
+            remote_tag = remote.tag
+            contacts = req.contacts
+            call_id = req.call_id
+            cseq = req.cseq.seq
+            route_set = tuple(req.headers.get_list("Record-Route"))
+            for r in route_set:
+                parse_name_addr(r)
+        except ParseError as exc:
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+        if not remote_tag:
+            return [Reply(make_response(req, 400, "Bad Request (From without tag)"))]
+        if len(contacts) != 1 or contacts[0].star:
+            # RFC 6665 §4.1.2.1 / RFC 3261 §12.1.1: exactly one Contact to target NOTIFYs at.
+            return [Reply(make_response(req, 400, "Bad Request (SUBSCRIBE needs one Contact)"))]
+        local_tag = self.make_token()
+        transport = peer.split(":", 1)[0]
+        event = req.event
+        assert event is not None
+        record = Subscription(
+            id=dialog_id(call_id, local_tag, remote_tag),
+            presentity=presentity,
+            event=event.package,
+            source=source,
+            call_id=call_id,
+            local_tag=local_tag,
+            remote_tag=remote_tag,
+            local_uri=str(req.to.uri),
+            remote_uri=str(remote.uri),
+            watcher=remote.uri.aor,
+            remote_target=str(contacts[0].uri),
+            route_set=route_set,
+            local_cseq=CSEQ_LEASE,
+            remote_cseq=cseq,
+            expires_at=now + expires,
+            content_type=content_type,
+            peer=peer,
+            event_id=event.id,
+        )
+        ok = self._ok(req, local_tag, expires, presentity, transport)
+        dlg = _Dialog(record)
+        dlg.cseq = 0
+        effects: list[Effect] = []
+        if expires == 0:
+            # A fetch (RFC 6665 §4.4.3): 200, one NOTIFY with the state, no dialog kept.
+            effects.append(Reply(ok))
+            dlg.final = "terminated;reason=timeout"
+            self._send(dlg, now, effects, register=False)
+            return effects
+        if self.per_watcher.get(record.watcher, 0) >= self.policy.max_subscriptions_per_watcher:
+            return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)"))]
+        self.dialogs[record.id] = dlg
+        self.per_watcher[record.watcher] = self.per_watcher.get(record.watcher, 0) + 1
+        p = self._presentity(presentity)
+        if not any(self.dialogs[s].record.source == source for s in p.watchers):
+            effects.append(WatchStarted(presentity, source))
+        p.watchers.add(record.id)
+        self.expiry.set(record.id, record.expires_at)
+        effects.insert(0, Persist(record))
+        effects.insert(1, Reply(ok))
+        self._notify(dlg, now, effects)
+        return effects
+
+    def resubscribe(self, req: Request, now: float) -> list[Effect]:
+        """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2)."""
+        try:
+            sub_id = dialog_id(req.call_id, req.to.tag or "", req.from_.tag or "")
+            cseq = req.cseq.seq
+        except ParseError as exc:
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+        dlg = self.dialogs.get(sub_id)
+        if dlg is None or dlg.final is not None:
+            return [Reply(make_response(req, 481, "Subscription Does Not Exist"))]
+        record = dlg.record
+        if cseq <= record.remote_cseq:
+            return [Reply(make_response(req, 500, "Out of Order"))]  # RFC 3261 §12.2.2
+        try:
+            checked = self._check(req)
+        except ParseError as exc:
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+        if isinstance(checked, Response):
+            return [Reply(checked)]
+        expires, content_type = checked
+        transport = record.peer.split(":", 1)[0]
+        ok = self._ok(req, record.local_tag, expires, record.presentity, transport)
+        if expires == 0:
+            effects: list[Effect] = []
+            self._end(dlg, "terminated", effects)
+            effects.insert(1, Reply(ok))
+            self._notify(dlg, now, effects)
+            return effects
+        # A refresh may change the target (RFC 6665 §4.1.2.2 lets Contact update it).
+        target = record.remote_target
+        try:
+            contacts = req.contacts
+            if len(contacts) == 1 and not contacts[0].star:
+                target = str(contacts[0].uri)
+        except ParseError:
+            pass
+        record = _replace(record, expires_at=now + expires, remote_cseq=cseq,
+                          content_type=content_type, remote_target=target, local_cseq=dlg.lease)
+        dlg.record = record
+        self.expiry.set(record.id, record.expires_at)
+        effects = [Persist(record), Reply(ok)]
+        self._notify(dlg, now, effects)
+        return effects
+
+    def _check(self, req: Request) -> tuple[int, str] | Response:
+        """Event, Accept and Expires checks shared by initial and refreshing SUBSCRIBEs."""
+        event = req.event
+        if event is None or event.package not in EVENT_PACKAGES:
+            r = make_response(req, 489)  # RFC 6665 §4.1.2.1 (and §8.2.1 for a missing Event)
+            r.headers.add("Allow-Events", ", ".join(EVENT_PACKAGES))
+            return r
+        accept = req.headers.get_list("Accept") if "Accept" in req.headers else None
+        content_type = choose_format(accept)
+        if content_type is None:
+            r = make_response(req, 406)
+            r.headers.add("Accept", "application/pidf+xml, application/cpim-pidf+xml, "
+                          "application/xpidf+xml, text/lpidf")
+            return r
+        expires = req.expires
+        if expires is None:
+            expires = self.policy.default_expires
+        elif 0 < expires < self.policy.min_expires:
+            r = make_response(req, 423)  # RFC 6665 §4.2.1.1
+            r.headers.add("Min-Expires", str(self.policy.min_expires))
+            return r
+        return min(expires, self.policy.max_expires), content_type
+
+    def _ok(self, req: Request, local_tag: str, expires: int, presentity: str, transport: str) -> Response:
+        ok = make_response(req, 200, to_tag=local_tag)
+        ok.headers.add("Expires", str(expires))
+        ok.headers.add("Contact", f"<{self.contact_for(presentity, transport)}>")
+        return ok
+
+    # --- NOTIFY --------------------------------------------------------------------------------
+
+    def _notify(self, dlg: _Dialog, now: float, effects: list[Effect]) -> None:
+        if dlg.outstanding:
+            dlg.dirty = True
+            return
+        self._send(dlg, now, effects, register=True)
+
+    def _send(self, dlg: _Dialog, now: float, effects: list[Effect], register: bool) -> None:
+        record = dlg.record
+        dlg.cseq += 1
+        if register and dlg.final is None and dlg.cseq > dlg.lease:
+            dlg.lease = dlg.cseq + CSEQ_LEASE
+            record = dlg.record = _replace(record, local_cseq=dlg.lease)
+            effects.append(Persist(record))
+        if dlg.final is not None:
+            state = dlg.final
+        else:
+            remaining = max(0, int(record.expires_at - now))
+            state = f"{record.state};expires={remaining}"
+        h = Headers()
+        route = None
+        target = record.remote_target
+        uri = target
+        if record.route_set:
+            first = parse_name_addr(record.route_set[0])
+            route = str(first.uri)
+            if "lr" in first.uri.params:
+                for r in record.route_set:
+                    h.add("Route", r)
+            else:  # strict router (RFC 3261 §12.2.1.1): it goes in the Request-URI
+                uri = route
+                for r in record.route_set[1:]:
+                    h.add("Route", r)
+                h.add("Route", f"<{target}>")
+        h.add("From", f"<{record.local_uri}>;tag={record.local_tag}")
+        h.add("To", f"<{record.remote_uri}>;tag={record.remote_tag}")
+        h.add("Call-ID", record.call_id)
+        h.add("CSeq", f"{dlg.cseq} NOTIFY")
+        h.add("Max-Forwards", "70")
+        h.add("Contact", f"<{self.contact_for(record.presentity, record.peer.split(':', 1)[0])}>")
+        h.add("Event", record.event if record.event_id is None else f"{record.event};id={record.event_id}")
+        h.add("Subscription-State", state)
+        h.add("Content-Type", record.content_type)
+        req = Request("NOTIFY", uri, h, self.body(record.presentity, record.content_type, now))
+        dlg.outstanding = register
+        dlg.dirty = False
+        effects.append(SendNotify(record.id, req, record.peer, route, target))
+
+    def notify_result(self, sub_id: str, status: int, now: float) -> list[Effect]:
+        """The final answer to a NOTIFY (408 for a transaction timeout)."""
+        dlg = self.dialogs.get(sub_id)
+        if dlg is None:
+            return []
+        dlg.outstanding = False
+        effects: list[Effect] = []
+        if dlg.final is not None:
+            if not dlg.dirty:  # the final NOTIFY itself was answered: the dialog is over
+                del self.dialogs[sub_id]
+                return effects
+            self._send(dlg, now, effects, register=True)  # a final NOTIFY was waiting
+            return effects
+        if status in FATAL_NOTIFY_STATUSES:
+            self._end(dlg, None, effects)
+            del self.dialogs[sub_id]
+            return effects
+        if dlg.dirty:
+            self._send(dlg, now, effects, register=True)
+        return effects
+
+    # --- ending ----------------------------------------------------------------------------
+
+    def _end(self, dlg: _Dialog, final_state: str | None, effects: list[Effect]) -> None:
+        """Take a dialog out of service: storage, watcher sets, expiry. The final NOTIFY (if
+        any) is sent by the caller; `final_state` marks what it says."""
+        record = dlg.record
+        effects.insert(0, Forget(record.id))
+        self.expiry.discard(record.id)
+        n = self.per_watcher.get(record.watcher, 0) - 1
+        if n > 0:
+            self.per_watcher[record.watcher] = n
+        else:
+            self.per_watcher.pop(record.watcher, None)
+        p = self.presentities.get(record.presentity)
+        if p is not None:
+            p.watchers.discard(record.id)
+            if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
+                effects.append(WatchStopped(record.presentity, record.source))
+            if not p.watchers and not p.parts:
+                del self.presentities[record.presentity]
+        if final_state is not None:
+            dlg.final = final_state
+        else:
+            dlg.final = "terminated"
+
+    def next_deadline(self) -> float | None:
+        return self.expiry.next_deadline()
+
+    def expire(self, now: float) -> list[Effect]:
+        """Subscriptions that ran out get a final NOTIFY (RFC 6665 §4.2.2: reason=timeout)."""
+        effects: list[Effect] = []
+        for sub_id in self.expiry.pop_due(now):
+            dlg = self.dialogs.get(sub_id)
+            if dlg is None:
+                continue
+            self._end(dlg, "terminated;reason=timeout", effects)
+            self._notify(dlg, now, effects)
+        return effects
+
+    def terminate_all(self, presentity: str, reason: str, now: float) -> list[Effect]:
+        """End every subscription to `presentity` (e.g. the user was deleted)."""
+        effects: list[Effect] = []
+        p = self.presentities.get(presentity)
+        if p is None:
+            return effects
+        for sub_id in list(p.watchers):
+            dlg = self.dialogs[sub_id]
+            self._end(dlg, f"terminated;reason={reason}", effects)
+            self._notify(dlg, now, effects)
+        return effects
+
+    # --- restart -------------------------------------------------------------------------------
+
+    def load(self, records: Iterable[Subscription], now: float) -> list[Effect]:
+        """Take back persisted subscriptions; those that expired while we were down get their
+        final NOTIFY now."""
+        effects: list[Effect] = []
+        expired: list[_Dialog] = []
+        for record in records:
+            dlg = _Dialog(record)
+            self.dialogs[record.id] = dlg
+            self.per_watcher[record.watcher] = self.per_watcher.get(record.watcher, 0) + 1
+            p = self._presentity(record.presentity)
+            if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
+                effects.append(WatchStarted(record.presentity, record.source))
+            p.watchers.add(record.id)
+            if record.expires_at <= now:
+                expired.append(dlg)
+            else:
+                self.expiry.set(record.id, record.expires_at)
+        for dlg in expired:
+            self._end(dlg, "terminated;reason=timeout", effects)
+            self._notify(dlg, now, effects)
+        return effects
+
+    def renotify(self, presentity: str, now: float) -> list[Effect]:
+        """NOTIFY every watcher of `presentity` with the current state (after a restart)."""
+        effects: list[Effect] = []
+        p = self.presentities.get(presentity)
+        if p is not None:
+            for sub_id in p.watchers:
+                self._notify(self.dialogs[sub_id], now, effects)
+        return effects
+
+    def watched(self, source: str | None = None) -> list[str]:
+        """Presentities with at least one watcher (of `source`, when given)."""
+        return [
+            name for name, p in self.presentities.items()
+            if p.watchers and (source is None or any(self.dialogs[s].record.source == source for s in p.watchers))
+        ]
+
+
+def _replace(record: Subscription, **changes: object) -> Subscription:
+    return msgspec.structs.replace(record, **changes)
+
+
+__all__ = [
+    "Effect", "Forget", "NameAddr", "PaPolicy", "Persist", "PresenceAgent", "Reply", "SendNotify",
+    "WatchStarted", "WatchStopped",
+]

@@ -1,0 +1,199 @@
+"""The composition root: builds every part from the configuration, wires them, runs the loop.
+
+Start-up order matters: storage opens, state loads (subscriptions, then bindings), transports
+start, and only then do the notifications the restart owes go out (final NOTIFYs for
+subscriptions that expired while we were down, closed for AORs whose bindings did).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import secrets
+import signal
+import socket
+from pathlib import Path
+
+from presenced.config import Config
+from presenced.pa.agent import PaPolicy, PresenceAgent
+from presenced.pa.routing import Router, compile_script
+from presenced.registrar.bindings import RegistrarPolicy
+from presenced.services.dispatch import Dispatcher
+from presenced.services.presence import PresenceService
+from presenced.services.registrar import RegistrarService
+from presenced.sip.auth import DigestAuthenticator, StaticCredentials, load_users_file
+from presenced.sip.endpoint import Endpoint, EndpointConfig
+from presenced.sip.message import Limits
+from presenced.storage import open_storage
+from presenced.transport.driver import Driver
+from presenced.transport.tcp import TcpTransport
+from presenced.transport.udp import UdpTransport
+
+log = logging.getLogger("presenced.server")
+
+
+def make_token() -> str:
+    return secrets.token_hex(8)
+
+
+def _reachable_host(host: str) -> str:
+    """The address we put in Via and Contact for a listen host (a wildcard is no address)."""
+    try:
+        ip = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    if ip.is_unspecified:
+        try:
+            return socket.gethostbyname(socket.gethostname())
+        except OSError:
+            return "127.0.0.1"
+    return f"[{host}]" if ip.version == 6 else host
+
+
+class Server:
+    """Everything one presenced process runs. `start()` then `stop()`."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.transports: list[UdpTransport | TcpTransport] = []
+        self.stopped = asyncio.Event()
+
+    async def start(self) -> None:
+        cfg = self.config
+        data_dir = Path(cfg.server.data_dir)
+        self.storage = open_storage(cfg.storage.url, data_dir)
+        await self.storage.open()
+
+        addresses = cfg.server.listen_addresses
+        via_hosts: dict[str, str] = {}
+        local_hosts = {"127.0.0.1", "localhost", "[::1]"}
+        for a in addresses:
+            host = _reachable_host(a.host)
+            local_hosts.add(host.lower())
+            local_hosts.add(a.host.lower())
+            via_hosts.setdefault(a.transport, f"{host}:{a.port}")
+        domains = frozenset(cfg.server.domains)
+        if cfg.jabber is not None:
+            domains |= {cfg.jabber.gateway_domain.lower()}
+        self.endpoint = Endpoint(
+            EndpointConfig(
+                domains=domains,
+                local_hosts=frozenset(local_hosts),
+                allow_events=("presence",),
+                accept=("application/pidf+xml", "application/cpim-pidf+xml"),
+                user_agent="presenced",
+                limits=Limits(max_message_size=max(65535, cfg.server.max_message_size)),
+                via_hosts=via_hosts,
+            ),
+            make_token,
+        )
+        self.driver = Driver(self.endpoint)
+
+        def contact_for(presentity: str, transport: str) -> str:
+            user = presentity.split("@", 1)[0] if "@" in presentity else ""
+            hostport = via_hosts.get(transport) or next(iter(via_hosts.values()))
+            prefix = f"{user}@" if user else ""
+            return f"sip:{prefix}{hostport};transport={transport}"
+
+        pa = cfg.pa
+        self.agent = PresenceAgent(
+            PaPolicy(pa.default_expires, pa.min_expires, pa.max_expires, pa.max_subscriptions_per_watcher),
+            make_token,
+            contact_for,
+        )
+        self.presence = PresenceService(self.agent, self.driver, self.storage)
+        reg = cfg.registrar
+        self.registrar = RegistrarService(
+            RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
+            self.driver, self.storage, frozenset(cfg.server.domains),
+        )
+        self.registrar.presence = self.presence
+
+        script = None
+        if cfg.routing is not None and cfg.routing.script:
+            path = Path(cfg.routing.script)
+            script = compile_script(path.read_text(), str(path))
+        router = Router(cfg.jabber.gateway_domain.lower() if cfg.jabber else None, script)
+
+        auth = None
+        known_user = None
+        if cfg.auth is not None:
+            realm = cfg.auth.realm or cfg.server.domains[0]
+            creds = (load_users_file(Path(cfg.auth.users_file).read_text(), realm)
+                     if cfg.auth.users_file else StaticCredentials(realm))
+            for user, password in cfg.auth.users.items():
+                creds.add_password(user, password)
+            auth = DigestAuthenticator(realm, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl)
+            served = frozenset(cfg.server.domains)
+
+            def known_user(aor: str) -> bool:
+                user, _, domain = aor.rpartition("@")
+                return domain in served and user in creds
+
+        self.dispatcher = Dispatcher(self.driver, router, auth, known_user)
+        self.dispatcher.handlers["REGISTER"] = self.registrar.register
+        self.dispatcher.sources["registrar"] = self.presence.subscribe
+        self.dispatcher.notify_results = self.presence.on_notify_result
+        self.driver.app = self.dispatcher
+
+        # State first, network second, owed notifications last.
+        effects = self.agent.load(await self.storage.load_subscriptions(), self.presence.clock())
+        closed = await self.registrar.load()
+        for aor in self.registrar.bindings:
+            self.agent.seed_part(aor, "registrar", self.registrar.part(aor))
+
+        for a in addresses:
+            if a.transport == "udp":
+                t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port)
+            else:
+                t = TcpTransport(self.driver.receive, a.host, a.port,
+                                 max_message_size=cfg.server.max_message_size,
+                                 max_connections=cfg.server.max_tcp_connections)
+            await t.start()
+            self.driver.add_transport(t)
+            self.transports.append(t)
+            log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+        log.info("serving domains %s with %d subscriptions and %d registered AORs",
+                 ", ".join(sorted(domains)), len(self.agent.dialogs), len(self.registrar.bindings))
+        await self.presence.run(effects)
+        for aor in closed:
+            await self.presence.renotify(aor)
+
+    async def stop(self) -> None:
+        for t in self.transports:
+            await t.stop()
+        self.driver.close()
+        self.presence.close()
+        self.registrar.close()
+        await self.storage.close()
+        log.info("stopped")
+
+
+async def serve(config: Config) -> int:
+    server = Server(config)
+    try:
+        await server.start()
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return 1
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down")
+    await server.stop()
+    return 0
+
+
+def run(config: Config) -> int:
+    loop_factory = None
+    try:
+        import uvloop
+
+        loop_factory = uvloop.new_event_loop
+    except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
+        pass
+    with asyncio.Runner(loop_factory=loop_factory) as runner:
+        return runner.run(serve(config))

@@ -1,0 +1,184 @@
+"""The presence service: runs the presence agent's effects against storage and the network.
+
+Rule for every effect list: all storage writes commit before any SIP message of the list goes
+out (a 200 is never sent for a subscription that would not survive a `kill -9`), then the
+messages go out in order. Expiry of every subscription is driven by one timer, re-armed to the
+agent's next deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Sequence
+
+from presenced.pa.agent import (
+    Effect,
+    Forget,
+    Persist,
+    PresenceAgent,
+    Reply,
+    SendNotify,
+    WatchStarted,
+    WatchStopped,
+)
+from presenced.pa.model import PresenceDoc
+from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
+from presenced.sip.errors import ParseError
+from presenced.sip.uri import parse_uri
+from presenced.storage.base import Storage
+from presenced.transport.driver import Driver
+
+log = logging.getLogger("presenced.pa")
+
+WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started)
+ChangeListener = Callable[[str, PresenceDoc], None]
+
+
+class PresenceService:
+    def __init__(self, agent: PresenceAgent, driver: Driver, storage: Storage,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.agent = agent
+        self.driver = driver
+        self.storage = storage
+        self.clock = clock
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+        self.watch_listeners: list[WatchListener] = []
+        self.change_listeners: list[ChangeListener] = []
+        self.notifies_sent = 0
+        self.notify_failures = 0
+
+    async def load(self) -> None:
+        records = await self.storage.load_subscriptions()
+        effects = self.agent.load(records, self.clock())
+        log.info("loaded %d subscriptions", len(records))
+        await self.run(effects)
+
+    # --- entry points ----------------------------------------------------------------------
+
+    async def subscribe(self, event: RequestReceived, presentity: str, source: str) -> None:
+        req = event.request
+        now = self.clock()
+        if req.to.tag:
+            effects = self.agent.resubscribe(req, now)
+        else:
+            effects = self.agent.subscribe(req, presentity, source, str(event.peer), now)
+        await self.run(effects, event)
+
+    async def set_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None:
+        effects = self.agent.set_part(presentity, key, part, self.clock())
+        if self.change_listeners:
+            doc = self.agent.document(presentity)
+            for listener in self.change_listeners:
+                listener(presentity, doc)
+        await self.run(effects)
+
+    async def renotify(self, presentity: str) -> None:
+        await self.run(self.agent.renotify(presentity, self.clock()))
+
+    def on_notify_result(self, sub_id: str, status: int) -> None:
+        if status >= 300:
+            self.notify_failures += 1
+            log.info("NOTIFY for %s answered %d", sub_id, status)
+        effects = self.agent.notify_result(sub_id, status, self.clock())
+        if effects:
+            asyncio.get_running_loop().create_task(self.run(effects))
+
+    # --- execution -------------------------------------------------------------------------
+
+    async def run(self, effects: Sequence[Effect], event: RequestReceived | None = None) -> None:
+        writes = []
+        for eff in effects:
+            if isinstance(eff, Persist):
+                writes.append(self.storage.put_subscription(eff.sub))
+            elif isinstance(eff, Forget):
+                writes.append(self.storage.delete_subscription(eff.sub_id))
+        if writes:
+            try:
+                if len(writes) == 1:
+                    await writes[0]
+                else:
+                    await asyncio.gather(*writes)
+            except Exception:
+                log.exception("storage write failed")
+                if event is not None:
+                    from presenced.sip.message import make_response
+
+                    self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
+                    return
+        for eff in effects:
+            if isinstance(eff, Reply):
+                if event is not None:
+                    self.driver.respond(event, eff.response)
+            elif isinstance(eff, SendNotify):
+                self._send_notify(eff)
+            elif isinstance(eff, WatchStarted | WatchStopped):
+                started = isinstance(eff, WatchStarted)
+                for listener in self.watch_listeners:
+                    try:
+                        listener(eff.presentity, eff.source, started)
+                    except Exception:
+                        log.exception("watch listener failed")
+        self._arm()
+
+    def _send_notify(self, eff: SendNotify) -> None:
+        peer = parse_peer(eff.peer)
+        if eff.route is not None:
+            peer = self._peer_for_uri(eff.route, peer)
+        elif peer.transport != "udp" and not self.driver_has_flow(peer):
+            # The watcher's connection is gone: open one to its Contact (RFC 3261 §18.1.1).
+            peer = self._peer_for_uri(eff.target, peer)
+        self.notifies_sent += 1
+        self.driver.send_request(eff.request, peer, ("notify", eff.sub_id))
+
+    def driver_has_flow(self, peer: Peer) -> bool:
+        transport = self.driver.transports.get(peer.transport)
+        by_addr = getattr(transport, "by_addr", None)
+        return by_addr is not None and (peer.host, peer.port) in by_addr
+
+    @staticmethod
+    def _peer_for_uri(uri_text: str, fallback: Peer) -> Peer:
+        try:
+            uri = parse_uri(uri_text)
+        except ParseError:
+            return fallback
+        transport = (uri.params.get("transport") or fallback.transport).lower()
+        host = uri.host.strip("[]")
+        if not host or not _is_ip(host):
+            return fallback  # no DNS (RFC 3263) yet: keep the flow the SUBSCRIBE came on
+        return Peer(transport, host, uri.port or 5060)
+
+    def _arm(self) -> None:
+        deadline = self.agent.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            delay = max(0.0, deadline - self.clock())
+            self._timer = loop.call_later(delay, self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._deadline = None
+        effects = self.agent.expire(self.clock())
+        asyncio.get_running_loop().create_task(self.run(effects))
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+def _is_ip(host: str) -> bool:
+    import ipaddress
+
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True

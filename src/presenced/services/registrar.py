@@ -1,0 +1,179 @@
+"""The registrar service: REGISTER handling, binding expiry, and the "registrar" presence source.
+
+Bindings live in memory (per AOR) and in storage; a change is committed before the 200 goes
+out. Every binding's expiry sits in one `DeadlineHeap` driven by one timer. The AOR's presence
+part is *open* (one tuple, contact = the best binding) from its first binding to its last,
+and the presence agent only hears about real changes, so a refresh never makes a watcher's
+state flap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from email.utils import formatdate
+from typing import Protocol
+
+from presenced.pa.agent import presentity_tuple_id
+from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.timers import DeadlineHeap
+from presenced.registrar.bindings import (
+    RegistrarPolicy,
+    contact_header_values,
+    process_register,
+)
+from presenced.sip.endpoint import RequestReceived
+from presenced.sip.errors import ParseError
+from presenced.sip.message import make_response
+from presenced.storage.base import Binding, Storage
+from presenced.transport.driver import Driver
+
+log = logging.getLogger("presenced.registrar")
+
+class RegistrarService:
+    def __init__(self, policy: RegistrarPolicy, driver: Driver, storage: Storage,
+                 domains: frozenset[str], clock: Callable[[], float] = time.time) -> None:
+        self.policy = policy
+        self.driver = driver
+        self.storage = storage
+        self.domains = domains
+        self.clock = clock
+        self.bindings: dict[str, dict[str, Binding]] = {}
+        self.expiry: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
+        self.presence: PresenceSink | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._deadline: float | None = None
+
+    async def load(self) -> set[str]:
+        """Take back persisted bindings; drop those that expired while we were down.
+
+        Returns the AORs that were closed by that (their watchers must hear of it)."""
+        now = self.clock()
+        closed: set[str] = set()
+        stale: list[Binding] = []
+        for b in await self.storage.load_bindings():
+            if b.expires_at <= now:
+                stale.append(b)
+                closed.add(b.aor)
+                continue
+            self.bindings.setdefault(b.aor, {})[b.contact] = b
+            self.expiry.set((b.aor, b.contact), b.expires_at)
+        for b in stale:
+            await self.storage.delete_binding(b.aor, b.contact)
+        closed -= set(self.bindings)
+        log.info("loaded %d bindings for %d AORs (%d expired while down)",
+                 sum(len(v) for v in self.bindings.values()), len(self.bindings), len(stale))
+        self._arm()
+        return closed
+
+    def part(self, aor: str) -> PresenceDoc | None:
+        """The registrar's contribution to `aor`'s presence: one open tuple, or nothing."""
+        current = self.bindings.get(aor)
+        if not current:
+            return None
+        best = max(current.values(), key=lambda b: (b.q if b.q is not None else 0.5, b.expires_at))
+        return PresenceDoc(f"pres:{aor}", (Tuple(presentity_tuple_id(aor), "open", contact=best.contact),))
+
+    async def register(self, event: RequestReceived) -> None:
+        req = event.request
+        now = self.clock()
+        try:
+            aor = req.to.uri.aor
+            to_host = req.to.uri.host_key
+        except ParseError as exc:
+            self.driver.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
+            return
+        if to_host not in self.domains:
+            self.driver.respond(event, make_response(req, 404, "Domain Not Served"))
+            return
+        current = list(self.bindings.get(aor, {}).values())
+        was_open = bool(current)
+        outcome = process_register(req, aor, current, self.policy, now, str(event.peer))
+        if outcome.status != 200:
+            resp = make_response(req, outcome.status, outcome.reason)
+            if outcome.min_expires is not None:
+                resp.headers.add("Min-Expires", str(outcome.min_expires))
+            self.driver.respond(event, resp)
+            return
+        # Apply to memory first, so a concurrent REGISTER for the AOR sees this one's result.
+        table = self.bindings.setdefault(aor, {})
+        for b in outcome.deletes:
+            table.pop(b.contact, None)
+            self.expiry.discard((aor, b.contact))
+        for b in outcome.puts:
+            table[b.contact] = b
+            self.expiry.set((aor, b.contact), b.expires_at)
+        if not table:
+            del self.bindings[aor]
+        writes = [self.storage.delete_binding(aor, b.contact) for b in outcome.deletes]
+        writes += [self.storage.put_binding(b) for b in outcome.puts]
+        try:
+            if writes:
+                await asyncio.gather(*writes)
+        except Exception:
+            log.exception("storage write failed for REGISTER of %s", aor)
+            self.driver.respond(event, make_response(req, 500, "Storage Failure"))
+            return
+        resp = make_response(req, 200)
+        for value in contact_header_values(outcome.bindings, now):
+            resp.headers.add("Contact", value)
+        resp.headers.add("Date", formatdate(now, usegmt=True))
+        self.driver.respond(event, resp)
+        self._arm()
+        if was_open != bool(outcome.bindings) or outcome.puts or outcome.deletes:
+            await self._publish(aor)
+
+    async def _publish(self, aor: str) -> None:
+        if self.presence is not None:
+            await self.presence.set_part(aor, "registrar", self.part(aor))
+
+    def _arm(self) -> None:
+        deadline = self.expiry.next_deadline()
+        if deadline == self._deadline:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._deadline = deadline
+        if deadline is not None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(max(0.0, deadline - self.clock()), self._expire)
+
+    def _expire(self) -> None:
+        self._timer = None
+        self._deadline = None
+        asyncio.get_running_loop().create_task(self._expire_due())
+
+    async def _expire_due(self) -> None:
+        now = self.clock()
+        changed: set[str] = set()
+        writes = []
+        for aor, contact in self.expiry.pop_due(now):
+            table = self.bindings.get(aor)
+            if table is None or table.pop(contact, None) is None:
+                continue
+            if not table:
+                del self.bindings[aor]
+            changed.add(aor)
+            writes.append(self.storage.delete_binding(aor, contact))
+        if writes:
+            try:
+                await asyncio.gather(*writes)
+            except Exception:
+                log.exception("storage delete of expired bindings failed")
+        for aor in changed:
+            log.info("binding of %s expired%s", aor, "" if aor in self.bindings else ": now closed")
+            await self._publish(aor)
+        self._arm()
+
+    def close(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+
+
+class PresenceSink(Protocol):
+    """What the registrar needs of the presence service (kept narrow on purpose)."""
+
+    async def set_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None: ...
