@@ -143,7 +143,7 @@ class Message:
         if value is None:
             return None
         text = value.strip()
-        if not text.isdigit() or int(text) > 255:
+        if not (text.isascii() and text.isdigit()) or int(text) > 255:
             raise ParseError(f"bad Max-Forwards {value!r}")
         return int(text)
 
@@ -240,11 +240,12 @@ class Response(Message):
 
 
 # Request-Line = Method SP Request-URI SP SIP-Version CRLF (exactly one SP each, §25.1)
-_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) SIP/(\d+\.\d+)\Z")
+_REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) SIP/(\d+\.\d+)\Z", re.A)
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
-_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) (\d{3}) ([^\r\n]*)\Z")
+_STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) (\d{3}) ([^\r\n]*)\Z", re.A)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _MANDATORY = ("via", "from", "to", "call-id", "cseq")
+_SINGLE = frozenset({"from", "to", "call-id", "cseq", "max-forwards", "content-length"})
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
@@ -286,7 +287,7 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     length_text = headers.get("Content-Length")
     if length_text is not None:
         text = length_text.strip()
-        if not text.isdigit():
+        if not (text.isascii() and text.isdigit()):
             raise ParseError(f"bad Content-Length {length_text!r}", 400, msg)
         length = int(text)
         if length > len(body):
@@ -296,7 +297,12 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if len(body) > limits.max_body_size:
         raise ParseError("body too large", 413, msg)
     msg.body = body
-    present = {k for k, _, _ in headers._items}
+    present: set[str] = set()
+    for k, _, _ in headers._items:
+        if k in present and k in _SINGLE:
+            # RFC 4475 §3.3.8/§3.3.9: two values of a single-valued header, answer 400.
+            raise ParseError(f"more than one {CANONICAL[k]} header", 400, msg)
+        present.add(k)
     for key in _MANDATORY:
         if key not in present:
             raise ParseError(f"missing {CANONICAL[key]} header", 400, msg)
@@ -350,7 +356,16 @@ def make_response(
         [e for e in req.headers._items if e[0] in ("via", "from", "call-id", "cseq")]
     )
     to = req.headers.get("To") or ""
-    if to_tag is not None and ";tag=" not in to.replace(" ", "").lower():
+    if to_tag is not None and not _has_tag(req, to):
         to = f"{to};tag={to_tag}"
     h.add("To", to)
     return Response(status, reason or REASONS.get(status, "Unknown"), h)
+
+
+def _has_tag(req: Request, to: str) -> bool:
+    """Whether To already carries a tag parameter (not ";tag=" inside a quoted display name)."""
+    try:
+        return "tag" in req.to.params
+    except ParseError:
+        # An unparseable To (answering a broken request): a textual guess is all we have.
+        return ";tag=" in to.replace(" ", "").replace("\t", "").lower()
