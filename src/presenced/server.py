@@ -17,10 +17,12 @@ from pathlib import Path
 
 from presenced.config import Config
 from presenced.pa.agent import PaPolicy, PresenceAgent
+from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.registrar.bindings import RegistrarPolicy
 from presenced.services.dispatch import Dispatcher
 from presenced.services.presence import PresenceService
+from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
 from presenced.sip.auth import DigestAuthenticator, StaticCredentials, load_users_file
 from presenced.sip.endpoint import Endpoint, EndpointConfig
@@ -109,6 +111,10 @@ class Server:
             self.driver, self.storage, frozenset(cfg.server.domains),
         )
         self.registrar.presence = self.presence
+        self.publish = PublishService(
+            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires), make_token),
+            self.driver, self.storage, self.presence, frozenset(cfg.server.domains),
+        )
 
         script = None
         if cfg.routing is not None and cfg.routing.script:
@@ -133,6 +139,7 @@ class Server:
 
         self.dispatcher = Dispatcher(self.driver, router, auth, known_user)
         self.dispatcher.handlers["REGISTER"] = self.registrar.register
+        self.dispatcher.handlers["PUBLISH"] = self.publish.publish
         self.dispatcher.sources["registrar"] = self.presence.subscribe
         self.dispatcher.notify_results = self.presence.on_notify_result
         self.driver.app = self.dispatcher
@@ -142,6 +149,8 @@ class Server:
         closed = await self.registrar.load()
         for aor in self.registrar.bindings:
             self.agent.seed_part(aor, "registrar", self.registrar.part(aor))
+        for presentity in await self.publish.load():
+            self.agent.seed_part(presentity, "publish", self.publish.part(presentity))
 
         for a in addresses:
             if a.transport == "udp":
@@ -166,6 +175,7 @@ class Server:
         self.driver.close()
         self.presence.close()
         self.registrar.close()
+        self.publish.close()
         await self.storage.close()
         log.info("stopped")
 

@@ -183,9 +183,7 @@ class PresenceAgent:
             if p.parts.get(key) == part:
                 return []
             p.parts[key] = part
-        doc = compose(p.doc.entity, list(p.parts.values()))
-        if not doc.tuples:
-            doc = closed_doc(presentity)
+        doc = self._compose(presentity, p)
         if not p.parts and not p.watchers:
             del self.presentities[presentity]
             return []
@@ -204,9 +202,28 @@ class PresenceAgent:
             return
         p = self._presentity(presentity)
         p.parts[key] = part
-        doc = compose(p.doc.entity, list(p.parts.values()))
-        p.doc = doc if doc.tuples else closed_doc(presentity)
+        p.doc = self._compose(presentity, p)
         p.bodies = {}
+
+    @staticmethod
+    def _compose(presentity: str, p: _Presentity) -> PresenceDoc:
+        """Merge the sources' parts (policy: docs/presence.md).
+
+        Publications are authoritative: while a presentity has a live publication with a
+        tuple, the registrar's coarse open/closed tuple is left out, so a user who publishes
+        "closed" while registered shows closed. Without any tuple, the presentity is closed
+        (person elements and notes are kept).
+        """
+        parts = p.parts
+        published = parts.get("publish")
+        if "registrar" in parts and published is not None and published.tuples:
+            docs = [d for k, d in parts.items() if k != "registrar"]
+        else:
+            docs = list(parts.values())
+        doc = compose(entity_of(presentity), docs)
+        if doc.tuples:
+            return doc
+        return PresenceDoc(doc.entity, closed_doc(presentity).tuples, doc.persons, doc.notes)
 
     def body(self, presentity: str, content_type: str, now: float) -> bytes:
         p = self._presentity(presentity)

@@ -141,6 +141,10 @@ class Publications:
     def __len__(self) -> int:
         return len(self._by_etag)
 
+    def presentities(self) -> set[str]:
+        """Every presentity with at least one live publication."""
+        return {entry.pub.presentity for entry in self._by_etag.values()}
+
     def get(self, etag: str) -> Publication | None:
         entry = self._by_etag.get(etag)
         return None if entry is None else entry.pub
