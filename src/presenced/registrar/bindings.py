@@ -6,12 +6,14 @@ tells the presence agent when an address-of-record opened or closed.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import NameAddr
 from presenced.sip.message import Request
+from presenced.sip.uri import SipUri
 from presenced.storage.base import Binding
 
 
@@ -39,7 +41,15 @@ def contact_key(contact: NameAddr) -> str:
     Scheme and host compare case-insensitively; the user part and parameters as written.
     """
     uri = contact.uri
-    return str(uri).replace(uri.host, uri.host_key, 1) if uri.is_sip else str(uri)
+    if not uri.is_sip or uri.host == uri.host_key:
+        return str(uri)
+    # Rebuild rather than replace text: the host's spelling may also occur in the user part.
+    return str(SipUri(uri.scheme, uri.user, uri.password, uri.host_key, uri.port, uri.params,
+                      uri.headers))
+
+
+# qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )  (RFC 3261 §25.1)
+_QVALUE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)\Z")
 
 
 def process_register(
@@ -66,34 +76,36 @@ def process_register(
         if len(contacts) != 1 or header_expires != 0:
             return RegisterOutcome(400, "Bad Request (Contact: * needs Expires: 0 and no other contact)",
                                    bindings=list(current))
-        deletes = [b for b in current if not (b.call_id == call_id and cseq <= b.cseq)]
-        kept = [b for b in current if b not in deletes]
-        return RegisterOutcome(200, deletes=deletes, bindings=kept)
+        # A binding from the same Call-ID with a CSeq not below ours: "the update MUST be
+        # aborted and the request fails" — no binding at all is removed.
+        if any(b.call_id == call_id and cseq <= b.cseq for b in current):
+            return RegisterOutcome(500, "Out of Order", bindings=list(current))
+        return RegisterOutcome(200, deletes=list(current), bindings=[])
 
     puts: dict[str, Binding] = {}
     deletes: dict[str, Binding] = {}
     for contact in contacts:
-        expires_param = contact.params.get("expires")
-        if expires_param is not None:
-            if not expires_param.isdigit():
+        params = contact.params
+        if "expires" in params:
+            expires_param = params["expires"]  # None for a bare ";expires": no value at all
+            if expires_param is None or not expires_param.isdigit():
                 return RegisterOutcome(400, "Bad Request (bad expires parameter)", bindings=list(current))
             expires = min(int(expires_param), 2**32 - 1)
         elif header_expires is not None:
             expires = header_expires
         else:
             expires = policy.default_expires
-        if 0 < expires < policy.min_expires:
+        # §10.3 step 7: 423 only below one hour, whatever the configured minimum.
+        if 0 < expires < min(policy.min_expires, 3600):
             return RegisterOutcome(423, min_expires=policy.min_expires, bindings=list(current))
         expires = min(expires, policy.max_expires)
         q: float | None = None
-        q_text = contact.params.get("q")
-        if q_text is not None:
-            try:
-                q = float(q_text)
-            except ValueError:
-                q = -1.0
-            if not 0.0 <= q <= 1.0:
+        if "q" in params:
+            q_text = params["q"]
+            # float() alone would take "nan", "1e-1" or "0_1".
+            if q_text is None or not _QVALUE.match(q_text):
                 return RegisterOutcome(400, "Bad Request (bad q value)", bindings=list(current))
+            q = float(q_text)
         key = contact_key(contact)
         existing = by_contact.get(key)
         if existing is not None and existing.call_id == call_id and cseq <= existing.cseq:
@@ -104,7 +116,7 @@ def process_register(
                 deletes[key] = existing
             puts.pop(key, None)
             continue
-        instance = contact.params.get("+sip.instance")
+        instance = params.get("+sip.instance")
         puts[key] = Binding(
             aor=aor, contact=key, expires_at=now + expires, call_id=call_id, cseq=cseq, q=q,
             peer=peer, instance=instance.strip('"') if instance else None, user_agent=user_agent,

@@ -374,7 +374,9 @@ class Endpoint:
         return out
 
     def pending(self) -> Iterable[object]:
-        return (t.context for t in self.txns.clients.values())
+        """The contexts of the requests still waiting for a final response."""
+        # Client transactions carry (context, peer); the peer is ours, not the caller's.
+        return (t.context[0] for t in self.txns.clients.values())  # type: ignore[index]
 
 
 def _route(via: Via, peer: Peer) -> Peer:

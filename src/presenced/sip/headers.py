@@ -229,7 +229,14 @@ def parse_params(text: str) -> dict[str, str | None]:
             raise ParseError(f"bad parameter {item!r}")
         if eq:
             value = value.strip()
-            if not (is_token(value) or _QUOTED.match(value) or _IPV6_VALUE.match(value)):
+            # via-received is an IPv6address *without* brackets (RFC 3261 §25.1, RFC 5118
+            # §4.5): neither a token nor a host, so it gets its own test.
+            if not (
+                is_token(value)
+                or _QUOTED.match(value)
+                or _IPV6_VALUE.match(value)
+                or (name.lower() == "received" and _IPV6_BARE.match(value))
+            ):
                 raise ParseError(f"bad parameter value {item!r}")
             params[name.lower()] = value
         else:
@@ -238,6 +245,7 @@ def parse_params(text: str) -> dict[str, str | None]:
 
 
 _IPV6_VALUE = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
+_IPV6_BARE = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\Z")
 
 
 def format_params(params: dict[str, str | None]) -> str:
@@ -342,7 +350,8 @@ class Via:
         return f"SIP/2.0/{self.transport} {self.host}{port}{format_params(self.params)}"
 
 
-_VIA = re.compile(r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s:;]+)(?:\s*:\s*(\d+))?\s*(.*)\Z", re.S | re.I)
+# re.ASCII: DIGIT and LWS are ASCII (§25.1); Unicode digits would reach int() unchecked.
+_VIA = re.compile(r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s:;]+)(?:\s*:\s*(\d+))?\s*(.*)\Z", re.S | re.I | re.A)
 
 
 def parse_via(value: str) -> Via:
@@ -373,7 +382,7 @@ class CSeq:
         return f"{self.seq} {self.method}"
 
 
-_CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z")
+_CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z", re.A)
 
 
 def parse_cseq(value: str) -> CSeq:
@@ -434,6 +443,7 @@ def parse_subscription_state(value: str) -> SubscriptionState:
 def parse_delta_seconds(value: str, name: str = "Expires") -> int:
     """delta-seconds; values beyond 2**32-1 are taken as 2**32-1 (RFC 3261 §20.19 style)."""
     text = value.strip()
-    if not text.isdigit():
+    # isascii(): str.isdigit() accepts "²", which int() rejects with a ValueError.
+    if not (text.isascii() and text.isdigit()):
         raise ParseError(f"bad {name} {value!r}")
     return min(int(text), 2**32 - 1)

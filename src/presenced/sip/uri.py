@@ -107,7 +107,7 @@ def parse_hostport(text: str) -> tuple[str, int | None]:
             raise ParseError(f"bad host {host!r}")
         if not sep:
             return host, None
-    if not port_text.isdigit() or len(port_text) > 5 or int(port_text) > 65535:
+    if not (port_text.isascii() and port_text.isdigit()) or len(port_text) > 5 or int(port_text) > 65535:
         raise ParseError(f"bad port {port_text!r}")
     return host, int(port_text)
 
