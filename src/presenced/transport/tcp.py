@@ -14,6 +14,7 @@ import itertools
 import logging
 import time
 from collections.abc import Callable
+from typing import cast
 
 from presenced.sip.endpoint import Peer
 from presenced.sip.errors import ParseError
@@ -37,7 +38,8 @@ class _Connection(asyncio.Protocol):
         self.outbound_key = outbound_key
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
+        # uvloop's TCP transport does not subclass asyncio.Transport: no isinstance here.
+        transport = cast(asyncio.Transport, transport)
         self.transport = transport
         addr = transport.get_extra_info("peername")
         self.peer = Peer("tcp", addr[0], addr[1], self.id)

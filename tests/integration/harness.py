@@ -1,0 +1,999 @@
+"""Integration harness: the real presenced process, a real-socket SIP client, and sipp.
+
+    srv = ServerProcess(tmp_path, storage="memory:")    # writes presenced.toml, picks a port
+    srv.start()                                         # returns once it answers OPTIONS (UDP)
+    with SipClient(srv.addr, "tcp") as c:
+        r = c.request("SUBSCRIBE", "sip:alice@example.com", headers={"Event": "presence"})
+        notify = c.expect_request("NOTIFY")             # answered 200 automatically
+        dlg = c.dialog(r)                               # in-dialog requests from here on
+        c.request("SUBSCRIBE", dialog=dlg, headers={"Event": "presence", "Expires": "0"})
+    srv.stop()                                          # SIGTERM; asserts exit code 0
+
+Nothing here is a mock: the server is `python -m presenced --config FILE` in a subprocess and
+the client speaks over kernel sockets. The client parses with the project's own parser
+(`parse_message`, `StreamFramer`), so a server that emits unparseable bytes fails loudly
+(`SipClient.errors`). A reader thread per client answers NOTIFYs (and any method in
+`auto_answer`) at once, as a real user agent would, so the server never has to retransmit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from presenced.sip.errors import ParseError
+from presenced.sip.framing import KeepAlivePing, StreamFramer
+from presenced.sip.headers import Headers
+from presenced.sip.message import Request, Response, make_response, parse_message
+
+LOCALHOST = "127.0.0.1"
+DEFAULT_DOMAIN = "example.com"
+T1 = 0.5  # RFC 3261 §17.1.1.1
+T2 = 4.0
+
+HeaderSpec = Mapping[str, "str | None"] | Sequence[tuple[str, str]]
+
+
+def token(n: int = 8) -> str:
+    return secrets.token_hex(n)
+
+
+# --------------------------------------------------------------------------------------------
+# Ports
+
+
+def free_port_pair(host: str = LOCALHOST, attempts: int = 50) -> int:
+    """A port number free for both UDP and TCP on `host` right now.
+
+    The kernel picks a free UDP port; we then check TCP can bind the same number. The sockets
+    close before the server binds, so a race is possible but unlikely on a test machine;
+    `ServerProcess.start` retries on a bind failure.
+    """
+    for _ in range(attempts):
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+            u.bind((host, 0))
+            port = int(u.getsockname()[1])
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+                try:
+                    t.bind((host, port))
+                except OSError:
+                    continue
+                return port
+    raise RuntimeError("no free UDP+TCP port pair found")
+
+
+def free_udp_port(host: str = LOCALHOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
+        u.bind((host, 0))
+        return int(u.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# TOML rendering (tests pass plain dicts; only the shapes presenced's config uses)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    raise TypeError(f"cannot render {value!r} as TOML")
+
+
+def _toml_key(key: str) -> str:
+    if key and all(c.isalnum() or c in "-_" for c in key):
+        return key
+    return _toml_value(key)
+
+
+def render_toml(sections: Mapping[str, Mapping[str, Any]]) -> str:
+    """``{"server": {"listen": [...]}, "auth": {"users": {"alice": "pw"}}}`` -> TOML text."""
+    out: list[str] = []
+
+    def table(name: str, body: Mapping[str, Any]) -> None:
+        out.append(f"[{name}]")
+        subtables = []
+        for key, value in body.items():
+            if isinstance(value, Mapping):
+                subtables.append((key, value))
+            else:
+                out.append(f"{_toml_key(key)} = {_toml_value(value)}")
+        out.append("")
+        for key, value in subtables:
+            table(f"{name}.{_toml_key(key)}", value)
+
+    for name, body in sections.items():
+        table(_toml_key(name), body)
+    return "\n".join(out)
+
+
+# --------------------------------------------------------------------------------------------
+# The server process
+
+
+class ServerError(AssertionError):
+    """The server did not start, crashed, or stopped uncleanly; the message has its log tail."""
+
+
+class ServerProcess:
+    """One `presenced --config FILE` subprocess listening on UDP and TCP 127.0.0.1:`port`.
+
+    `sections` are merged over the harness defaults (``server`` keys are merged key by key, other
+    sections replace or add); `extra_toml` is appended verbatim for anything else. The data
+    directory and config stay in `root`, so `restart()` and `kill9()` + `start()` see the same
+    state (what a sqlite-backed server must survive).
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        *,
+        storage: str = "memory:",
+        domains: Sequence[str] = (DEFAULT_DOMAIN,),
+        sections: Mapping[str, Mapping[str, Any]] | None = None,
+        extra_toml: str = "",
+        log_level: str = "debug",
+        port: int | None = None,
+        env: Mapping[str, str] | None = None,
+    ) -> None:
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.data_dir = self.root / "data"
+        self.config_path = self.root / "presenced.toml"
+        self.log_path = self.root / "presenced.log"
+        self.storage = storage
+        self.domains = tuple(domains)
+        self.sections = dict(sections or {})
+        self.extra_toml = extra_toml
+        self.log_level = log_level
+        self.host = LOCALHOST
+        self.port = port or 0
+        self._fixed_port = port is not None
+        self.env = dict(env or {})
+        self.proc: subprocess.Popen[bytes] | None = None
+        self._log_file: Any = None
+        self.starts = 0
+        # Teardown fails the test when the log holds a traceback, unless a test expects one.
+        self.allow_tracebacks = False
+
+    # --- addresses ----------------------------------------------------------------------------
+
+    @property
+    def addr(self) -> tuple[str, int]:
+        return (self.host, self.port)
+
+    @property
+    def domain(self) -> str:
+        return self.domains[0]
+
+    def uri(self, user: str | None = None) -> str:
+        """``sip:user@domain`` (or ``sip:domain``) for this server's first domain."""
+        return f"sip:{user}@{self.domain}" if user else f"sip:{self.domain}"
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None
+        return self.proc.pid
+
+    # --- configuration ------------------------------------------------------------------------
+
+    def config_text(self) -> str:
+        server: dict[str, Any] = {
+            "listen": [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}"],
+            "domains": list(self.domains),
+            "data_dir": str(self.data_dir),
+            "log_level": self.log_level,
+        }
+        server.update(self.sections.get("server", {}))
+        sections: dict[str, Mapping[str, Any]] = {
+            "server": server,
+            "storage": {"url": self.storage},
+        }
+        for name, body in self.sections.items():
+            if name != "server":
+                sections[name] = body
+        text = render_toml(sections)
+        if self.extra_toml:
+            text += "\n" + self.extra_toml.strip() + "\n"
+        return text
+
+    def write_config(self) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.config_path.write_text(self.config_text(), encoding="utf-8")
+
+    # --- lifecycle ----------------------------------------------------------------------------
+
+    def command(self) -> list[str]:
+        return [sys.executable, "-m", "presenced", "--config", str(self.config_path)]
+
+    def start(self, timeout: float = 20.0) -> ServerProcess:
+        """Start and wait until the server answers OPTIONS over UDP and accepts TCP."""
+        assert not self.running, "server already running"
+        attempts = 1 if self._fixed_port else 3
+        for attempt in range(attempts):
+            if not self._fixed_port and (self.starts == 0 or attempt > 0):
+                self.port = free_port_pair(self.host)
+            self.write_config()
+            self._spawn()
+            try:
+                self.wait_ready(timeout)
+                return self
+            except ServerError:
+                # A lost race for the port: the process exits complaining; try another port.
+                lost_race = (
+                    self.proc is not None
+                    and self.proc.poll() is not None
+                    and ("in use" in self.log_text().lower())
+                )
+                if not lost_race or attempt == attempts - 1:
+                    self._reap()
+                    raise
+                self._reap()
+        raise AssertionError("unreachable")
+
+    def _spawn(self) -> None:
+        env = dict(os.environ)
+        env.update(self.env)
+        env.setdefault("PYTHONUNBUFFERED", "1")
+        self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
+        banner = f"--- harness: start #{self.starts + 1} on port {self.port} ---\n"
+        self._log_file.write(banner.encode())
+        self._log_file.flush()
+        self.proc = subprocess.Popen(
+            self.command(),
+            cwd=self.root,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self._log_file,
+            stderr=self._log_file,
+        )
+        self.starts += 1
+
+    def wait_ready(self, timeout: float = 20.0) -> None:
+        deadline = time.monotonic() + timeout
+        probe = (
+            f"OPTIONS sip:{self.domain} SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP {self.host}:{{port}};branch=z9hG4bK{{branch}};rport\r\n"
+            "Max-Forwards: 70\r\n"
+            f"From: <sip:harness@{self.domain}>;tag=ready\r\n"
+            f"To: <sip:{self.domain}>\r\n"
+            "Call-ID: {branch}@harness\r\n"
+            "CSeq: 1 OPTIONS\r\n"
+            "Content-Length: 0\r\n\r\n"
+        )
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            s.bind((self.host, 0))
+            s.settimeout(0.1)
+            lport = s.getsockname()[1]
+            while True:
+                self._check_alive("while starting")
+                s.sendto(probe.format(port=lport, branch=token()).encode(), self.addr)
+                try:
+                    data = s.recv(65535)
+                except (TimeoutError, ConnectionRefusedError):
+                    data = b""
+                if data.startswith(b"SIP/2.0 "):
+                    break
+                if time.monotonic() > deadline:
+                    raise ServerError(
+                        f"server did not answer OPTIONS within {timeout}s\n{self.log_tail()}"
+                    )
+                time.sleep(0.05)
+        while True:  # UDP answers first; TCP may come up a moment later
+            try:
+                socket.create_connection(self.addr, timeout=1).close()
+                return
+            except OSError:
+                self._check_alive("while starting")
+                if time.monotonic() > deadline:
+                    raise ServerError(f"server TCP port not accepting\n{self.log_tail()}") from None
+                time.sleep(0.05)
+
+    def _check_alive(self, when: str) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            rc = None if self.proc is None else self.proc.returncode
+            raise ServerError(f"server exited (code {rc}) {when}\n{self.log_tail()}")
+
+    @property
+    def running(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def assert_running(self) -> None:
+        self._check_alive("unexpectedly")
+
+    def signal(self, sig: int) -> None:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+
+    def stop(self, timeout: float = 15.0, expect_code: int = 0) -> int:
+        """SIGTERM, wait, and assert the exit code (0: a clean stop)."""
+        assert self.proc is not None, "server was never started"
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+                self._close_log()
+                raise ServerError(
+                    f"server did not stop within {timeout}s of SIGTERM\n{self.log_tail()}"
+                ) from None
+        rc = self.proc.returncode
+        self._close_log()
+        if rc != expect_code:
+            raise ServerError(f"server exit code {rc}, expected {expect_code}\n{self.log_tail()}")
+        return rc
+
+    def kill9(self) -> None:
+        """SIGKILL: no shutdown code runs (what write-through persistence must survive)."""
+        assert self.proc is not None
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self._close_log()
+
+    def restart(self, timeout: float = 20.0) -> ServerProcess:
+        """Clean stop, then start again on the same port with the same config and data dir."""
+        if self.running:
+            self.stop()
+        return self.start_again(timeout)
+
+    def start_again(self, timeout: float = 20.0) -> ServerProcess:
+        """Start after stop()/kill9() keeping the port (clients' addresses stay valid)."""
+        fixed = self._fixed_port
+        self._fixed_port = True
+        try:
+            return self.start(timeout)
+        finally:
+            self._fixed_port = fixed
+
+    def _reap(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log_file is not None:
+            self._log_file.close()
+            self._log_file = None
+
+    def close(self) -> None:
+        """Teardown without assertions (the fixture asserts separately)."""
+        self._reap()
+
+    # --- logs ---------------------------------------------------------------------------------
+
+    def log_text(self) -> str:
+        try:
+            return self.log_path.read_text(encoding="utf-8", errors="replace")
+        except FileNotFoundError:
+            return ""
+
+    def tracebacks(self) -> list[str]:
+        """Log lines carrying a traceback (the log format escapes newlines: one event, one line)."""
+        return [line for line in self.log_text().splitlines() if "Traceback" in line]
+
+    def log_tail(self, lines: int = 60) -> str:
+        text = self.log_text().splitlines()[-lines:]
+        return "--- presenced log (tail) ---\n" + "\n".join(text)
+
+    def __enter__(self) -> ServerProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        if self.running:
+            self.stop()
+        self._close_log()
+
+
+# --------------------------------------------------------------------------------------------
+# The SIP client
+
+
+@dataclass
+class ClientDialog:
+    """The UAC side of a dialog (RFC 3261 §12.1.2), enough for in-dialog SUBSCRIBE."""
+
+    call_id: str
+    local_uri: str
+    local_tag: str
+    remote_uri: str
+    remote_tag: str | None
+    remote_target: str
+    route_set: list[str] = field(default_factory=list)
+    local_cseq: int = 1
+
+    def next_cseq(self) -> int:
+        self.local_cseq += 1
+        return self.local_cseq
+
+
+class SipTimeout(AssertionError):
+    pass
+
+
+class SipClient:
+    """A user agent on a real socket (UDP, or one TCP connection) for integration tests.
+
+    Messages are parsed with `parse_message`; a reader thread sorts them into responses
+    (matched by top-Via branch) and requests (a FIFO for `expect_request`). Requests whose
+    method is in `auto_answer` get a 200 at once, retransmissions of answered requests get
+    the same answer again (a minimal server transaction), and everything is kept for
+    inspection: `requests_seen`, `responses_seen`, `errors` (bytes that failed to parse).
+    """
+
+    def __init__(
+        self,
+        server: tuple[str, int],
+        transport: str = "udp",
+        *,
+        user: str = "alice",
+        domain: str = DEFAULT_DOMAIN,
+        auto_answer: Iterable[str] = ("NOTIFY",),
+        retransmit: bool = True,
+        connect_timeout: float = 5.0,
+    ) -> None:
+        if transport not in ("udp", "tcp"):
+            raise ValueError(f"transport must be udp or tcp, not {transport!r}")
+        self.server = server
+        self.transport = transport
+        self.user = user
+        self.domain = domain
+        self.auto_answer = {m.upper() for m in auto_answer}
+        self.retransmit = retransmit and transport == "udp"
+        self._cseq = 0
+        self._lock = threading.Lock()
+        self._cond = threading.Condition(self._lock)
+        self._send_lock = threading.Lock()
+        self._responses: list[Response] = []
+        self._requests: list[Request] = []
+        self._answers: dict[tuple[str, str], bytes] = {}  # (branch, method) -> response sent
+        self._seen_requests: set[tuple[str, str]] = set()
+        self.requests_seen: list[Request] = []
+        self.responses_seen: list[Response] = []
+        self.errors: list[tuple[bytes, str]] = []
+        self.raw_received = bytearray()  # every byte from the server (TCP: the stream)
+        self.pongs = 0  # RFC 5626 §4.4.1 CRLF answers to our CRLFCRLF pings (TCP)
+        self.closed = threading.Event()  # the server closed the connection (TCP)
+        self._stopping = False
+        if transport == "udp":
+            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.sock.bind((LOCALHOST, 0))
+            self.sock.connect(server)  # also filters datagrams from anyone else
+        else:
+            self.sock = socket.create_connection(server, timeout=connect_timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.sock.settimeout(0.2)
+        self.local_port = int(self.sock.getsockname()[1])
+        self._framer = StreamFramer(1 << 20)
+        self._reader = threading.Thread(
+            target=self._read_loop, name=f"sipclient-{transport}", daemon=True
+        )
+        self._reader.start()
+
+    # --- identity -----------------------------------------------------------------------------
+
+    @property
+    def aor(self) -> str:
+        return f"sip:{self.user}@{self.domain}"
+
+    @property
+    def contact_uri(self) -> str:
+        t = ";transport=tcp" if self.transport == "tcp" else ""
+        return f"sip:{self.user}@{LOCALHOST}:{self.local_port}{t}"
+
+    @property
+    def contact(self) -> str:
+        return f"<{self.contact_uri}>"
+
+    def via(self, branch: str) -> str:
+        return (
+            f"SIP/2.0/{self.transport.upper()} {LOCALHOST}:{self.local_port};branch={branch};rport"
+        )
+
+    # --- sending ------------------------------------------------------------------------------
+
+    def send_raw(self, data: bytes) -> None:
+        with self._send_lock:
+            if self.transport == "udp":
+                self.sock.send(data)
+            else:
+                self.sock.sendall(data)
+
+    def send(self, msg: Request | Response) -> None:
+        self.send_raw(msg.encode())
+
+    def build_request(
+        self,
+        method: str,
+        uri: str | None = None,
+        *,
+        headers: HeaderSpec | None = None,
+        body: bytes = b"",
+        dialog: ClientDialog | None = None,
+        from_: str | None = None,
+        to: str | None = None,
+        call_id: str | None = None,
+        cseq: int | None = None,
+    ) -> Request:
+        """A request with every mandatory header filled in; `headers` add or override.
+
+        A header given as None in a mapping is left out (to test missing headers); give a list
+        of pairs to repeat a header. Within a `dialog`, the Request-URI, From/To tags, Call-ID,
+        CSeq and Route come from it (RFC 3261 §12.2.1.1).
+        """
+        method = method.upper()
+        branch = "z9hG4bK" + token()
+        route: list[str] = []
+        if dialog is not None:
+            uri = uri or dialog.remote_target
+            remote_tag = f";tag={dialog.remote_tag}" if dialog.remote_tag else ""
+            from_ = from_ or f"<{dialog.local_uri}>;tag={dialog.local_tag}"
+            to = to or f"<{dialog.remote_uri}>{remote_tag}"
+            call_id = call_id or dialog.call_id
+            cseq = cseq if cseq is not None else dialog.next_cseq()
+            route = dialog.route_set
+        if uri is None:
+            raise ValueError("a Request-URI or a dialog is needed")
+        if cseq is None:
+            self._cseq += 1
+            cseq = self._cseq
+        defaults: list[tuple[str, str | None]] = [
+            ("Via", self.via(branch)),
+            ("Max-Forwards", "70"),
+            ("From", from_ or f"<{self.aor}>;tag={token(4)}"),
+            ("To", to or f"<{uri.split(';', 1)[0]}>"),
+            ("Call-ID", call_id or f"{token()}@{LOCALHOST}"),
+            ("CSeq", f"{cseq} {method}"),
+        ]
+        defaults.extend(("Route", r) for r in route)
+        if method in ("SUBSCRIBE", "REGISTER", "NOTIFY", "REFER", "INVITE"):
+            defaults.append(("Contact", self.contact))
+        extra: list[tuple[str, str | None]]
+        if headers is None:
+            extra = []
+        elif isinstance(headers, Mapping):
+            extra = list(headers.items())
+        else:
+            extra = list(headers)
+        overridden = {k.lower() for k, _ in extra} if isinstance(headers, Mapping) else set()
+        h = Headers()
+        for name, value in defaults:
+            if name.lower() not in overridden and value is not None:
+                h.add(name, value)
+        for name, value in extra:
+            if value is not None:
+                h.add(name, value)
+        return Request(method, uri, h, body)
+
+    def send_request(self, method: str, uri: str | None = None, **kw: Any) -> Request:
+        """Build and send; do not wait. Pair with `wait_response(req)`."""
+        req = self.build_request(method, uri, **kw)
+        self.send(req)
+        return req
+
+    def request(
+        self,
+        method: str,
+        uri: str | None = None,
+        *,
+        timeout: float = 5.0,
+        **kw: Any,
+    ) -> Response:
+        """Send a request and return its final response (retransmitting over UDP, §17.1.2.2)."""
+        req = self.build_request(method, uri, **kw)
+        self.send(req)
+        return self.wait_response(req, timeout)
+
+    def wait_response(self, req: Request, timeout: float = 5.0, final: bool = True) -> Response:
+        """The (final) response to `req`, matched by top-Via branch and CSeq method."""
+        branch = req.top_via.branch or ""
+        method = req.method
+        data = req.encode() if self.retransmit else b""
+        deadline = time.monotonic() + timeout
+        interval = T1
+        while True:
+            wake = min(deadline, time.monotonic() + interval) if self.retransmit else deadline
+            with self._cond:
+                while True:
+                    r = self._take_response(branch, method, final)
+                    if r is not None:
+                        return r
+                    remaining = wake - time.monotonic()
+                    if remaining <= 0:
+                        break
+                    self._cond.wait(remaining)
+            if time.monotonic() >= deadline:
+                what = "final response" if final else "response"
+                raise SipTimeout(f"no {what} to {method} {req.uri} within {timeout}s")
+            self.send_raw(data)  # Timer E: T1 doubling up to T2 (RFC 3261 §17.1.2.2)
+            interval = min(interval * 2, T2)
+
+    def _take_response(self, branch: str, method: str, final: bool) -> Response | None:
+        for i, r in enumerate(self._responses):
+            try:
+                ok = r.top_via.branch == branch and r.cseq.method == method
+            except ParseError:
+                ok = False
+            if ok and (r.status >= 200 or not final):
+                del self._responses[i]
+                return r
+        return None
+
+    def dialog(self, response: Response, request: Request | None = None) -> ClientDialog:
+        """The dialog a 2xx to our SUBSCRIBE created (RFC 3261 §12.1.2; RFC 6665 §4.1.2.1)."""
+        contacts = response.contacts
+        from_ = response.from_
+        to = response.to
+        target = str(contacts[0].uri) if contacts else str(to.uri)
+        cseq = response.cseq.seq
+        return ClientDialog(
+            call_id=response.call_id,
+            local_uri=str(from_.uri),
+            local_tag=from_.tag or "",
+            remote_uri=str(to.uri),
+            remote_tag=to.tag,
+            remote_target=target,
+            route_set=list(reversed(response.headers.get_list("Record-Route"))),
+            local_cseq=cseq,
+        )
+
+    # --- receiving ----------------------------------------------------------------------------
+
+    def expect_request(
+        self,
+        method: str | None = None,
+        timeout: float = 5.0,
+        where: Callable[[Request], bool] | None = None,
+    ) -> Request:
+        """Pop the oldest received request with this method (and matching `where`)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for i, req in enumerate(self._requests):
+                    if (method is None or req.method == method.upper()) and (
+                        where is None or where(req)
+                    ):
+                        del self._requests[i]
+                        return req
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    pending = [f"{r.method} {r.uri}" for r in self._requests]
+                    raise SipTimeout(
+                        f"no {method or 'request'} within {timeout}s (queued: {pending or 'none'})"
+                    )
+                self._cond.wait(remaining)
+
+    def expect_no_request(self, method: str | None = None, timeout: float = 1.0) -> None:
+        """Assert no (such) request arrives within `timeout`."""
+        try:
+            req = self.expect_request(method, timeout)
+        except SipTimeout:
+            return
+        raise AssertionError(f"unexpected request {req.method} {req.uri}")
+
+    def pending_requests(self) -> list[Request]:
+        with self._lock:
+            return list(self._requests)
+
+    def reply(
+        self,
+        req: Request,
+        status: int = 200,
+        reason: str | None = None,
+        *,
+        headers: HeaderSpec | None = None,
+        body: bytes = b"",
+        to_tag: str | None = None,
+    ) -> Response:
+        """Answer a request the server sent us; retransmissions of it get the same answer."""
+        if to_tag is None and req.to.tag is None:
+            to_tag = token(4)
+        resp = make_response(req, status, reason, to_tag=to_tag)
+        if headers is not None:
+            items = headers.items() if isinstance(headers, Mapping) else headers
+            for name, value in items:
+                if value is not None:
+                    resp.headers.add(name, value)
+        resp.body = body
+        data = resp.encode()
+        with self._lock:
+            self._answers[(req.top_via.branch or "", req.method)] = data
+        self.send_raw(data)
+        return resp
+
+    def wait_closed(self, timeout: float = 5.0) -> bool:
+        """True when the server closed our TCP connection within `timeout`."""
+        return self.closed.wait(timeout)
+
+    def wait_raw(self, predicate: Callable[[bytes], bool], timeout: float = 5.0) -> bytes:
+        """Wait until the received byte stream satisfies `predicate`; return it."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while not predicate(bytes(self.raw_received)):
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise SipTimeout(
+                        f"condition on received bytes not met: {bytes(self.raw_received)[:200]!r}"
+                    )
+                self._cond.wait(remaining)
+            return bytes(self.raw_received)
+
+    def _read_loop(self) -> None:
+        while not self._stopping:
+            try:
+                data = self.sock.recv(65535)
+            except TimeoutError:
+                continue
+            except ConnectionRefusedError:
+                if self.transport == "udp":
+                    continue  # ICMP port unreachable: the server is down (maybe restarting)
+                break
+            except OSError:
+                break  # RST from the server, or our own close()
+            if self.transport == "tcp" and not data:
+                break
+            self._on_data(data)
+        if self.transport == "tcp":
+            with self._cond:
+                self.closed.set()
+                self._cond.notify_all()
+
+    def _on_data(self, data: bytes) -> None:
+        with self._cond:
+            self.raw_received += data
+            self._cond.notify_all()
+        if self.transport == "udp":
+            self._on_message(data)
+            return
+        # A lone CRLF from the server is a pong (RFC 5626 §4.4.1); the framer would hold it
+        # back waiting for a possible second CRLF, so count pongs before framing.
+        if (
+            self._framer.buffered == 0
+            and data.startswith(b"\r\n")
+            and not data.startswith(b"\r\n\r\n")
+        ):
+            with self._cond:
+                self.pongs += 1
+                self._cond.notify_all()
+            data = data[2:]
+        try:
+            items = self._framer.feed(data)
+        except ParseError as exc:
+            with self._cond:
+                self.errors.append((data, f"framing: {exc.reason}"))
+            return
+        for item in items:
+            if isinstance(item, KeepAlivePing):
+                with contextlib.suppress(OSError):
+                    self.send_raw(b"\r\n")  # the server pinged us
+            else:
+                self._on_message(item)
+
+    def _on_message(self, data: bytes) -> None:
+        try:
+            msg = parse_message(data)
+        except ParseError as exc:
+            with self._cond:
+                self.errors.append((data, exc.reason))
+                self._cond.notify_all()
+            return
+        if isinstance(msg, Response):
+            with self._cond:
+                self.responses_seen.append(msg)
+                self._responses.append(msg)
+                self._cond.notify_all()
+            return
+        try:
+            key = (msg.top_via.branch or "", msg.method)
+        except ParseError as exc:
+            with self._cond:
+                self.errors.append((data, exc.reason))
+            return
+        with self._cond:
+            answer = self._answers.get(key)
+            duplicate = key in self._seen_requests
+            self._seen_requests.add(key)
+            if not duplicate:
+                self.requests_seen.append(msg)
+                self._requests.append(msg)
+                self._cond.notify_all()
+        with contextlib.suppress(OSError):  # the connection may be going away under us
+            if answer is not None:
+                self.send_raw(answer)  # a retransmission of a request we answered (§17.2.2)
+            elif not duplicate and msg.method in self.auto_answer:
+                self.reply(msg, 200)
+
+    # --- teardown -----------------------------------------------------------------------------
+
+    def close(self) -> None:
+        self._stopping = True
+        with contextlib.suppress(OSError):
+            if self.transport == "tcp":
+                self.sock.shutdown(socket.SHUT_RDWR)
+        self._reader.join(2)
+        self.sock.close()
+
+    def __enter__(self) -> SipClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def raw_tcp(server: tuple[str, int], timeout: float = 5.0) -> socket.socket:
+    """A bare TCP connection to the server (for framing abuse)."""
+    s = socket.create_connection(server, timeout=timeout)
+    s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return s
+
+
+def connection_closed(sock: socket.socket, timeout: float = 5.0) -> bool:
+    """True when the peer closes (FIN or RST) `sock` within `timeout`; reads and drops data."""
+    deadline = time.monotonic() + timeout
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return False
+        sock.settimeout(remaining)
+        try:
+            if not sock.recv(65535):
+                return True
+        except TimeoutError:
+            return False
+        except OSError:
+            return True
+
+
+# --------------------------------------------------------------------------------------------
+# sipp
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def sipp_path() -> str | None:
+    return shutil.which("sipp")
+
+
+@dataclass
+class SippResult:
+    returncode: int
+    successful: int
+    failed: int
+    stats: dict[str, str]
+    output: str
+    errors: str
+    elapsed: float
+
+    def describe(self) -> str:
+        return (
+            f"sipp exit code {self.returncode}, successful {self.successful}, failed {self.failed}\n"
+            f"--- sipp errors ---\n{self.errors[-4000:]}\n--- sipp output (tail) ---\n{self.output[-2000:]}"
+        )
+
+
+def run_sipp(
+    sipp: str,
+    scenario: str | Path,
+    server: tuple[str, int],
+    workdir: Path,
+    *,
+    calls: int = 1,
+    rate: float = 10,
+    transport: str = "udp",
+    max_concurrent: int | None = None,
+    timeout: float = 30.0,
+    recv_timeout_ms: int = 5000,
+    domain: str = DEFAULT_DOMAIN,
+    service: str = "alice",
+    extra_args: Sequence[str] = (),
+) -> SippResult:
+    """Run a sipp scenario against `server` to completion and collect its verdict and counts.
+
+    sipp writes its files (error trace, statistics CSV) into `workdir`, never next to the
+    scenario. Exit code 0 means every call succeeded; the counts come from the CSV statistics
+    (``SuccessfulCall(C)`` / ``FailedCall(C)``), not from sipp's screen.
+    """
+    path = Path(scenario)
+    if not path.is_absolute() and not path.exists():
+        path = SCENARIOS / path
+    workdir.mkdir(parents=True, exist_ok=True)
+    tag = f"{path.stem}-{token(3)}"
+    stats_file = workdir / f"{tag}-stats.csv"
+    err_file = workdir / f"{tag}-errors.log"
+    out_file = workdir / f"{tag}-out.log"
+    args = [
+        sipp,
+        "-sf",
+        str(path),
+        f"{server[0]}:{server[1]}",
+        "-i",
+        LOCALHOST,
+        "-p",
+        str(free_port_pair() if transport == "tcp" else free_udp_port()),
+        "-t",
+        "t1" if transport == "tcp" else "u1",
+        "-m",
+        str(calls),
+        "-r",
+        str(rate),
+        "-key",
+        "domain",
+        domain,
+        "-s",
+        service,
+        "-nostdin",
+        "-timeout",
+        f"{int(timeout)}s",
+        "-timeout_error",
+        "-recv_timeout",
+        str(recv_timeout_ms),
+        "-trace_err",
+        "-error_file",
+        str(err_file),
+        "-trace_stat",
+        "-stf",
+        str(stats_file),
+        "-fd",
+        "1",
+    ]
+    if max_concurrent is not None:
+        args += ["-l", str(max_concurrent)]
+    args += list(extra_args)
+    started = time.monotonic()
+    with open(out_file, "wb") as out:
+        try:
+            proc = subprocess.run(
+                args,
+                cwd=workdir,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                timeout=timeout + 30,
+                check=False,
+            )
+            rc = proc.returncode
+        except subprocess.TimeoutExpired:
+            rc = -9
+    elapsed = time.monotonic() - started
+    stats = _last_stats_row(stats_file)
+    return SippResult(
+        returncode=rc,
+        successful=int(stats.get("SuccessfulCall(C)", "0") or 0),
+        failed=int(stats.get("FailedCall(C)", "0") or 0),
+        stats=stats,
+        output=out_file.read_text(errors="replace"),
+        errors=err_file.read_text(errors="replace") if err_file.exists() else "",
+        elapsed=elapsed,
+    )
+
+
+def _last_stats_row(path: Path) -> dict[str, str]:
+    try:
+        text = path.read_text(errors="replace")
+    except FileNotFoundError:
+        return {}
+    rows = list(csv.reader(text.splitlines(), delimiter=";"))
+    if len(rows) < 2:
+        return {}
+    header, last = rows[0], rows[-1]
+    return {k: v for k, v in zip(header, last, strict=False) if k}
