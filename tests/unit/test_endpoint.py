@@ -561,3 +561,33 @@ def test_each_request_gets_its_own_branch() -> None:
     vb = parse_message(b.data).top_via.branch
     assert va != vb
     assert sorted(ep.pending(), key=str) == [1, 2]
+
+
+def test_overload_answers_503_without_state_when_transactions_are_capped() -> None:
+    """RFC 3261 §21.5.4: a full transaction table yields a stateless 503, never more memory."""
+    import itertools
+
+    from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer, Transmit
+    from presenced.sip.message import parse_message
+
+    counter = itertools.count()
+    ep = Endpoint(
+        EndpointConfig(domains=frozenset({"example.com"}), max_transactions=2),
+        lambda: f"tok{next(counter)}",
+    )
+    peer = Peer("udp", "192.0.2.1", 5060)
+
+    def register(branch: str) -> bytes:
+        return (
+            f"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{branch}\r\n"
+            "From: <sip:a@example.com>;tag=1\r\nTo: <sip:a@example.com>\r\nCall-ID: c\r\n"
+            f"CSeq: {len(branch)} REGISTER\r\nContent-Length: 0\r\n\r\n"
+        ).encode()
+
+    assert len(ep.receive(register("a"), peer, 0.0)) == 1  # RequestReceived
+    assert len(ep.receive(register("bb"), peer, 0.0)) == 1
+    out = ep.receive(register("ccc"), peer, 0.0)
+    assert len(out) == 1 and isinstance(out[0], Transmit)
+    resp = parse_message(out[0].data)
+    assert resp.status == 503 and resp.headers.get("Retry-After") == "5"  # type: ignore[union-attr]
+    assert len(ep.txns.servers) == 2 and ep.stats.overloaded == 1

@@ -105,6 +105,7 @@ class EndpointStats:
     retransmissions_absorbed: int = 0
     late_responses: int = 0  # the application answered after the transaction ended
     unanswered: int = 0  # the application never answered within the guard time
+    overloaded: int = 0  # answered 503 because max_transactions was reached
 
 
 @dataclass(slots=True)
@@ -119,6 +120,8 @@ class EndpointConfig:
     limits: Limits = field(default_factory=lambda: DEFAULT_LIMITS)
     # Address we put in our own Via, per transport: {"udp": "127.0.0.1:5060"}
     via_hosts: dict[str, str] = field(default_factory=dict)
+    # Live server transactions at most; beyond it new requests get a stateless 503.
+    max_transactions: int = 200_000
 
 
 class Endpoint:
@@ -206,6 +209,12 @@ class Endpoint:
             # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
             refusal = self._method_not_allowed(req, _stateless_tag(req))
             return [self._stateless(req, refusal, peer)]
+        if len(self.txns.servers) >= self.config.max_transactions and key not in self.txns.servers:
+            # Overload: answer without state rather than let memory grow (RFC 3261 §21.5.4).
+            self.stats.overloaded += 1
+            busy = make_response(req, 503, "Overloaded", to_tag=_stateless_tag(req))
+            busy.headers.add("Retry-After", "5")
+            return [self._stateless(req, busy, peer)]
         outcome = self.txns.receive_request(key, peer.reliable, now)
         if outcome.action == "absorbed":
             self.stats.retransmissions_absorbed += 1
