@@ -21,6 +21,7 @@ from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.registrar.bindings import RegistrarPolicy
 from presenced.services.dispatch import Dispatcher
+from presenced.services.jabber import JabberGateway
 from presenced.services.presence import PresenceService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
@@ -60,6 +61,7 @@ class Server:
         self.config = config
         self.transports: list[UdpTransport | TcpTransport] = []
         self.stopped = asyncio.Event()
+        self.jabber: JabberGateway | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -144,6 +146,13 @@ class Server:
         self.dispatcher.notify_results = self.presence.on_notify_result
         self.driver.app = self.dispatcher
 
+        # --- jabber gateway (begin) ---
+        # Built before state loads so the loaded subscriptions' WatchStarted reach it.
+        if cfg.jabber is not None:
+            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains)
+            self.dispatcher.sources["jabber"] = self.presence.subscribe
+        # --- jabber gateway (end) ---
+
         # State first, network second, owed notifications last.
         effects = self.agent.load(await self.storage.load_subscriptions(), self.presence.clock())
         closed = await self.registrar.load()
@@ -163,6 +172,10 @@ class Server:
             self.driver.add_transport(t)
             self.transports.append(t)
             log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+        # --- jabber gateway start (begin) ---
+        if self.jabber is not None:
+            await self.jabber.start()  # connects in the background, re-announces on Connected
+        # --- jabber gateway start (end) ---
         log.info("serving domains %s with %d subscriptions and %d registered AORs",
                  ", ".join(sorted(domains)), len(self.agent.dialogs), len(self.registrar.bindings))
         await self.presence.run(effects)
@@ -170,6 +183,10 @@ class Server:
             await self.presence.renotify(aor)
 
     async def stop(self) -> None:
+        # --- jabber gateway stop (begin) ---
+        if self.jabber is not None:
+            await self.jabber.stop()
+        # --- jabber gateway stop (end) ---
         for t in self.transports:
             await t.stop()
         self.driver.close()

@@ -1,0 +1,430 @@
+"""The jabber gateway service: the XMPP component and the presence agent, bridged both ways.
+
+SIP -> XMPP (a SIP user watches ``sip:juliet*jabber.test@<gateway_domain>``)
+    The dispatcher routes the SUBSCRIBE to source "jabber"; the agent's `WatchStarted` reaches
+    `_on_watch`. One subscription per XMPP user, sent from the *component's own JID* (the bare
+    domain, e.g. ``gw.jabber.test``) which stands for the whole SIP side, as XEP-0100 transports
+    do. Not per watcher: the agent composes one document per presentity and every SIP watcher
+    sees it, so per-watcher XMPP approvals could not be honoured anyway; one JID keeps the
+    XMPP user's roster honest about who sees her. Only a subscribe is sent at first; the probe
+    waits for ``subscribed``, because Prosody answers a probe from a JID the user has not
+    approved with ``unsubscribed`` on her behalf, which also cancels the pending request (seen
+    in the integration tests). A subscribe she already approved is answered by her server with
+    ``subscribed`` and her current presence (RFC 6121 §3.1.3). Each resource's last available
+    presence is kept and mapped with `xmpp_to_pidf` into the part "xmpp"; unavailable from a
+    resource removes it, unavailable from the bare JID removes all.
+    Until the XMPP user approves, or after she refuses (``unsubscribed``), SIP watchers have an
+    *active* subscription whose document is closed (the agent's `closed_doc`). When the last
+    SIP watcher leaves (`WatchStopped`) the gateway unsubscribes and forgets the user.
+
+XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
+    Policy: subscriptions to users of served SIP domains are approved at once, others refused.
+    The approved subscriber gets alice's current presence (`pidf_to_xmpp` of the agent's
+    document) and a new one whenever it changes (`PresenceService.change_listeners` fire on every
+    `set_part`, with or without SIP watchers; an unchanged mapping is not re-sent). Probes are
+    answered with the current presence. Subscribers live in memory only: after a presenced
+    restart a subscriber is re-learnt from its server's next probe (sent when the XMPP user logs
+    in, RFC 6121 §4.3.1), which is also answered.
+
+Resilience
+    On `Disconnected` every jabber presentity gets a closed part (SIP watchers see closed); on
+    `Connected` the gateway re-subscribes to every watched XMPP user (and probes on each
+    ``subscribed``) and re-sends current presence to every XMPP subscriber, so presence flows
+    again without any SIP client acting. XMPP events only update in-memory state and mark presentities dirty; one task
+    flushes the dirty set into `set_part`, so a presence flood collapses into few updates and no
+    XMPP input raises into the SIP side.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Iterable
+from urllib.parse import unquote
+
+from presenced.config import JabberConfig
+from presenced.jabber.addressing import Addressing
+from presenced.jabber.component import (
+    Connected,
+    Disconnected,
+    PresenceChanged,
+    Probe,
+    Subscribed,
+    SubscribeRequest,
+    Unsubscribe,
+    Unsubscribed,
+    XmppComponent,
+    XmppEvent,
+)
+from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
+from presenced.pa.agent import closed_doc, entity_of
+from presenced.pa.model import PresenceDoc
+from presenced.services.presence import PresenceService
+
+__all__ = ["PART", "SOURCE", "JabberGateway"]
+
+log = logging.getLogger("presenced.jabber")
+
+SOURCE = "jabber"  # the routing source name (handle_subscription(req, "jabber"))
+PART = "xmpp"  # the key of the gateway's part in a presentity's composition
+
+_UNAVAILABLE = XmppPresence(available=False)
+
+
+class _Remote:
+    """An XMPP user some SIP users watch: the presentities that stand for it, its resources."""
+
+    __slots__ = ("presentities", "resources")
+
+    def __init__(self) -> None:
+        self.presentities: set[str] = set()
+        self.resources: dict[str, XmppPresence] = {}
+
+
+class _Contact:
+    """A SIP user some XMPP users watch: its component JID, subscribers, last presence sent."""
+
+    __slots__ = ("jid", "sent", "subscribers")
+
+    def __init__(self, jid: str) -> None:
+        self.jid = jid
+        self.subscribers: set[str] = set()
+        self.sent: XmppPresence | None = None
+
+
+class JabberGateway:
+    """Bridges one `XmppComponent` and the `PresenceService` (policies in the module docstring).
+
+    Registers itself as the component's ``on_event`` and as a watch and change listener of the
+    presence service at construction, so no `WatchStarted` emitted before `start` is missed.
+    """
+
+    def __init__(
+        self,
+        presence: PresenceService,
+        addressing: Addressing,
+        component: XmppComponent,
+        served_domains: Iterable[str],
+        *,
+        max_resources: int = 32,
+        max_subscribers: int = 1000,
+    ) -> None:
+        self.presence = presence
+        self.addressing = addressing
+        self.component = component
+        self.served = frozenset(d.lower().rstrip(".") for d in served_domains)
+        self.max_resources = max_resources
+        self.max_subscribers = max_subscribers
+        # The JID that subscribes to XMPP users on behalf of every SIP watcher.
+        self.gateway_jid = addressing.component
+        self._watched: dict[str, str | None] = {}  # presentity -> XMPP bare JID (None: unmappable)
+        self._remotes: dict[str, _Remote] = {}  # XMPP bare JID -> state
+        self._contacts: dict[str, _Contact] = {}  # SIP AOR -> its XMPP subscribers
+        self._dirty: dict[str, None] = {}  # ordered set of presentities to flush
+        self._flush_task: asyncio.Task[None] | None = None
+        self._stopping = False
+        component.on_event = self.handle_event
+        presence.watch_listeners.append(self._on_watch)
+        presence.change_listeners.append(self._on_change)
+
+    @classmethod
+    def from_config(
+        cls, cfg: JabberConfig, presence: PresenceService, served_domains: Iterable[str]
+    ) -> JabberGateway:
+        addressing = Addressing(cfg.gateway_domain, cfg.component, cfg.separator, cfg.domains)
+        host, port = cfg.server_address
+        component = XmppComponent(addressing.component, cfg.secret, host, port, _no_event)
+        return cls(presence, addressing, component, served_domains)
+
+    # --- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Start connecting (in the background); state is announced on each `Connected`."""
+        self._stopping = False
+        await self.component.start()
+
+    async def stop(self) -> None:
+        self._stopping = True
+        await self.component.stop()
+        task, self._flush_task = self._flush_task, None
+        if task is not None:
+            task.cancel()
+            try:
+                await task
+            except asyncio.CancelledError:
+                pass
+        self._dirty.clear()
+
+    # --- introspection (tests, admin) ------------------------------------------------------
+
+    def resources(self, presentity: str) -> dict[str, XmppPresence]:
+        jid = self._watched.get(presentity)
+        remote = self._remotes.get(jid) if jid else None
+        return dict(remote.resources) if remote is not None else {}
+
+    def subscribers(self, aor: str) -> frozenset[str]:
+        contact = self._contacts.get(aor)
+        return frozenset(contact.subscribers) if contact is not None else frozenset()
+
+    # --- presence service listeners ------------------------------------------------------------
+
+    def _on_watch(self, presentity: str, source: str, started: bool) -> None:
+        if source != SOURCE:
+            return
+        if started:
+            self._watch(presentity)
+        else:
+            self._unwatch(presentity)
+
+    def _watch(self, presentity: str) -> None:
+        if presentity in self._watched:
+            return
+        jid = self.addressing.sip_to_jid(presentity)
+        self._watched[presentity] = jid
+        if jid is None:
+            log.info("jabber: %s is no XMPP address; its watchers see closed", presentity)
+        else:
+            remote = self._remotes.get(jid)
+            if remote is None:
+                remote = self._remotes[jid] = _Remote()
+            first = not remote.presentities
+            remote.presentities.add(presentity)
+            if first and self.component.connected:
+                self._subscribe(jid)
+        self._mark(presentity)
+
+    def _unwatch(self, presentity: str) -> None:
+        if presentity not in self._watched:
+            return
+        jid = self._watched.pop(presentity)
+        remote = self._remotes.get(jid) if jid else None
+        if jid is not None and remote is not None:
+            remote.presentities.discard(presentity)
+            if not remote.presentities:
+                del self._remotes[jid]
+                self.component.unsubscribe(self.gateway_jid, jid)
+        self._mark(presentity)  # flushes part None: the presentity is forgotten
+
+    def _on_change(self, presentity: str, doc: PresenceDoc) -> None:
+        # Runs inside PresenceService.set_part for every source change: must never raise.
+        contact = self._contacts.get(presentity)
+        if contact is None or not contact.subscribers:
+            return
+        try:
+            pres = pidf_to_xmpp(doc)
+            if pres == contact.sent:
+                return
+            contact.sent = pres
+            for subscriber in contact.subscribers:
+                self.component.send_presence(contact.jid, subscriber, pres)
+        except Exception:
+            log.exception("jabber: cannot send presence of %s", presentity)
+
+    # --- XMPP events -------------------------------------------------------------------------
+
+    def handle_event(self, event: XmppEvent) -> None:
+        """The component's callback. Garbage is logged and dropped; nothing raises."""
+        try:
+            if isinstance(event, PresenceChanged):
+                self._on_presence(event)
+            elif isinstance(event, SubscribeRequest):
+                self._on_subscribe_request(event.from_bare, event.to_bare)
+            elif isinstance(event, Probe):
+                self._on_probe(event.from_jid, event.to_bare)
+            elif isinstance(event, Unsubscribe):
+                self._on_unsubscribe(event.from_bare, event.to_bare)
+            elif isinstance(event, Subscribed):
+                self._on_subscribed(event.from_bare, event.to_bare)
+            elif isinstance(event, Unsubscribed):
+                self._on_unsubscribed(event.from_bare, event.to_bare)
+            elif isinstance(event, Connected):
+                self._on_connected()
+            elif isinstance(event, Disconnected):
+                self._on_disconnected()
+        except Exception:
+            log.exception("jabber: failed to handle %r", event)
+
+    def _on_presence(self, event: PresenceChanged) -> None:
+        bare, _, resource = event.from_jid.partition("/")
+        if event.to_jid.partition("/")[0] != self.gateway_jid:
+            # Directed presence to a SIP user's JID: not the subscription we keep, ignored.
+            log.debug("jabber: ignoring presence %s -> %s", event.from_jid, event.to_jid)
+            return
+        remote = self._remotes.get(bare)
+        if remote is None:
+            log.debug("jabber: presence from unwatched %s dropped", event.from_jid)
+            return
+        pres = event.presence
+        if pres.available:
+            if resource not in remote.resources and len(remote.resources) >= self.max_resources:
+                log.warning(
+                    "jabber: %s has more than %d resources, %r dropped",
+                    bare,
+                    self.max_resources,
+                    resource,
+                )
+                return
+            if remote.resources.get(resource) == pres:
+                return
+            remote.resources[resource] = pres
+        elif resource:
+            if remote.resources.pop(resource, None) is None:
+                return
+        else:
+            # Unavailable from the bare JID (e.g. the answer to a probe): no resource is online.
+            if not remote.resources:
+                return
+            remote.resources.clear()
+        for presentity in remote.presentities:
+            self._mark(presentity)
+
+    def _on_subscribed(self, from_bare: str, to_bare: str) -> None:
+        if to_bare == self.gateway_jid and from_bare in self._remotes:
+            log.info("jabber: %s approved the gateway's subscription", from_bare)
+            # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
+            # servers that do not.
+            self.component.probe(self.gateway_jid, from_bare)
+
+    def _on_unsubscribed(self, from_bare: str, to_bare: str) -> None:
+        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
+        if remote is None:
+            return
+        # Refused or cancelled: SIP watchers stay subscribed and see closed.
+        log.info("jabber: %s refused or cancelled the gateway's subscription", from_bare)
+        remote.resources.clear()
+        for presentity in remote.presentities:
+            self._mark(presentity)
+
+    def _on_subscribe_request(self, from_bare: str, to_bare: str) -> None:
+        aor = self._sip_user(to_bare)
+        if aor is None:
+            log.info(
+                "jabber: refusing %s's subscription to %s (not a served SIP user)",
+                from_bare,
+                to_bare,
+            )
+            self.component.refuse(to_bare, from_bare)
+            return
+        contact = self._contact(aor, to_bare, from_bare)
+        if contact is None:
+            self.component.refuse(to_bare, from_bare)
+            return
+        self.component.approve(to_bare, from_bare)
+        self._send_current(aor, contact, from_bare)
+
+    def _on_probe(self, from_jid: str, to_bare: str) -> None:
+        aor = self._sip_user(to_bare)
+        if aor is None:
+            if to_bare != self.gateway_jid:
+                # Not someone we can speak for: no presence revealed (RFC 6121 §4.3.2).
+                self.component.refuse(to_bare, from_jid.partition("/")[0])
+            return
+        # A probe means the prober's server holds a subscription we approved (perhaps before
+        # a restart of ours): re-learn the subscriber, then answer.
+        contact = self._contact(aor, to_bare, from_jid.partition("/")[0])
+        if contact is None:
+            return
+        self._send_current(aor, contact, from_jid)
+
+    def _on_unsubscribe(self, from_bare: str, to_bare: str) -> None:
+        aor = self._sip_user(to_bare)
+        if aor is None:
+            return
+        contact = self._contacts.get(aor)
+        if contact is None or from_bare not in contact.subscribers:
+            return
+        contact.subscribers.discard(from_bare)
+        if not contact.subscribers:
+            del self._contacts[aor]
+        # RFC 6121 §3.3.3: the contact's side sends unavailable to the former subscriber.
+        self.component.send_presence(to_bare, from_bare, _UNAVAILABLE)
+
+    def _on_connected(self) -> None:
+        # Presentities loaded from storage at start-up may predate our listener; take them in.
+        for presentity in self.presence.agent.watched(SOURCE):
+            self._watch(presentity)
+        for jid in self._remotes:
+            self._subscribe(jid)
+        for aor, contact in self._contacts.items():
+            contact.sent = None
+            for subscriber in list(contact.subscribers):
+                self._send_current(aor, contact, subscriber)
+
+    def _on_disconnected(self) -> None:
+        if self._stopping:
+            return
+        log.info("jabber: XMPP server lost; %d watched XMPP users now closed", len(self._remotes))
+        for remote in self._remotes.values():
+            remote.resources.clear()
+        for presentity in self._watched:
+            self._mark(presentity)
+
+    # --- helpers -----------------------------------------------------------------------------
+
+    def _subscribe(self, jid: str) -> None:
+        # Re-sending subscribe when already approved is harmless: the server answers
+        # "subscribed" for the contact (RFC 6121 §3.1.3). No probe here: see the module
+        # docstring; `_on_subscribed` probes once approval is known.
+        self.component.subscribe(self.gateway_jid, jid)
+
+    def _sip_user(self, component_jid: str) -> str | None:
+        """The presentity key ("user@host") of a served SIP user behind a component JID."""
+        sip = self.addressing.jid_as_sip_user(component_jid)
+        if sip is None:
+            return None
+        user, _, host = sip[4:].rpartition("@")  # "sip:" prefix, then the last "@"
+        if host not in self.served:
+            return None
+        return f"{unquote(user)}@{host}"
+
+    def _contact(self, aor: str, jid: str, subscriber: str) -> _Contact | None:
+        contact = self._contacts.get(aor)
+        if contact is None:
+            contact = self._contacts[aor] = _Contact(jid)
+        if subscriber not in contact.subscribers:
+            if len(contact.subscribers) >= self.max_subscribers:
+                log.warning(
+                    "jabber: %s has %d XMPP subscribers; refusing %s",
+                    aor,
+                    len(contact.subscribers),
+                    subscriber,
+                )
+                return None
+            contact.subscribers.add(subscriber)
+        return contact
+
+    def _send_current(self, aor: str, contact: _Contact, to: str) -> None:
+        pres = pidf_to_xmpp(self.presence.agent.document(aor))
+        if self.component.send_presence(contact.jid, to, pres):
+            contact.sent = pres
+
+    def _part(self, presentity: str) -> PresenceDoc | None:
+        if presentity not in self._watched:
+            return None
+        jid = self._watched[presentity]
+        remote = self._remotes.get(jid) if jid is not None else None
+        if remote is None or not remote.resources:
+            # The agent's own closed document: watchers see the same tuple as with no source.
+            return closed_doc(presentity)
+        return xmpp_to_pidf(entity_of(presentity), remote.resources)
+
+    def _mark(self, presentity: str) -> None:
+        self._dirty[presentity] = None
+        if self._flush_task is None and not self._stopping:
+            self._flush_task = asyncio.get_running_loop().create_task(self._flush())
+
+    async def _flush(self) -> None:
+        try:
+            while self._dirty:
+                presentity = next(iter(self._dirty))
+                del self._dirty[presentity]
+                try:
+                    await self.presence.set_part(presentity, PART, self._part(presentity))
+                except Exception:
+                    log.exception("jabber: updating %s failed", presentity)
+        finally:
+            self._flush_task = None
+
+
+def _no_event(_event: XmppEvent) -> None:
+    """Placeholder callback until the gateway installs its own."""
