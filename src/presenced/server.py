@@ -2,7 +2,8 @@
 
 Start-up order matters: storage opens, state loads (subscriptions, then bindings), transports
 start, and only then do the notifications the restart owes go out (final NOTIFYs for
-subscriptions that expired while we were down, closed for AORs whose bindings did).
+subscriptions that expired while we were down, a fresh NOTIFY for presentities whose bindings or
+publications did).
 """
 
 from __future__ import annotations
@@ -158,8 +159,10 @@ class Server:
         closed = await self.registrar.load()
         for aor in self.registrar.bindings:
             self.agent.seed_part(aor, "registrar", self.registrar.part(aor))
-        for presentity in await self.publish.load():
+        published, unpublished = await self.publish.load()
+        for presentity in published:
             self.agent.seed_part(presentity, "publish", self.publish.part(presentity))
+        closed |= unpublished
 
         for a in addresses:
             if a.transport == "udp":
@@ -179,8 +182,8 @@ class Server:
         log.info("serving domains %s with %d subscriptions and %d registered AORs",
                  ", ".join(sorted(domains)), len(self.agent.dialogs), len(self.registrar.bindings))
         await self.presence.run(effects)
-        for aor in closed:
-            await self.presence.renotify(aor)
+        for presentity in closed:  # their state changed while we were down
+            await self.presence.renotify(presentity)
 
     async def stop(self) -> None:
         # --- jabber gateway stop (begin) ---

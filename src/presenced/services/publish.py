@@ -41,15 +41,19 @@ class PublishService:
         docs = self.pubs.docs_for(presentity)
         return compose(f"pres:{presentity}", docs) if docs else None
 
-    async def load(self) -> set[str]:
-        """Take back persisted publications; returns the presentities that have some."""
-        stale = self.pubs.load(await self.storage.load_publications(), self.clock())
+    async def load(self) -> tuple[set[str], set[str]]:
+        """Take back persisted publications.
+
+        Returns the presentities that have live publications, and those that lost one while
+        we were down (their watchers are owed a NOTIFY)."""
+        records = await self.storage.load_publications()
+        stale = set(self.pubs.load(records, self.clock()))
         for etag in stale:
             await self.storage.delete_publication(etag)
-        presentities = self.pubs.presentities()
+        lost = {r.presentity for r in records if r.etag in stale}
         log.info("loaded %d publications (%d expired while down)", len(self.pubs), len(stale))
         self._arm()
-        return presentities
+        return self.pubs.presentities(), lost
 
     async def publish(self, event: RequestReceived) -> None:
         req = event.request
