@@ -226,7 +226,11 @@ class PresenceAgent:
         return PresenceDoc(doc.entity, closed_doc(presentity).tuples, doc.persons, doc.notes)
 
     def body(self, presentity: str, content_type: str, now: float) -> bytes:
-        p = self._presentity(presentity)
+        p = self.presentities.get(presentity)
+        if p is None:
+            # A fetch or a final NOTIFY after the last watcher left: encode without creating an
+            # entry, which nothing would ever delete again.
+            return encode(closed_doc(presentity), content_type, now)
         b = p.bodies.get(content_type)
         if b is None:
             b = p.bodies[content_type] = encode(p.doc, content_type, now)
@@ -236,10 +240,12 @@ class PresenceAgent:
 
     def subscribe(self, req: Request, presentity: str, source: str, peer: str, now: float) -> list[Effect]:
         """An initial SUBSCRIBE (no To-tag): create a dialog, or answer a one-shot fetch."""
+        # Every answer to a request without To-tag carries one, errors too (RFC 3261 §8.2.6.2).
+        local_tag = self.make_token()
         try:
-            checked = self._check(req)
+            checked = self._check(req, local_tag)
         except ParseError as exc:
-            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})", local_tag))]
         if isinstance(checked, Response):
             return [Reply(checked)]
         expires, content_type = checked
@@ -253,13 +259,13 @@ class PresenceAgent:
             for r in route_set:
                 parse_name_addr(r)
         except ParseError as exc:
-            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
+            return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})", local_tag))]
         if not remote_tag:
-            return [Reply(make_response(req, 400, "Bad Request (From without tag)"))]
+            return [Reply(make_response(req, 400, "Bad Request (From without tag)", local_tag))]
         if len(contacts) != 1 or contacts[0].star:
             # RFC 6665 §4.1.2.1 / RFC 3261 §12.1.1: exactly one Contact to target NOTIFYs at.
-            return [Reply(make_response(req, 400, "Bad Request (SUBSCRIBE needs one Contact)"))]
-        local_tag = self.make_token()
+            reason = "Bad Request (SUBSCRIBE needs one Contact)"
+            return [Reply(make_response(req, 400, reason, local_tag))]
         transport = peer.split(":", 1)[0]
         event = req.event
         assert event is not None
@@ -284,6 +290,8 @@ class PresenceAgent:
             event_id=event.id,
         )
         ok = self._ok(req, local_tag, expires, presentity, transport)
+        for rr in req.headers.get_all("Record-Route"):
+            ok.headers.add("Record-Route", rr)  # RFC 3261 §12.1.1: the dialog's 2xx copies them
         dlg = _Dialog(record)
         dlg.cseq = 0
         effects: list[Effect] = []
@@ -294,7 +302,7 @@ class PresenceAgent:
             self._send(dlg, now, effects, register=False)
             return effects
         if self.per_watcher.get(record.watcher, 0) >= self.policy.max_subscriptions_per_watcher:
-            return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)"))]
+            return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)", local_tag))]
         self.dialogs[record.id] = dlg
         self.per_watcher[record.watcher] = self.per_watcher.get(record.watcher, 0) + 1
         p = self._presentity(presentity)
@@ -351,17 +359,18 @@ class PresenceAgent:
         self._notify(dlg, now, effects)
         return effects
 
-    def _check(self, req: Request) -> tuple[int, str] | Response:
+    def _check(self, req: Request, to_tag: str | None = None) -> tuple[int, str] | Response:
         """Event, Accept and Expires checks shared by initial and refreshing SUBSCRIBEs."""
         event = req.event
         if event is None or event.package not in EVENT_PACKAGES:
-            r = make_response(req, 489)  # RFC 6665 §4.1.2.1 (and §8.2.1 for a missing Event)
+            # RFC 6665 §4.1.2.1 (and §8.2.1 for a missing Event)
+            r = make_response(req, 489, to_tag=to_tag)
             r.headers.add("Allow-Events", ", ".join(EVENT_PACKAGES))
             return r
         accept = req.headers.get_list("Accept") if "Accept" in req.headers else None
         content_type = choose_format(accept)
         if content_type is None:
-            r = make_response(req, 406)
+            r = make_response(req, 406, to_tag=to_tag)
             r.headers.add("Accept", "application/pidf+xml, application/cpim-pidf+xml, "
                           "application/xpidf+xml, text/lpidf")
             return r
@@ -369,7 +378,7 @@ class PresenceAgent:
         if expires is None:
             expires = self.policy.default_expires
         elif 0 < expires < self.policy.min_expires:
-            r = make_response(req, 423)  # RFC 6665 §4.2.1.1
+            r = make_response(req, 423, to_tag=to_tag)  # RFC 6665 §4.2.1.1
             r.headers.add("Min-Expires", str(self.policy.min_expires))
             return r
         return min(expires, self.policy.max_expires), content_type
@@ -437,7 +446,9 @@ class PresenceAgent:
         dlg.outstanding = False
         effects: list[Effect] = []
         if dlg.final is not None:
-            if not dlg.dirty:  # the final NOTIFY itself was answered: the dialog is over
+            # The final NOTIFY itself was answered, or the watcher said the dialog is gone (or
+            # timed out) while a final NOTIFY waited: nothing more to send (RFC 6665 §4.2.2).
+            if not dlg.dirty or status in FATAL_NOTIFY_STATUSES:
                 del self.dialogs[sub_id]
                 return effects
             self._send(dlg, now, effects, register=True)  # a final NOTIFY was waiting

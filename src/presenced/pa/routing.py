@@ -72,7 +72,11 @@ class Router:
 def compile_script(source: str, filename: str) -> Callable[[Request], object]:
     """Compile an operator's routing script; it must define `route(request)`."""
     namespace: dict[str, object] = {"handle_subscription": handle_subscription, "__name__": "routing_script"}
-    exec(compile(source, filename, "exec"), namespace)
+    try:
+        exec(compile(source, filename, "exec"), namespace)
+    except Exception as exc:  # a SyntaxError or a failing top level: the operator's fault
+        detail = f"{type(exc).__name__}: {exc}"
+        raise RoutingError(f"{filename}: the routing script failed to load: {detail}") from exc
     fn = namespace.get("route")
     if not callable(fn):
         raise RoutingError(f"{filename}: the routing script must define route(request)")

@@ -89,12 +89,18 @@ class PresenceService:
     # --- execution -------------------------------------------------------------------------
 
     async def run(self, effects: Sequence[Effect], event: RequestReceived | None = None) -> None:
-        writes = []
+        # The last write per subscription wins; distinct subscriptions are written concurrently.
+        latest: dict[str, Persist | Forget] = {}
         for eff in effects:
             if isinstance(eff, Persist):
-                writes.append(self.storage.put_subscription(eff.sub))
+                latest[eff.sub.id] = eff
             elif isinstance(eff, Forget):
-                writes.append(self.storage.delete_subscription(eff.sub_id))
+                latest[eff.sub_id] = eff
+        writes = [
+            self.storage.put_subscription(w.sub) if isinstance(w, Persist)
+            else self.storage.delete_subscription(w.sub_id)
+            for w in latest.values()
+        ]
         if writes:
             try:
                 if len(writes) == 1:
