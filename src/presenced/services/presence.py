@@ -9,6 +9,7 @@ agent's next deadline.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -26,6 +27,7 @@ from presenced.pa.agent import (
 from presenced.pa.model import PresenceDoc
 from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
 from presenced.sip.errors import ParseError
+from presenced.sip.message import make_response
 from presenced.sip.uri import parse_uri
 from presenced.storage.base import Storage
 from presenced.transport.driver import Driver
@@ -110,8 +112,6 @@ class PresenceService:
             except Exception:
                 log.exception("storage write failed")
                 if event is not None:
-                    from presenced.sip.message import make_response
-
                     self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
                     return
         for eff in effects:
@@ -181,8 +181,6 @@ class PresenceService:
 
 
 def _is_ip(host: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(host)
     except ValueError:
