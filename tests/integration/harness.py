@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import hashlib
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -997,3 +999,214 @@ def _last_stats_row(path: Path) -> dict[str, str]:
         return {}
     header, last = rows[0], rows[-1]
     return {k: v for k, v in zip(header, last, strict=False) if k}
+
+
+# --------------------------------------------------------------------------------------------
+# Digest authentication, computed independently of the server's code (RFC 3261 §22.4, RFC 7616)
+
+_DIGEST_HASHES = {"MD5": hashlib.md5, "SHA-256": hashlib.sha256}
+
+
+def parse_auth_params(header: str) -> dict[str, str]:
+    """``Digest realm="x", nonce="y", stale=true`` -> {"scheme": "Digest", "realm": "x", ...}.
+
+    Parameter names are lowercased; quotes (with backslash escapes) removed.
+    """
+    scheme, _, rest = header.strip().partition(" ")
+    out = {"scheme": scheme}
+    for m in re.finditer(r'\s*([A-Za-z0-9_-]+)\s*=\s*("(?:[^"\\]|\\.)*"|[^,\s]*)\s*,?', rest):
+        value = m.group(2)
+        if value.startswith('"'):
+            value = re.sub(r"\\(.)", r"\1", value[1:-1])
+        out[m.group(1).lower()] = value
+    return out
+
+
+def digest_authorization(
+    challenge: str | Mapping[str, str],
+    method: str,
+    uri: str,
+    username: str,
+    password: str,
+    *,
+    cnonce: str | None = None,
+    nc: int = 1,
+) -> str:
+    """The Authorization value answering one WWW-Authenticate `challenge` (qop=auth when offered).
+
+    `challenge` is the header value or what `parse_auth_params` made of it.
+    """
+    ch = parse_auth_params(challenge) if isinstance(challenge, str) else challenge
+    algorithm = ch.get("algorithm", "MD5")
+    h = _DIGEST_HASHES[algorithm.upper()]
+
+    def kd(text: str) -> str:
+        return h(text.encode()).hexdigest()
+
+    realm, nonce = ch["realm"], ch["nonce"]
+    ha1 = kd(f"{username}:{realm}:{password}")
+    ha2 = kd(f"{method}:{uri}")
+    parts = [
+        f'username="{username}"',
+        f'realm="{realm}"',
+        f'nonce="{nonce}"',
+        f'uri="{uri}"',
+        f"algorithm={algorithm}",
+    ]
+    qops = [q.strip() for q in ch.get("qop", "").split(",") if q.strip()]
+    if "auth" in qops:
+        cnonce = cnonce or token(8)
+        ncs = f"{nc:08x}"
+        response = kd(f"{ha1}:{nonce}:{ncs}:{cnonce}:auth:{ha2}")
+        parts += [f'response="{response}"', "qop=auth", f"nc={ncs}", f'cnonce="{cnonce}"']
+    else:  # RFC 2069 compatibility form (RFC 3261 §22.4)
+        parts.append(f'response="{kd(f"{ha1}:{nonce}:{ha2}")}"')
+    if "opaque" in ch:
+        parts.append(f'opaque="{ch["opaque"]}"')
+    return "Digest " + ", ".join(parts)
+
+
+# --------------------------------------------------------------------------------------------
+# Presence documents, read with lxml in the test (not with the server's own codecs)
+
+PIDF_NS = "urn:ietf:params:xml:ns:pidf"
+CPIM_PIDF_NS = "urn:ietf:params:xml:ns:cpim-pidf"
+RPID_NS = "urn:ietf:params:xml:ns:pidf:rpid"
+DM_NS = "urn:ietf:params:xml:ns:pidf:data-model"
+XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
+
+
+@dataclass
+class PidfView:
+    """What a watcher reads from a PIDF (or cpim-pidf) body."""
+
+    entity: str
+    tuples: list[tuple[str, str, str | None]]  # (id, basic, contact)
+    notes: list[tuple[str, str | None]]  # every <note>/<dm:note>: (text, xml:lang)
+    activities: set[str]  # RPID activity element names, anywhere in the document
+
+    @property
+    def basics(self) -> list[str]:
+        return [basic for _, basic, _ in self.tuples]
+
+    @property
+    def contacts(self) -> list[str]:
+        return [c for _, _, c in self.tuples if c]
+
+
+def parse_pidf(body: bytes, ns: str = PIDF_NS) -> PidfView:
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    root = etree.fromstring(body, parser)
+    assert root.tag == f"{{{ns}}}presence", root.tag
+    tuples = []
+    for t in root.iter(f"{{{ns}}}tuple"):
+        basic = t.findtext(f"{{{ns}}}status/{{{ns}}}basic")
+        contact = t.findtext(f"{{{ns}}}contact")
+        tuples.append(
+            (t.get("id") or "", (basic or "").strip(), contact.strip() if contact else None)
+        )
+    notes = [
+        ((n.text or ""), n.get(XML_LANG)) for n in root.iter(f"{{{ns}}}note", f"{{{DM_NS}}}note")
+    ]
+    activities = {
+        etree.QName(child).localname
+        for acts in root.iter(f"{{{RPID_NS}}}activities")
+        for child in acts
+        if etree.QName(child).localname != "note"
+    }
+    return PidfView(root.get("entity") or "", tuples, notes, activities)
+
+
+def wait_until(predicate: Callable[[], bool], timeout: float = 5.0, interval: float = 0.05) -> bool:
+    """Poll `predicate` until it is true (returns True) or `timeout` passes (returns False)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        if predicate():
+            return True
+        if time.monotonic() >= deadline:
+            return False
+        time.sleep(interval)
+
+
+# --------------------------------------------------------------------------------------------
+# REGISTER
+
+
+def register(
+    c: SipClient,
+    *,
+    user: str | None = None,
+    contacts: list[str] | None = None,
+    expires: int | None = None,
+    call_id: str | None = None,
+    cseq: int | None = None,
+    headers: dict[str, str | None] | None = None,
+) -> Response:
+    """REGISTER `user`'s AOR (To = From = sip:user@domain), return the final response.
+
+    `contacts` default to the client's own Contact; `contacts=[]` sends a query (RFC 3261 §10.2.3).
+    """
+    user = user or c.user
+    aor = f"sip:{user}@{c.domain}"
+    req = c.build_request(
+        "REGISTER",
+        f"sip:{c.domain}",
+        from_=f"<{aor}>;tag={token(4)}",
+        to=f"<{aor}>",
+        call_id=call_id,
+        cseq=cseq,
+    )
+    req.headers.remove("Contact")  # the client's default; ours follow
+    for contact in [c.contact] if contacts is None else contacts:
+        req.headers.add("Contact", contact)
+    if expires is not None:
+        req.headers.add("Expires", str(expires))
+    for name, value in (headers or {}).items():
+        if value is not None:
+            req.headers.add(name, value)
+    c.send(req)
+    return c.wait_response(req)
+
+
+def bindings(resp: Response) -> dict[str, int]:
+    """Contact URI -> remaining expires, as the 200 lists them (RFC 3261 §10.3 step 8)."""
+    out = {}
+    for c in resp.contacts:
+        expires = c.params.get("expires")
+        assert expires is not None and expires.isdigit(), f"binding without expires: {c}"
+        out[str(c.uri)] = int(expires)
+    return out
+
+
+def parse_xpidf(body: bytes) -> list[tuple[str, str | None, str | None]]:
+    """An `application/xpidf+xml` body -> [(status, msnsubstatus, address uri)] per address.
+
+    The document's DOCTYPE names a DTD by public id; it is neither loaded nor resolved here.
+    """
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    root = etree.fromstring(body, parser)
+    assert root.tag == "presence", root.tag
+    out = []
+    for address in root.iter("address"):
+        status = address.find("status")
+        sub = address.find("msnsubstatus")
+        out.append(
+            (
+                status.get("status", "") if status is not None else "",
+                sub.get("substatus") if sub is not None else None,
+                address.get("uri"),
+            )
+        )
+    return out
+
+
+def xpidf_presentity(body: bytes) -> str | None:
+    from lxml import etree
+
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
+    el = etree.fromstring(body, parser).find("presentity")
+    return None if el is None else el.get("uri")

@@ -88,6 +88,10 @@ class RegistrarService:
         if to_host not in self.domains:
             self.driver.respond(event, make_response(req, 404, "Domain Not Served"))
             return
+        if not req.to.uri.user:
+            # RFC 3261 §10.3 step 5: the To URI must name a user of the domain.
+            self.driver.respond(event, make_response(req, 404, "Not Found (no user in To)"))
+            return
         current = list(self.bindings.get(aor, {}).values())
         was_open = bool(current)
         outcome = process_register(req, aor, current, self.policy, now, str(event.peer))

@@ -322,7 +322,18 @@ class Endpoint:
     # --- output -----------------------------------------------------------------------------
 
     def respond(self, txn: tuple[str, str, str], resp: Response, peer: Peer, now: float) -> list[Event]:
-        """Send the application's (or the core's) answer through its server transaction."""
+        """Send the application's (or the core's) answer through its server transaction.
+
+        A response other than 100 gets a To-tag when the application gave none (RFC 3261
+        §8.2.6.2), so no handler can forget it."""
+        if resp.status != 100:
+            try:
+                tagged = resp.to.tag is not None
+            except ParseError:
+                tagged = True  # nothing sane to add a tag to; answer as is
+            if not tagged:
+                to = resp.headers.get("To") or ""
+                resp.headers.set("To", f"{to};tag={self.make_token()}")
         if "Server" not in resp.headers:
             resp.headers.add("Server", self.config.user_agent)
         data = resp.encode()

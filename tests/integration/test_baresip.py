@@ -1,0 +1,123 @@
+"""A real SIP client watching a user: baresip (Debian package `baresip`), headless.
+
+baresip's presence module SUBSCRIBEs to every contact marked `presence=p2p` through the
+account's outbound proxy (our server). When alice registers, baresip must receive a NOTIFY
+saying open and report her "Online"; when she unregisters, "Offline" again. baresip runs with
+`-s` (SIP trace) so its output shows the NOTIFYs it received.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from harness import ServerProcess, SipClient, free_udp_port, register, wait_until
+
+Client = Callable[..., SipClient]
+
+_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+MODULES = Path("/usr/lib/baresip/modules")
+
+
+@pytest.fixture
+def baresip_path() -> str:
+    path = shutil.which("baresip")
+    if path is None or not MODULES.is_dir():
+        if _IN_CI:
+            pytest.fail("baresip is not installed (apt-get install baresip); CI must run this")
+        pytest.skip("baresip is not installed")
+    return path
+
+
+class Baresip:
+    """One headless baresip process with its own config dir; `output()` is its log so far."""
+
+    def __init__(self, binary: str, home: Path, server: ServerProcess, user: str = "bob") -> None:
+        home.mkdir(parents=True, exist_ok=True)
+        port = free_udp_port()
+        (home / "config").write_text(
+            "poll_method epoll\n"
+            f"sip_listen 127.0.0.1:{port}\n"
+            f"module_path {MODULES}\n"
+            "module stdio.so\n"
+            "module_app account.so\n"
+            "module_app contact.so\n"
+            "module_app presence.so\n"
+            "module_app menu.so\n"
+            "audio_player aufile,/dev/null\n"
+            "audio_source aufile,/dev/null\n"
+        )
+        # regint=0: no REGISTER of its own; every request goes to our server as outbound proxy.
+        (home / "accounts").write_text(
+            f'<sip:{user}@{server.domain}>;regint=0;outbound="sip:127.0.0.1:{server.port}"\n'
+        )
+        (home / "contacts").write_text(f'"Alice" <sip:alice@{server.domain}>;presence=p2p\n')
+        self.log_path = home / "baresip.out"
+        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(
+            [binary, "-f", str(home), "-s", "-v"],
+            stdin=subprocess.DEVNULL,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+        )
+
+    def output(self) -> str:
+        return _ANSI.sub("", self.log_path.read_text(errors="replace"))
+
+    def notifies(self) -> list[str]:
+        """The NOTIFY requests baresip's SIP trace shows it received (each up to the next trace)."""
+        return [
+            block
+            for block in self.output().split("\n#\n")
+            if re.search(r"^NOTIFY sip:", block, re.MULTILINE)
+        ]
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self._log.close()
+
+
+@pytest.fixture
+def baresip(baresip_path: str, server: ServerProcess, tmp_path: Path) -> Iterator[Baresip]:
+    b = Baresip(baresip_path, tmp_path / "baresip", server)
+    yield b
+    b.stop()
+
+
+def test_baresip_sees_alice_go_online_and_offline(
+    baresip: Baresip, server: ServerProcess, sip_client: Client
+) -> None:
+    # baresip subscribes on its own at startup; wait for the first NOTIFY (alice closed).
+    assert wait_until(lambda: len(baresip.notifies()) >= 1, timeout=10), baresip.output()[-3000:]
+    first = baresip.notifies()[0]
+    assert "Subscription-State: active" in first
+    assert "<basic>closed</basic>" in first
+
+    alice = sip_client()
+    assert register(alice, expires=600).status == 200
+    online = re.compile(r"<sip:alice@example\.com> changed status from \w+ to Online")
+    assert wait_until(lambda: bool(online.search(baresip.output())), timeout=10), baresip.output()[
+        -3000:
+    ]
+    assert any("<basic>open</basic>" in n for n in baresip.notifies())
+    assert any(alice.contact_uri in n for n in baresip.notifies())
+
+    assert register(alice, expires=0).status == 200
+    offline = re.compile(r"<sip:alice@example\.com> changed status from Online to Offline")
+    assert wait_until(lambda: bool(offline.search(baresip.output())), timeout=10), baresip.output()[
+        -3000:
+    ]
+    assert baresip.proc.poll() is None  # baresip liked every message we sent it
+    server.assert_running()
