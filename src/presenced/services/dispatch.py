@@ -9,12 +9,12 @@ known user. A handler that fails answers 500 and logs; it never takes the server
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
 
 from presenced.pa.routing import Router, RoutingError
+from presenced.services.alarm import Background
 from presenced.sip.auth import (
     AuthOutcome,
     AuthParseError,
@@ -41,15 +41,13 @@ class Dispatcher:
         self.handlers: dict[str, Handler] = {}
         self.sources: dict[str, Callable[[RequestReceived, str, str], Awaitable[None]]] = {}
         self.notify_results: Callable[[str, int], None] | None = None
-        self._tasks: set[asyncio.Task[None]] = set()
+        self._background = Background()
         self.errors = 0
 
     # --- endpoint events ---------------------------------------------------------------------
 
     def on_request(self, event: RequestReceived) -> None:
-        task = asyncio.get_running_loop().create_task(self._handle(event))
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background.spawn(self._handle(event))
 
     def on_response(self, event: ResponseReceived) -> None:
         ctx = event.context

@@ -25,6 +25,7 @@ from presenced.pa.agent import (
     WatchStopped,
 )
 from presenced.pa.model import PresenceDoc
+from presenced.services.alarm import Alarm, Background
 from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
 from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
@@ -45,8 +46,8 @@ class PresenceService:
         self.driver = driver
         self.storage = storage
         self.clock = clock
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self.background = Background()
+        self._alarm = Alarm(self._expire, self.background, clock)
         self.watch_listeners: list[WatchListener] = []
         self.change_listeners: list[ChangeListener] = []
         self.notifies_sent = 0
@@ -86,7 +87,7 @@ class PresenceService:
             log.info("NOTIFY for %s answered %d", sub_id, status)
         effects = self.agent.notify_result(sub_id, status, self.clock())
         if effects:
-            asyncio.get_running_loop().create_task(self.run(effects))
+            self.background.spawn(self.run(effects))
 
     # --- execution -------------------------------------------------------------------------
 
@@ -157,27 +158,13 @@ class PresenceService:
         return Peer(transport, host, uri.port or 5060)
 
     def _arm(self) -> None:
-        deadline = self.agent.next_deadline()
-        if deadline == self._deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._deadline = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            delay = max(0.0, deadline - self.clock())
-            self._timer = loop.call_later(delay, self._expire)
+        self._alarm.arm(self.agent.next_deadline())
 
-    def _expire(self) -> None:
-        self._timer = None
-        self._deadline = None
-        effects = self.agent.expire(self.clock())
-        asyncio.get_running_loop().create_task(self.run(effects))
+    async def _expire(self) -> None:
+        await self.run(self.agent.expire(self.clock()))
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._alarm.cancel()
 
 
 def _is_ip(host: str) -> bool:

@@ -6,7 +6,6 @@ presence agent's composition policy decides how that part and the registrar's co
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -14,6 +13,7 @@ from collections.abc import Callable
 from presenced.pa.compose import compose
 from presenced.pa.model import PresenceDoc
 from presenced.pa.publish import Publications
+from presenced.services.alarm import Alarm, Background
 from presenced.services.registrar import PresenceSink
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.message import make_response
@@ -34,8 +34,7 @@ class PublishService:
         self.presence = presence
         self.domains = domains
         self.clock = clock
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self._alarm = Alarm(self._expire_due, Background(), clock)
 
     def part(self, presentity: str) -> PresenceDoc | None:
         docs = self.pubs.docs_for(presentity)
@@ -75,21 +74,7 @@ class PublishService:
             await self.presence.set_part(name, PART, self.part(name))
 
     def _arm(self) -> None:
-        deadline = self.pubs.next_deadline()
-        if deadline == self._deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._deadline = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(0.0, deadline - self.clock()), self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._deadline = None
-        asyncio.get_running_loop().create_task(self._expire_due())
+        self._alarm.arm(self.pubs.next_deadline())
 
     async def _expire_due(self) -> None:
         changed = self.pubs.expire(self.clock())
@@ -104,5 +89,4 @@ class PublishService:
         self._arm()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._alarm.cancel()

@@ -24,6 +24,7 @@ from presenced.registrar.bindings import (
     contact_header_values,
     process_register,
 )
+from presenced.services.alarm import Alarm, Background
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
@@ -43,8 +44,7 @@ class RegistrarService:
         self.bindings: dict[str, dict[str, Binding]] = {}
         self.expiry: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
         self.presence: PresenceSink | None = None
-        self._timer: asyncio.TimerHandle | None = None
-        self._deadline: float | None = None
+        self._alarm = Alarm(self._expire_due, Background(), clock)
 
     async def load(self) -> set[str]:
         """Take back persisted bindings; drop those that expired while we were down.
@@ -134,21 +134,7 @@ class RegistrarService:
             await self.presence.set_part(aor, "registrar", self.part(aor))
 
     def _arm(self) -> None:
-        deadline = self.expiry.next_deadline()
-        if deadline == self._deadline:
-            return
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        self._deadline = deadline
-        if deadline is not None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(max(0.0, deadline - self.clock()), self._expire)
-
-    def _expire(self) -> None:
-        self._timer = None
-        self._deadline = None
-        asyncio.get_running_loop().create_task(self._expire_due())
+        self._alarm.arm(self.expiry.next_deadline())
 
     async def _expire_due(self) -> None:
         now = self.clock()
@@ -173,8 +159,7 @@ class RegistrarService:
         self._arm()
 
     def close(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
+        self._alarm.cancel()
 
 
 class PresenceSink(Protocol):
