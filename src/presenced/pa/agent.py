@@ -102,10 +102,14 @@ Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped
 # --- state -------------------------------------------------------------------------------------
 
 
+# (record it was built from, Request-URI, first route, fixed header entries)
+_Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...]]
+
+
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("cseq", "dirty", "final", "lease", "outstanding", "record")
+    __slots__ = ("cseq", "dirty", "final", "lease", "outstanding", "record", "template")
 
     def __init__(self, record: Subscription) -> None:
         self.record = record
@@ -114,6 +118,7 @@ class _Dialog:
         self.outstanding = False
         self.dirty = False
         self.final: str | None = None  # Subscription-State to end with, once sent
+        self.template: _Template | None = None  # NOTIFY parts fixed for this record
 
 
 class _Presentity:
@@ -409,6 +414,21 @@ class PresenceAgent:
         else:
             remaining = max(0, int(record.expires_at - now))
             state = f"{record.state};expires={remaining}"
+        template = dlg.template
+        if template is None or template[0] is not record:
+            template = dlg.template = self._notify_template(record)
+        _, uri, route, static = template
+        h = Headers._from_parsed(
+            [*static, ("cseq", "CSeq", f"{dlg.cseq} NOTIFY"), ("subscription-state", "Subscription-State", state)]
+        )
+        target = record.remote_target
+        req = Request("NOTIFY", uri, h, self.body(record.presentity, record.content_type, now))
+        dlg.outstanding = register
+        dlg.dirty = False
+        effects.append(SendNotify(record.id, req, record.peer, route, target))
+
+    def _notify_template(self, record: Subscription) -> _Template:
+        """What every NOTIFY of a dialog shares, built once per version of its record."""
         h = Headers()
         route = None
         target = record.remote_target
@@ -427,16 +447,11 @@ class PresenceAgent:
         h.add("From", f"<{record.local_uri}>;tag={record.local_tag}")
         h.add("To", f"<{record.remote_uri}>;tag={record.remote_tag}")
         h.add("Call-ID", record.call_id)
-        h.add("CSeq", f"{dlg.cseq} NOTIFY")
         h.add("Max-Forwards", "70")
         h.add("Contact", f"<{self.contact_for(record.presentity, record.peer.split(':', 1)[0])}>")
         h.add("Event", record.event if record.event_id is None else f"{record.event};id={record.event_id}")
-        h.add("Subscription-State", state)
         h.add("Content-Type", record.content_type)
-        req = Request("NOTIFY", uri, h, self.body(record.presentity, record.content_type, now))
-        dlg.outstanding = register
-        dlg.dirty = False
-        effects.append(SendNotify(record.id, req, record.peer, route, target))
+        return (record, uri, route, tuple(h._items))
 
     def notify_result(self, sub_id: str, status: int, now: float) -> list[Effect]:
         """The final answer to a NOTIFY (408 for a transaction timeout)."""

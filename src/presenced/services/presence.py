@@ -35,6 +35,8 @@ from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.pa")
 
+NOTIFY_BURST = 200  # NOTIFYs sent before the fan-out yields to the loop
+
 WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started)
 ChangeListener = Callable[[str, PresenceDoc], None]
 
@@ -115,12 +117,18 @@ class PresenceService:
                 if event is not None:
                     self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
                     return
+        sent = 0
         for eff in effects:
             if isinstance(eff, Reply):
                 if event is not None:
                     self.driver.respond(event, eff.response)
             elif isinstance(eff, SendNotify):
                 self._send_notify(eff)
+                sent += 1
+                if sent % NOTIFY_BURST == 0:
+                    # A fan-out to thousands of watchers: let the loop read their 200s now,
+                    # before the socket's receive buffer overflows and they are retransmitted.
+                    await asyncio.sleep(0)
             elif isinstance(eff, WatchStarted | WatchStopped):
                 started = isinstance(eff, WatchStarted)
                 for listener in self.watch_listeners:

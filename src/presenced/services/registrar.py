@@ -10,6 +10,7 @@ state flap.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -123,7 +124,7 @@ class RegistrarService:
         resp = make_response(req, 200)
         for value in contact_header_values(outcome.bindings, now):
             resp.headers.add("Contact", value)
-        resp.headers.add("Date", formatdate(now, usegmt=True))
+        resp.headers.add("Date", _http_date(int(now)))
         self.driver.respond(event, resp)
         self._arm()
         if was_open != bool(outcome.bindings) or outcome.puts or outcome.deletes:
@@ -160,6 +161,12 @@ class RegistrarService:
 
     def close(self) -> None:
         self._alarm.cancel()
+
+
+@functools.lru_cache(maxsize=4)
+def _http_date(second: int) -> str:
+    """The Date header (RFC 3261 §20.17), formatted once per second."""
+    return formatdate(second, usegmt=True)
 
 
 class PresenceSink(Protocol):

@@ -46,11 +46,19 @@ def canonical_name(name: str) -> str:
     return CANONICAL.get(name.lower(), name)
 
 
+_KEYS: dict[str, str] = {}  # memo of header_key for the names code asks for
+
+
 def header_key(name: str) -> str:
     """The lookup key of a header name: lowercased, compact forms expanded."""
-    low = name.lower()
-    full = CANONICAL.get(low)
-    return full.lower() if full is not None else low
+    key = _KEYS.get(name)
+    if key is None:
+        low = name.lower()
+        full = CANONICAL.get(low)
+        key = full.lower() if full is not None else low
+        if len(_KEYS) < 4096:  # names come from our code, mostly; bound it anyway
+            _KEYS[name] = key
+    return key
 
 
 class Headers:

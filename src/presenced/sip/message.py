@@ -359,7 +359,11 @@ def make_response(
     if to_tag is not None and not _has_tag(req, to):
         to = f"{to};tag={to_tag}"
     h.add("To", to)
-    return Response(status, reason or REASONS.get(status, "Unknown"), h)
+    resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
+    top_via = req._cache.get("top_via")
+    if top_via is not None:  # the same header: spare routing the response a second parse
+        resp._cache["top_via"] = top_via
+    return resp
 
 
 def _has_tag(req: Request, to: str) -> bool:

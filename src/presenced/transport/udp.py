@@ -12,6 +12,9 @@ from presenced.sip.endpoint import Peer
 log = logging.getLogger("presenced.transport.udp")
 
 Receiver = Callable[[bytes, Peer], None]
+BUFFER_SIZE = 8 * 1024 * 1024
+_SO_RCVBUFFORCE = getattr(socket, "SO_RCVBUFFORCE", 33)  # Linux values
+_SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 
 
 class UdpTransport(asyncio.DatagramProtocol):
@@ -31,11 +34,17 @@ class UdpTransport(asyncio.DatagramProtocol):
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Large buffers absorb bursts (a fan-out of thousands of NOTIFYs, a sipp load run).
-        for opt in (socket.SO_RCVBUF, socket.SO_SNDBUF):
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, opt, 4 * 1024 * 1024)
-            except OSError:
-                pass
+        # The *FORCE variants pass net.core.rmem_max/wmem_max when we may (root/CAP_NET_ADMIN).
+        for attempts in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
+            for opt in attempts:
+                try:
+                    sock.setsockopt(socket.SOL_SOCKET, opt, BUFFER_SIZE)
+                    break
+                except OSError:
+                    continue
+        log.info("udp %s:%d buffers: receive %d, send %d bytes", self.host, self.port,
+                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
+                 sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
         sock.bind((self.host, self.port))
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
