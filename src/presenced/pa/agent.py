@@ -416,7 +416,9 @@ class PresenceAgent:
             state = f"{record.state};expires={remaining}"
         template = dlg.template
         if template is None or template[0] is not record:
-            template = dlg.template = self._notify_template(record)
+            template = self._notify_template(record)
+            if dlg.cseq > 1:  # kept only for dialogs notified more than once: memory per idle sub
+                dlg.template = template
         _, uri, route, static = template
         h = Headers._from_parsed(
             [*static, ("cseq", "CSeq", f"{dlg.cseq} NOTIFY"), ("subscription-state", "Subscription-State", state)]
