@@ -90,7 +90,10 @@ class Server:
                 allow_events=("presence",),
                 accept=("application/pidf+xml", "application/cpim-pidf+xml"),
                 user_agent="presenced",
-                limits=Limits(max_message_size=max(65535, cfg.server.max_message_size)),
+                # A body is bounded by the message size here; each body's consumer has its own
+                # cap (PUBLISH documents: 64 KiB, answered 400 beyond it).
+                limits=Limits(max_message_size=max(65535, cfg.server.max_message_size),
+                              max_body_size=max(65535, cfg.server.max_message_size)),
                 via_hosts=via_hosts,
             ),
             make_token,

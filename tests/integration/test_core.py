@@ -283,6 +283,25 @@ def test_lying_content_length_does_not_block_other_connections(
         liar.close()
 
 
+def test_oversized_tcp_request_gets_513_then_the_connection_closes(
+    server: ServerProcess, sip_client: Client
+) -> None:
+    """RFC 3261 §21.5.14: a request larger than we take gets 513 Message Too Large, then the
+    stream (which cannot be framed past it) is closed; other connections are unaffected."""
+    big = raw_tcp(server.addr)
+    try:
+        port = big.getsockname()[1]
+        # Announce a 200 KB body (past the 64 KiB default) and send only the headers.
+        big.sendall(_options_raw(port, "TCP", body=b"", length=200_000))
+        big.settimeout(5)
+        head = big.recv(65535)
+        assert head.startswith(b"SIP/2.0 513 "), head[:200]
+        assert connection_closed(big, timeout=5)
+    finally:
+        big.close()
+    _assert_answers_options(sip_client("tcp"))
+
+
 def test_crlf_keepalive_ping_gets_crlf_pong(sip_client: Client) -> None:
     c = sip_client("tcp")
     c.send_raw(b"\r\n\r\n")  # RFC 5626 §3.5.1: double-CRLF ping, single-CRLF pong

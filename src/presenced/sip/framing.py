@@ -43,7 +43,7 @@ class StreamFramer:
                     del buf[:4]
                     out.append(KeepAlivePing())
                     continue
-                if bytes(buf) in (b"\r", b"\r\n", b"\r\n\r"):
+                if len(buf) < 4 and bytes(buf) in (b"\r", b"\r\n", b"\r\n\r"):
                     break  # wait: could still become a ping or a lone CRLF
                 if buf.startswith(b"\r\n"):
                     del buf[:2]  # a lone CRLF between messages is ignored (RFC 3261 §7.5)
@@ -60,7 +60,9 @@ class StreamFramer:
                 raise FramingError("missing Content-Length on a stream transport")
             total = end + 4 + int(m.group(1))
             if total > self.max_message_size:
-                raise FramingError("message exceeds the message size limit", 513)
+                # The headers are whole: hand them over so the peer can get a 513 (RFC 3261
+                # §21.5.14) before the connection closes.
+                raise FramingError("message exceeds the message size limit", 513, bytes(buf[: end + 4]))
             if len(buf) < total:
                 break
             out.append(bytes(buf[:total]))

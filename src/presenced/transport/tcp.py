@@ -19,6 +19,7 @@ from typing import cast
 from presenced.sip.endpoint import Peer
 from presenced.sip.errors import ParseError
 from presenced.sip.framing import KeepAlivePing, StreamFramer
+from presenced.sip.message import Request, make_response, parse_message
 
 log = logging.getLogger("presenced.transport.tcp")
 
@@ -59,7 +60,12 @@ class _Connection(asyncio.Protocol):
         except ParseError as exc:
             log.info("closing TCP connection from %s: %s", self.peer, exc.reason)
             self.owner.framing_errors += 1
-            self.transport.abort()
+            answer = _refusal(exc)
+            if answer is not None:
+                self.transport.write(answer)
+                self.transport.close()  # after the answer is flushed
+            else:
+                self.transport.abort()
             return
         for item in items:
             if isinstance(item, KeepAlivePing):
@@ -79,6 +85,27 @@ class _Connection(asyncio.Protocol):
                 del self.owner.by_addr[key]
         if self.outbound_key is not None and self.owner.by_addr.get(self.outbound_key) is self:
             del self.owner.by_addr[self.outbound_key]
+
+
+def _refusal(exc: ParseError) -> bytes | None:
+    """A 513 for an oversized request whose headers arrived whole, else nothing."""
+    head = exc.partial
+    if exc.status != 513 or not isinstance(head, bytes):
+        return None
+    try:
+        parse_message(head)  # the body is missing, so this fails; its `partial` is the request
+    except ParseError as inner:
+        req = inner.partial
+    else:
+        return None
+    if not isinstance(req, Request) or req.method == "ACK":
+        return None
+    try:
+        resp = make_response(req, 513)
+        resp.headers.add("Server", "presenced")
+        return resp.encode()
+    except ParseError:
+        return None
 
 
 class TcpTransport:
