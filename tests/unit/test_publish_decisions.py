@@ -633,3 +633,14 @@ def test_revert_of_a_refresh_changes_nothing_visible(pubs: Publications) -> None
 def test_docs_for_returns_presence_docs(pubs: Publications) -> None:
     pubs.handle(publish(pidf()), ALICE, T0)
     assert all(isinstance(d, PresenceDoc) for d in pubs.docs_for(ALICE))
+
+
+def test_publications_per_presentity_are_capped_with_403() -> None:
+    """A client that never reuses its entity-tag cannot pile up publications without bound."""
+    p = Publications(PublishPolicy(max_per_presentity=3), counter("e"))
+    for _ in range(3):
+        assert_status(p.handle(publish(pidf()), ALICE, T0).response, 200)
+    out = p.handle(publish(pidf()), ALICE, T0)
+    assert_status(out.response, 403)
+    assert out.put is None and len(p) == 3
+    assert_status(p.handle(publish(pidf()), "bob@example.com", T0).response, 200)  # others unaffected

@@ -77,6 +77,7 @@ class PublishPolicy:
     min_expires: int = 60  # below this (and above 0): 423 with Min-Expires
     max_expires: int = 86400  # longer requests are granted this
     max_body_size: int = 65536  # bigger bodies: 400, before any parsing
+    max_per_presentity: int = 32  # live publications of one presentity; one more: 403
 
 
 @dataclass(frozen=True, slots=True)
@@ -231,6 +232,9 @@ class Publications:
         expires_at: float,
         granted: int,
     ) -> PublishOutcome:
+        if len(self._by_presentity.get(presentity, ())) >= self.policy.max_per_presentity:
+            # A client that forgets its entity-tags must not pile up state (and NOTIFY bulk).
+            return self._fail(req, 403, "Forbidden (too many publications for this presentity)")
         etag = self._new_etag()
         pub = Publication(etag, presentity, EVENT, expires_at, content_type, body)
         self._serial += 1
