@@ -302,6 +302,28 @@ def test_oversized_tcp_request_gets_513_then_the_connection_closes(
     _assert_answers_options(sip_client("tcp"))
 
 
+def test_subscribe_whose_call_id_is_not_utf8_gets_400_and_nothing_is_stored(
+    sqlite_server: ServerProcess, sip_client: Client
+) -> None:
+    """Identity headers become stored dialog keys: bytes that are not UTF-8 are refused with a
+    clear 400 instead of a storage failure (and a leaked dialog)."""
+    c = sip_client("tcp", server=sqlite_server)
+    port = c.sock.getsockname()[1]
+    raw = (
+        "SUBSCRIBE sip:alice@example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/TCP 127.0.0.1:{port};branch=z9hG4bK{token()}\r\n"
+        "Max-Forwards: 70\r\nFrom: <sip:bob@example.com>;tag=b1\r\nTo: <sip:alice@example.com>\r\n"
+    ).encode() + b"Call-ID: abc\xff\xfe@host\r\n" + (
+        b"CSeq: 1 SUBSCRIBE\r\nEvent: presence\r\nContact: <sip:bob@127.0.0.1:5999>\r\n"
+        b"Content-Length: 0\r\n\r\n"
+    )
+    c.send_raw(raw)
+    got = c.wait_raw(lambda data: data.startswith(b"SIP/2.0 "), timeout=5)
+    assert got.startswith(b"SIP/2.0 400 "), got[:120]
+    assert b"Call-ID is not UTF-8" in got
+    _assert_answers_options(c)
+
+
 def test_crlf_keepalive_ping_gets_crlf_pong(sip_client: Client) -> None:
     c = sip_client("tcp")
     c.send_raw(b"\r\n\r\n")  # RFC 5626 §3.5.1: double-CRLF ping, single-CRLF pong

@@ -986,3 +986,60 @@ def test_notify_discipline_holds_for_any_sequence(ops: list[tuple[str, int, int]
             check(agent.notify_result(d.sub_id, 200, now + 10_000))
     assert agent.dialogs == {} and agent.per_watcher == {}
     assert agent.watched() == [] and agent.next_deadline() is None
+
+
+# --- review fixes ------------------------------------------------------------------------------
+
+
+def test_notify_rejected_with_403_ends_the_subscription_but_503_does_not() -> None:
+    """RFC 6665 §4.2.2: a NOTIFY failure that cannot be retried removes the subscription."""
+    agent = make_agent()
+    dlg, _effects = start(agent)
+    assert agent.notify_result(dlg.sub_id, 503, T0 + 1) == []  # transient: kept
+    assert dlg.sub_id in agent.dialogs
+    agent.set_part(ALICE, "registrar", registrar_open(), T0 + 2)
+    out = agent.notify_result(dlg.sub_id, 403, T0 + 3)
+    assert of(out, Forget) and dlg.sub_id not in agent.dialogs
+
+
+def test_refresh_with_another_event_id_is_481() -> None:
+    """RFC 6665 §4.1.2: the Event id names the subscription; another id is another one."""
+    agent = make_agent()
+    dlg, _ = start(agent, event="presence;id=1")
+    assert reply(agent.resubscribe(dlg.refresh(event="presence;id=2"), T0 + 1)).status == 481
+    assert reply(agent.resubscribe(dlg.refresh(event="presence;id=1"), T0 + 2)).status == 200
+
+
+def test_refresh_from_a_new_address_moves_the_notify_flow() -> None:
+    """A client behind NAT (or on a new TCP connection) refreshes from elsewhere."""
+    agent = make_agent()
+    dlg, _effects = start(agent)
+    agent.notify_result(dlg.sub_id, 200, T0)
+    out = agent.resubscribe(dlg.refresh(), T0 + 1, "udp:198.51.100.9:40000")
+    assert notify(out).peer == "udp:198.51.100.9:40000"
+
+
+def test_rollback_of_an_initial_subscribe_leaves_nothing_behind() -> None:
+    agent = make_agent()
+    _, effects = start(agent)
+    agent.rollback(effects, initial=True)
+    assert agent.dialogs == {} and agent.presentities == {} and agent.per_watcher == {}
+    assert agent.next_deadline() is None
+
+
+def test_rollback_of_a_refresh_unsticks_the_unsent_notify() -> None:
+    agent = make_agent()
+    dlg, _ = start(agent)
+    agent.notify_result(dlg.sub_id, 200, T0)
+    effects = agent.resubscribe(dlg.refresh(), T0 + 1)
+    agent.rollback(effects, initial=False)
+    # The NOTIFY was never sent: a later change must be able to send one.
+    assert of(agent.set_part(ALICE, "registrar", registrar_open(), T0 + 2), SendNotify)
+
+
+def test_global_subscription_cap_answers_503_with_retry_after() -> None:
+    agent = make_agent(max_subscriptions=1)
+    start(agent)
+    r = reply(agent.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0))
+    assert r.status == 503 and r.headers.get("Retry-After") == "60"
+    assert len(agent.dialogs) == 1

@@ -369,3 +369,17 @@ def test_encoding_a_two_tuple_document_is_fast() -> None:
 def test_decoding_a_small_pidf_is_fast() -> None:
     body = vector("rfc3863-minimal-default-ns.xml")
     assert _per_call(lambda: decode_pidf(body)) < 60e-6
+
+
+def test_timestamp_beyond_year_9999_in_utc_is_dropped_not_kept_to_crash_later() -> None:
+    """9999-12-31T23:59:59-14:00 is year 10000 in UTC: we could never write it back."""
+    from presenced.pa.documents.pidf import decode_pidf, encode_pidf
+
+    body = (
+        b'<presence xmlns="urn:ietf:params:xml:ns:pidf" entity="pres:a@example.com">'
+        b"<tuple id=\"t\"><status><basic>open</basic></status>"
+        b"<timestamp>9999-12-31T23:59:59-14:00</timestamp></tuple></presence>"
+    )
+    doc = decode_pidf(body)
+    assert doc.tuples[0].timestamp is None
+    assert b"<basic>open</basic>" in encode_pidf(doc)

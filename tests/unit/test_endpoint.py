@@ -591,3 +591,42 @@ def test_overload_answers_503_without_state_when_transactions_are_capped() -> No
     resp = parse_message(out[0].data)
     assert resp.status == 503 and resp.headers.get("Retry-After") == "5"  # type: ignore[union-attr]
     assert len(ep.txns.servers) == 2 and ep.stats.overloaded == 1
+
+
+def test_a_received_parameter_written_by_the_peer_is_replaced_by_the_source_address() -> None:
+    """RFC 3261 §18.2.1: received is the server's record of the source; a forged one would
+    aim our answers at any address (reflection)."""
+    import itertools
+
+    from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer, Transmit
+
+    counter = itertools.count()
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), lambda: f"t{next(counter)}")
+    data = (
+        b"OPTIONS sip:example.com SIP/2.0\r\n"
+        b"Via: SIP/2.0/UDP 192.0.2.1:5060;branch=z9hG4bKx;received=198.51.100.7;rport\r\n"
+        b"From: <sip:a@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: c\r\n"
+        b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    )
+    (out,) = ep.receive(data, Peer("udp", "192.0.2.1", 5070), 0.0)
+    assert isinstance(out, Transmit)
+    assert (out.peer.host, out.peer.port) == ("192.0.2.1", 5070)
+    assert b"received=192.0.2.1" in out.data and b"198.51.100.7" not in out.data
+
+
+def test_a_max_forwards_of_thousands_of_digits_is_a_400_not_an_exception() -> None:
+    import itertools
+
+    from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer
+    from presenced.sip.message import parse_message
+
+    counter = itertools.count()
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), lambda: f"t{next(counter)}")
+    data = (
+        "OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKy\r\n"
+        f"Max-Forwards: {'1' * 5000}\r\n"
+        "From: <sip:a@example.com>;tag=1\r\nTo: <sip:example.com>\r\nCall-ID: c\r\n"
+        "CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+    (out,) = ep.receive(data, Peer("udp", "192.0.2.1", 5060), 0.0)
+    assert parse_message(out.data).status == 400  # type: ignore[union-attr,attr-defined]

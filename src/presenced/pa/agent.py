@@ -28,7 +28,7 @@ counter resumes from the lease, which is never below a CSeq already sent.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -45,8 +45,13 @@ from presenced.storage.base import Subscription
 
 CSEQ_LEASE = 64
 EVENT_PACKAGES = ("presence",)
-# NOTIFY answers that end the subscription (RFC 6665 §4.2.2 and §4.1.3; 404/410 in practice).
-FATAL_NOTIFY_STATUSES = frozenset({404, 408, 410, 481})
+# NOTIFY failures that do NOT end the subscription: the watcher may accept a later NOTIFY
+# (authentication, glare, overload). Every other final failure ends it (RFC 6665 §4.2.2).
+TRANSIENT_NOTIFY_STATUSES = frozenset({401, 407, 491, 500, 503})
+
+
+def _fatal(status: int) -> bool:
+    return status >= 300 and status not in TRANSIENT_NOTIFY_STATUSES
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +60,7 @@ class PaPolicy:
     min_expires: int = 60
     max_expires: int = 86400
     max_subscriptions_per_watcher: int = 1000
+    max_subscriptions: int = 500_000  # in this process; one more gets 503 with Retry-After
 
 
 # --- effects ---------------------------------------------------------------------------------
@@ -238,7 +244,13 @@ class PresenceAgent:
             return encode(closed_doc(presentity), content_type, now)
         b = p.bodies.get(content_type)
         if b is None:
-            b = p.bodies[content_type] = encode(p.doc, content_type, now)
+            try:
+                b = encode(p.doc, content_type, now)
+            except ValueError:
+                # A document we accepted but cannot write must not take the presentity (or a
+                # restart) down with it: say closed rather than nothing.
+                b = encode(closed_doc(presentity), content_type, now)
+            p.bodies[content_type] = b
         return b
 
     # --- SUBSCRIBE -----------------------------------------------------------------------------
@@ -306,6 +318,10 @@ class PresenceAgent:
             dlg.final = "terminated;reason=timeout"
             self._send(dlg, now, effects, register=False)
             return effects
+        if len(self.dialogs) >= self.policy.max_subscriptions:
+            busy = make_response(req, 503, "Too Many Subscriptions", to_tag=local_tag)
+            busy.headers.add("Retry-After", "60")
+            return [Reply(busy)]
         if self.per_watcher.get(record.watcher, 0) >= self.policy.max_subscriptions_per_watcher:
             return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)", local_tag))]
         self.dialogs[record.id] = dlg
@@ -320,8 +336,11 @@ class PresenceAgent:
         self._notify(dlg, now, effects)
         return effects
 
-    def resubscribe(self, req: Request, now: float) -> list[Effect]:
-        """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2)."""
+    def resubscribe(self, req: Request, now: float, peer: str | None = None) -> list[Effect]:
+        """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2).
+
+        `peer` is the flow the refresh came on: NOTIFYs follow it (a client behind NAT or on a
+        new TCP connection refreshes from a new address)."""
         try:
             sub_id = dialog_id(req.call_id, req.to.tag or "", req.from_.tag or "")
             cseq = req.cseq.seq
@@ -333,6 +352,11 @@ class PresenceAgent:
         record = dlg.record
         if cseq <= record.remote_cseq:
             return [Reply(make_response(req, 500, "Out of Order"))]  # RFC 3261 §12.2.2
+        event = req.event
+        if (event is not None and event.package in EVENT_PACKAGES
+                and (event.package != record.event or event.id != record.event_id)):
+            # Another event package or id names another subscription (RFC 6665 §4.1.2, §8.2.1).
+            return [Reply(make_response(req, 481, "Subscription Does Not Exist"))]
         try:
             checked = self._check(req)
         except ParseError as exc:
@@ -357,7 +381,8 @@ class PresenceAgent:
         except ParseError:
             pass
         record = _replace(record, expires_at=now + expires, remote_cseq=cseq,
-                          content_type=content_type, remote_target=target, local_cseq=dlg.lease)
+                          content_type=content_type, remote_target=target, local_cseq=dlg.lease,
+                          peer=peer or record.peer)
         dlg.record = record
         self.expiry.set(record.id, record.expires_at)
         effects = [Persist(record), Reply(ok)]
@@ -465,12 +490,12 @@ class PresenceAgent:
         if dlg.final is not None:
             # The final NOTIFY itself was answered, or the watcher said the dialog is gone (or
             # timed out) while a final NOTIFY waited: nothing more to send (RFC 6665 §4.2.2).
-            if not dlg.dirty or status in FATAL_NOTIFY_STATUSES:
+            if not dlg.dirty or _fatal(status):
                 del self.dialogs[sub_id]
                 return effects
             self._send(dlg, now, effects, register=True)  # a final NOTIFY was waiting
             return effects
-        if status in FATAL_NOTIFY_STATUSES:
+        if _fatal(status):
             self._end(dlg, None, effects)
             del self.dialogs[sub_id]
             return effects
@@ -502,6 +527,36 @@ class PresenceAgent:
             dlg.final = final_state
         else:
             dlg.final = "terminated"
+
+    def rollback(self, effects: Sequence[Effect], initial: bool) -> None:
+        """Undo a SUBSCRIBE whose storage write failed, so it leaves nothing behind.
+
+        An initial SUBSCRIBE's dialog disappears (its WatchStarted was never delivered); for a
+        refresh, the NOTIFY that was never sent stops counting as outstanding."""
+        for eff in effects:
+            if isinstance(eff, Persist) and initial:
+                self._discard(eff.sub.id)
+            elif isinstance(eff, SendNotify):
+                dlg = self.dialogs.get(eff.sub_id)
+                if dlg is not None:
+                    dlg.outstanding = False
+
+    def _discard(self, sub_id: str) -> None:
+        dlg = self.dialogs.pop(sub_id, None)
+        if dlg is None:
+            return
+        record = dlg.record
+        self.expiry.discard(sub_id)
+        n = self.per_watcher.get(record.watcher, 0) - 1
+        if n > 0:
+            self.per_watcher[record.watcher] = n
+        else:
+            self.per_watcher.pop(record.watcher, None)
+        p = self.presentities.get(record.presentity)
+        if p is not None:
+            p.watchers.discard(sub_id)
+            if not p.watchers and not p.parts:
+                del self.presentities[record.presentity]
 
     def next_deadline(self) -> float | None:
         return self.expiry.next_deadline()

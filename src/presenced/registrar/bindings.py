@@ -70,6 +70,9 @@ def process_register(
         return RegisterOutcome(400, f"Bad Request ({exc.reason})", bindings=list(current))
     by_contact = {b.contact: b for b in current}
     user_agent = req.headers.get("User-Agent")
+    if user_agent is not None and not user_agent.isascii():
+        # Informational only: a Latin-1 phone's bytes are kept readable, not refused.
+        user_agent = user_agent.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
     if any(c.star for c in contacts):
         # §10.3 step 6: "*" only alone and only with Expires: 0.

@@ -51,8 +51,11 @@ class Dispatcher:
 
     def on_response(self, event: ResponseReceived) -> None:
         ctx = event.context
+        status = event.response.status
+        if status < 200:
+            return  # provisional: the NOTIFY is still outstanding
         if isinstance(ctx, tuple) and ctx[0] == "notify" and self.notify_results is not None:
-            self.notify_results(ctx[1], event.response.status if event.response.status >= 200 else 0)
+            self.notify_results(ctx[1], status)
 
     def on_timeout(self, event: ClientTimedOut) -> None:
         ctx = event.context
@@ -63,6 +66,11 @@ class Dispatcher:
 
     async def _handle(self, event: RequestReceived) -> None:
         req = event.request
+        bad = _not_utf8(req)
+        if bad is not None:
+            # These values become dialog and binding identities and are stored: text only.
+            self.driver.respond(event, make_response(req, 400, f"Bad Request ({bad} is not UTF-8)"))
+            return
         try:
             if self.auth is not None and not self._authorized(event):
                 return
@@ -144,6 +152,30 @@ class Dispatcher:
         for value in self.auth.challenge(time.time(), stale=stale):
             resp.headers.add("WWW-Authenticate", value)
         self.driver.respond(event, resp)
+
+
+_IDENTITY_HEADERS = ("From", "To", "Call-ID", "Contact", "Record-Route", "Event", "SIP-If-Match")
+
+
+def _not_utf8(req: Request) -> str | None:
+    """The first identity-bearing field that holds bytes which are not UTF-8, if any.
+
+    The parser keeps such bytes as surrogates so nothing is lost; they cannot be stored."""
+    if not req.uri.isascii() and _surrogates(req.uri):
+        return "Request-URI"
+    for name in _IDENTITY_HEADERS:
+        for value in req.headers.get_all(name):
+            if not value.isascii() and _surrogates(value):
+                return name
+    return None
+
+
+def _surrogates(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def _credentials_for(req: Request, realm: str) -> str | None:

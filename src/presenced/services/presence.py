@@ -67,7 +67,7 @@ class PresenceService:
         req = event.request
         now = self.clock()
         if req.to.tag:
-            effects = self.agent.resubscribe(req, now)
+            effects = self.agent.resubscribe(req, now, str(event.peer))
         else:
             effects = self.agent.subscribe(req, presentity, source, str(event.peer), now)
         await self.run(effects, event)
@@ -115,6 +115,8 @@ class PresenceService:
             except Exception:
                 log.exception("storage write failed")
                 if event is not None:
+                    # Nothing of this SUBSCRIBE happened: undo it in memory, answer 500.
+                    self.agent.rollback(effects, initial=not event.request.to.tag)
                     self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
                     return
         sent = 0

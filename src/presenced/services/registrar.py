@@ -104,6 +104,7 @@ class RegistrarService:
             return
         # Apply to memory first, so a concurrent REGISTER for the AOR sees this one's result.
         table = self.bindings.setdefault(aor, {})
+        before = dict(table)
         for b in outcome.deletes:
             table.pop(b.contact, None)
             self.expiry.discard((aor, b.contact))
@@ -119,6 +120,7 @@ class RegistrarService:
                 await asyncio.gather(*writes)
         except Exception:
             log.exception("storage write failed for REGISTER of %s", aor)
+            self._restore(aor, before)
             self.driver.respond(event, make_response(req, 500, "Storage Failure"))
             return
         resp = make_response(req, 200)
@@ -129,6 +131,18 @@ class RegistrarService:
         self._arm()
         if was_open != bool(outcome.bindings) or outcome.puts or outcome.deletes:
             await self._publish(aor)
+
+    def _restore(self, aor: str, before: dict[str, Binding]) -> None:
+        """Put an AOR's bindings back as they were (its REGISTER could not be stored)."""
+        for contact in self.bindings.get(aor, {}):
+            if contact not in before:
+                self.expiry.discard((aor, contact))
+        for b in before.values():
+            self.expiry.set((aor, b.contact), b.expires_at)
+        if before:
+            self.bindings[aor] = before
+        else:
+            self.bindings.pop(aor, None)
 
     async def _publish(self, aor: str) -> None:
         if self.presence is not None:

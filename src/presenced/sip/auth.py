@@ -95,7 +95,8 @@ _WIRE_NAME = {
 
 
 def _h(base: str, text: str) -> str:
-    return _HASHES[base][0](text.encode()).hexdigest()
+    # surrogateescape: header bytes that are not UTF-8 hash as the bytes they were, not crash.
+    return _HASHES[base][0](text.encode("utf-8", "surrogateescape")).hexdigest()
 
 
 def compute_ha1(algorithm: str, username: str, realm: str, password: str) -> str:
@@ -468,7 +469,7 @@ class DigestAuthenticator:
         if creds.qop is not None and creds.qop != "auth":
             return AuthResult(AuthOutcome.FAILED, reason=f"qop {creds.qop} not offered")
         if creds.opaque is not None and not hmac.compare_digest(
-            creds.opaque.encode(), self._opaque.encode()
+            creds.opaque.encode("utf-8", "surrogateescape"), self._opaque.encode()
         ):
             return AuthResult(AuthOutcome.FAILED, reason="opaque mismatch")
         age = self._nonce_age(creds.nonce, now)

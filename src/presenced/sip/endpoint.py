@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError
-from presenced.sip.headers import Via
+from presenced.sip.headers import Via, split_list
 from presenced.sip.message import (
     DEFAULT_LIMITS,
     Limits,
@@ -304,20 +304,25 @@ class Endpoint:
     def _stamp_via(req: Request, peer: Peer) -> None:
         """RFC 3261 §18.2.1 received, RFC 3581 §4 rport: where the request really came from."""
         via = req.top_via
+        params = via.params
         changed = False
-        if via.host.strip("[]").lower() != peer.host.lower():
-            via.params["received"] = peer.host
+        # A received the peer wrote itself is never trusted: it would aim our answers at any
+        # address (reflection). The value is always the packet's source.
+        if "received" in params or via.host.strip("[]").lower() != peer.host.lower():
+            params["received"] = peer.host
             changed = True
-        if "rport" in via.params:
-            via.params["rport"] = str(peer.port)
-            via.params.setdefault("received", peer.host)
+        if "rport" in params:
+            params["rport"] = str(peer.port)
+            params["received"] = peer.host
             changed = True
         if changed:
-            values = req.headers.get_list("Via")
-            values[0] = str(via)
-            req.headers.set("Via", values[0])
-            for extra in values[1:]:
-                req.headers.add("Via", extra)
+            # Rewrite only the first via-parm of the first Via line, in place.
+            items = req.headers._items
+            for i, (key, name, value) in enumerate(items):
+                if key == "via":
+                    rest = split_list(value)[1:]
+                    items[i] = (key, name, ", ".join([str(via), *rest]))
+                    break
 
     # --- output -----------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from presenced.sip.errors import ParseError
 
-_CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(\d+)[ \t]*\r\n", re.I)
+_CONTENT_LENGTH = re.compile(rb"\r\n(?:content-length|l)[ \t]*:[ \t]*(\d{1,10})[ \t]*\r\n", re.I)
 
 
 class FramingError(ParseError):

@@ -347,7 +347,7 @@ class Via:
     @property
     def rport(self) -> int | None:
         value = self.params.get("rport")
-        return int(value) if value is not None and value.isdigit() else None
+        return int(value) if value is not None and _small_int(value) else None
 
     @property
     def sent_by(self) -> str:
@@ -370,6 +370,8 @@ def parse_via(value: str) -> Via:
     host, _ = parse_hostport(host)
     port = None
     if port_text is not None:
+        if len(port_text) > 10:
+            raise ParseError(f"bad Via port {port_text[:20]!r}")
         port = int(port_text)
         if port > 65535:
             raise ParseError(f"bad Via port {port_text!r}")
@@ -433,7 +435,7 @@ class SubscriptionState:
     @property
     def expires(self) -> int | None:
         v = self.params.get("expires")
-        return int(v) if v is not None and v.isdigit() else None
+        return int(v) if v is not None and _small_int(v) else None
 
     @property
     def reason(self) -> str | None:
@@ -448,9 +450,16 @@ def parse_subscription_state(value: str) -> SubscriptionState:
     return SubscriptionState(state, parse_params(rest) if rest else {})
 
 
+def _small_int(text: str) -> bool:
+    """ASCII digits, few enough for int() (CPython refuses strings over 4,300 digits)."""
+    return len(text) <= 18 and text.isascii() and text.isdigit()
+
+
 def parse_delta_seconds(value: str, name: str = "Expires") -> int:
     """delta-seconds; values beyond 2**32-1 are taken as 2**32-1 (RFC 3261 §20.19 style)."""
     text = value.strip()
+    if len(text) > 20:  # int() of thousands of digits is slow, then refused by CPython
+        raise ParseError(f"bad {name} (too long)")
     # isascii(): str.isdigit() accepts "²", which int() rejects with a ValueError.
     if not (text.isascii() and text.isdigit()):
         raise ParseError(f"bad {name} {value!r}")

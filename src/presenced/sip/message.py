@@ -143,7 +143,7 @@ class Message:
         if value is None:
             return None
         text = value.strip()
-        if not (text.isascii() and text.isdigit()) or int(text) > 255:
+        if not (text.isascii() and text.isdigit()) or len(text) > 10 or int(text) > 255:
             raise ParseError(f"bad Max-Forwards {value!r}")
         return int(text)
 
@@ -287,8 +287,8 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     length_text = headers.get("Content-Length")
     if length_text is not None:
         text = length_text.strip()
-        if not (text.isascii() and text.isdigit()):
-            raise ParseError(f"bad Content-Length {length_text!r}", 400, msg)
+        if not (text.isascii() and text.isdigit()) or len(text) > 10:
+            raise ParseError(f"bad Content-Length {length_text[:20]!r}", 400, msg)
         length = int(text)
         if length > len(body):
             raise ParseError("Content-Length larger than the body", 400, msg)

@@ -57,7 +57,11 @@ class _Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         try:
             items = self.framer.feed(data)
-        except ParseError as exc:
+        except Exception as exc:  # a framing bug must cost this connection only
+            if not isinstance(exc, ParseError):
+                log.exception("framing failed on %s", self.peer)
+                self.transport.abort()
+                return
             log.info("closing TCP connection from %s: %s", self.peer, exc.reason)
             self.owner.framing_errors += 1
             answer = _refusal(exc)

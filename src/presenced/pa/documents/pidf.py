@@ -194,8 +194,13 @@ def stable_id(seed: str) -> str:
 # --- Encoding --------------------------------------------------------------------------------
 
 
+_MIN_TS = 0.0  # 1970-01-01T00:00:00Z
+_MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
+
+
 def format_timestamp(ts: float) -> str:
     """RFC 3339 UTC: "2001-10-27T16:49:29Z", or with milliseconds when `ts` is not integral."""
+    ts = min(max(ts, _MIN_TS), _MAX_TS)
     whole = int(ts // 1)
     millis = round((ts - whole) * 1000)
     if millis == 1000:
@@ -302,7 +307,12 @@ def parse_timestamp(text: str | None) -> float | None:
         return None
     if d.tzinfo is None:
         d = d.replace(tzinfo=UTC)
-    return d.timestamp()
+    try:
+        ts = d.timestamp()
+    except (OverflowError, ValueError):
+        return None
+    # Only what we can write back: a year-9999 date with a negative offset is year 10000 in UTC.
+    return ts if _MIN_TS <= ts < _MAX_TS else None
 
 
 def _parse_priority(text: str | None) -> float | None:
