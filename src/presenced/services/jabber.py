@@ -71,6 +71,8 @@ PART = "xmpp"  # the key of the gateway's part in a presentity's composition
 _UNAVAILABLE = XmppPresence(available=False)
 
 
+MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
+
 class _Remote:
     """An XMPP user some SIP users watch: the presentities that stand for it, its resources."""
 
@@ -380,6 +382,10 @@ class JabberGateway:
     def _contact(self, aor: str, jid: str, subscriber: str) -> _Contact | None:
         contact = self._contacts.get(aor)
         if contact is None:
+            if len(self._contacts) >= MAX_CONTACTS:
+                # Remote XMPP peers choose these addresses: bound what they can make us keep.
+                log.warning("jabber: %d SIP users watched from XMPP; refusing %s", len(self._contacts), aor)
+                return None
             contact = self._contacts[aor] = _Contact(jid)
         if subscriber not in contact.subscribers:
             if len(contact.subscribers) >= self.max_subscribers:
