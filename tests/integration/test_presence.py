@@ -509,3 +509,33 @@ def test_routing_script_routes_by_user_prefix(
         assert basics(n) == ["closed"]
         assert register(sip_client(server=srv, user=user), expires=600).status == 200
         assert basics(w.expect_request("NOTIFY")) == ["open"]
+
+
+def test_with_auth_a_watcher_subscribes_only_as_itself(
+    server_factory: Factory, sip_client: Client
+) -> None:
+    """With [auth], SUBSCRIBE is challenged (RFC 3261 §22) and its From must name the
+    authenticated user: nobody reads presence, or uses another's quota, under another name."""
+    from harness import digest_authorization, parse_auth_params
+
+    srv = server_factory(
+        sections={"auth": {"realm": "example.com", "users": {"alice": "secret", "bob": "pw"}}}
+    )
+    bob = sip_client(server=srv, user="bob")
+    h: dict[str, str | None] = {"Event": "presence", "Expires": "600"}
+    r = bob.request("SUBSCRIBE", ALICE, headers=h)
+    assert r.status == 401, r
+    challenge = parse_auth_params(r.headers.get("WWW-Authenticate") or "")
+
+    def with_auth(**extra: str) -> dict[str, str | None]:
+        auth = digest_authorization(challenge, "SUBSCRIBE", ALICE, "bob", "pw")
+        return {**h, "Authorization": auth, **extra}
+
+    spoofed = bob.request(
+        "SUBSCRIBE", ALICE, headers=with_auth(), from_="<sip:carol@example.com>;tag=c1"
+    )
+    assert spoofed.status == 403, spoofed
+    ok = bob.request("SUBSCRIBE", ALICE, headers=with_auth())
+    assert ok.status == 200, ok
+    note = bob.expect_request("NOTIFY", timeout=5)
+    assert parse_pidf(note.body).basics == ["closed"]

@@ -3,8 +3,8 @@
 REGISTER goes to the registrar, SUBSCRIBE through routing (`handle_subscription`) to the
 presence agent, PUBLISH to the publication service; responses to our NOTIFYs go back to the
 presence service. When `[auth]` is configured, these requests must carry valid digest
-credentials (RFC 3261 §22): REGISTER and PUBLISH as the AOR's own user, SUBSCRIBE as any
-known user. A handler that fails answers 500 and logs; it never takes the server down.
+credentials (RFC 3261 §22): REGISTER and PUBLISH as the AOR's own user, SUBSCRIBE as the
+user its From names (any known user may watch any user of a served domain). A handler that fails answers 500 and logs; it never takes the server down.
 """
 
 from __future__ import annotations
@@ -139,6 +139,10 @@ class Dispatcher:
             owner = req.to.uri.user_unescaped
         elif req.method == "PUBLISH":
             owner = req.ruri.user_unescaped
+        elif req.method == "SUBSCRIBE":
+            # A watcher subscribes as itself: the From names who reads the presence (and whose
+            # per-watcher limit counts, and whose dialog a later refresh may end).
+            owner = req.from_.uri.user_unescaped
         else:
             return True
         if owner != user:
