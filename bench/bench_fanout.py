@@ -1,7 +1,7 @@
 """Fan-out benchmark: how long one change takes to reach every watcher of a presentity.
 
     .venv/bin/python bench/bench_fanout.py [--watchers 1000,5000,10000] [--repeat 3]
-        [--storage sqlite|memory:] [--gc-tuned] [--profile FILE]
+        [--storage sqlite|memory:] [--profile FILE]
 
 For each size N, N watchers (all on the load client's one UDP socket, each its own dialog)
 subscribe to presentity fanN and their first NOTIFY (closed) is answered. Then the client

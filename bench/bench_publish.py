@@ -1,7 +1,7 @@
 """Publication benchmark: publish cycles/s driven by sipp, without and with watchers.
 
     .venv/bin/python bench/bench_publish.py [--rates 1200,2400] [--seconds 10]
-        [--storage sqlite|memory:] [--presentities 1000] [--watchers 10] [--gc-tuned]
+        [--storage sqlite|memory:] [--presentities 1000] [--watchers 10]
         [--profile FILE]
 
 A cycle (bench/scenarios/publish.xml, RFC 3903) is PUBLISH open -> 200 (SIP-ETag), PUBLISH

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_register.py [--rates 1600,2400,3200] [--seconds 8]
         [--storages memory:,sqlite] [--bindings 100000] [--window 400] [--settle 0]
-        [--gc-tuned] [--profile FILE]
+        [--profile FILE]
 
 A cycle is REGISTER (Expires: 3600) -> 200, then REGISTER Expires: 0 -> 200 for the same
 user (bench/scenarios/register.xml); every call is a new user. For each storage and target
@@ -13,7 +13,7 @@ Then, on a fresh server (default SQLite storage), the load client registers `--b
 distinct users and we print the server's RSS before, right after (the REGISTER server
 transactions still linger for Timer J, 64*T1 = 32 s, RFC 3261 §17.2.2) and after `--settle`
 seconds, when only the bindings are left. `--profile FILE` samples the server with py-spy
-during the sipp runs; `--gc-tuned` runs the server with the cyclic GC tuned (an experiment).
+during the sipp runs.
 Target (Kamailio 5.6 on the same 2-core machine): 1,600 register cycles/s.
 """
 

@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/bench_subscribe.py [--rates 1400,2100,2800] [--seconds 8]
         [--storages sqlite,memory:] [--subscriptions 100000] [--window 400] [--settle 0]
-        [--gc-tuned] [--profile FILE]
+        [--profile FILE]
 
 A cycle (bench/scenarios/subscribe.xml) is SUBSCRIBE -> 200 -> NOTIFY -> 200, then the
 unsubscribe in the dialog (Expires: 0) -> 200 -> final NOTIFY -> 200: 4 transactions, 2 of them

@@ -68,18 +68,11 @@ def machine() -> str:
 def header(title: str) -> None:
     print(f"== {title}")
     print(machine())
-    if GC_TUNED:
-        print("server: EXPERIMENT --gc-tuned (gc.set_threshold(100000, 50, 100) + gc.freeze())")
     sys.stdout.flush()
 
 
 def common_options(ap: Any) -> None:
     """Options every load script takes."""
-    ap.add_argument(
-        "--gc-tuned",
-        action="store_true",
-        help="run the server with the cyclic GC tuned (an experiment, see docs)",
-    )
     ap.add_argument(
         "--profile",
         metavar="FILE",
@@ -88,8 +81,7 @@ def common_options(ap: Any) -> None:
 
 
 def apply_common(args: Any) -> None:
-    global GC_TUNED
-    GC_TUNED = bool(args.gc_tuned)
+    """Nothing to apply any more: the server tunes its garbage collector itself."""
 
 
 def profiled(pid: int, path: str | None) -> contextlib.AbstractContextManager[Any]:
@@ -156,13 +148,6 @@ def udp_drops() -> int:
     return int(dict(zip(lines[0], lines[1], strict=False)).get("RcvbufErrors", 0))
 
 
-# The server started as usual, but with the cyclic garbage collector's gen-0 threshold raised
-# and everything allocated at start-up frozen out of collections (`--gc-tuned`).
-GC_PRELUDE = (
-    "import gc, sys; gc.set_threshold(100_000, 50, 100); "
-    "from presenced.cli import main; gc.freeze(); sys.exit(main())"
-)
-GC_TUNED = False  # the scripts' --gc-tuned sets this for every BenchServer they start
 
 
 # --- the server under test --------------------------------------------------------------------
@@ -176,13 +161,10 @@ class BenchServer:
         storage: str = "memory:",
         extra: str = "",
         profile: str | None = None,
-        gc_tuned: bool | None = None,
     ) -> None:
         self.storage = storage
         self.extra = extra
         self.profile = profile  # a cProfile output path: run the server under cProfile
-        # Experiment: run the server with the cyclic GC tuned (see docs/performance.md).
-        self.gc_tuned = GC_TUNED if gc_tuned is None else gc_tuned
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
@@ -216,8 +198,6 @@ class BenchServer:
         python = str(PRESENCED.parent / "python")
         if self.profile:
             cmd = [python, "-m", "cProfile", "-o", self.profile, str(PRESENCED)]
-        elif self.gc_tuned:
-            cmd = [python, "-c", GC_PRELUDE]
         else:
             cmd = [str(PRESENCED)]
         self.proc = subprocess.Popen(
