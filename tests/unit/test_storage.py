@@ -443,9 +443,11 @@ def test_open_storage_sqlite_four_slashes_is_absolute(tmp_path: Path) -> None:
     assert store.path == Path("/var/lib/presenced/p.db")
 
 
-def test_open_storage_redis_is_not_available_yet(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="redis storage is not available yet"):
-        open_storage("redis://localhost:6379/0", tmp_path)
+def test_open_storage_builds_the_redis_backend_for_a_redis_url(tmp_path: Path) -> None:
+    from presenced.storage.redis import RedisStorage
+
+    storage = open_storage("redis://localhost:6379/0", tmp_path)
+    assert isinstance(storage, RedisStorage)  # built, not yet connected
 
 
 @pytest.mark.parametrize("url", ["sqlite://host/p.db", "sqlite:///", "postgres://x/y", "p.db"])

@@ -38,6 +38,8 @@ def open_storage(url: str, base_dir: Path) -> Storage:
     - ``memory:`` -- in-process dicts, lost at exit.
     - ``sqlite:///rel/path.db`` -- a file relative to `base_dir`.
     - ``sqlite:////abs/path.db`` -- an absolute path.
+    - ``redis://[:PASSWORD@]HOST[:PORT][/DB][?prefix=KEYPREFIX]`` (also ``rediss://``,
+      ``redis+unix://``) -- a Redis server; keys under "presenced:" unless `prefix` says otherwise.
     """
     if url == "memory:" or url == "memory://":
         from presenced.storage.memory import MemoryStorage
@@ -59,5 +61,8 @@ def open_storage(url: str, base_dir: Path) -> Storage:
             f"storage url {url!r}: expected sqlite:///relative/file.db or sqlite:////absolute/file.db"
         )
     if url.startswith(("redis://", "rediss://", "redis+unix://")):
-        raise ValueError("redis storage is not available yet")
+        from presenced.storage.redis import RedisStorage
+
+        # redis-py is imported by open(), so a missing `presenced[redis]` extra is a clear error.
+        return RedisStorage(url)
     raise ValueError(f"storage url {url!r}: unknown scheme; use memory: or sqlite:///path.db")
