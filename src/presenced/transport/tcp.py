@@ -44,7 +44,8 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         addr = transport.get_extra_info("peername")
         self.peer = Peer("tcp", addr[0], addr[1], self.id)
-        if len(self.owner.connections) >= self.owner.max_connections:
+        # The limit guards against peers; connections we open to deliver NOTIFYs are not refused.
+        if self.outbound_key is None and len(self.owner.connections) >= self.owner.max_connections:
             log.warning("too many TCP connections: refusing %s:%s", addr[0], addr[1])
             self.owner.refused += 1
             transport.abort()
