@@ -148,6 +148,9 @@ class Headers:
 
 def split_list(value: str) -> list[str]:
     """Split a header value at commas that are outside quotes and angle brackets."""
+    if "," not in value:  # one element: the usual Contact, Via, Route
+        v = value.strip()
+        return [v] if v else []
     if '"' not in value and "<" not in value:
         return [p.strip() for p in value.split(",") if p.strip()]
     out: list[str] = []
@@ -182,6 +185,8 @@ def split_list(value: str) -> list[str]:
     return out
 
 
+_QUOTED_PAIR = re.compile(r"\\(.)", re.S)
+_DISPLAY_QUOTED = re.compile(r'"((?:[^"\\]|\\.)*)"\s*', re.S)
 _TOKEN = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
 _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"\Z', re.S)
 
@@ -193,7 +198,8 @@ def is_token(text: str) -> bool:
 def unquote(value: str) -> str:
     """The content of a quoted-string with its quoted-pairs resolved; tokens pass through."""
     if len(value) >= 2 and value[0] == '"' and value[-1] == '"':
-        return re.sub(r"\\(.)", r"\1", value[1:-1], flags=re.S)
+        inner = value[1:-1]
+        return _QUOTED_PAIR.sub(r"\1", inner) if "\\" in inner else inner
     return value
 
 
@@ -295,7 +301,7 @@ def parse_name_addr(value: str) -> NameAddr:
         return NameAddr.STAR
     display: str | None = None
     if value.startswith('"'):
-        m = re.match(r'"((?:[^"\\]|\\.)*)"\s*', value, re.S)
+        m = _DISPLAY_QUOTED.match(value)
         if m is None:
             raise ParseError(f"unterminated display name in {value!r}")
         display = unquote('"' + m.group(1) + '"')
