@@ -9,6 +9,7 @@ agent's next deadline.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 import logging
 import time
@@ -141,7 +142,7 @@ class PresenceService:
         self._arm()
 
     def _send_notify(self, eff: SendNotify) -> None:
-        peer = parse_peer(eff.peer)
+        peer = _parsed_peer(eff.peer)
         if eff.route is not None:
             peer = self._peer_for_uri(eff.route, peer)
         elif peer.transport != "udp" and not self.driver_has_flow(peer):
@@ -156,6 +157,7 @@ class PresenceService:
         return by_addr is not None and (peer.host, peer.port) in by_addr
 
     @staticmethod
+    @functools.lru_cache(maxsize=4096)
     def _peer_for_uri(uri_text: str, fallback: Peer) -> Peer:
         try:
             uri = parse_uri(uri_text)
@@ -175,6 +177,10 @@ class PresenceService:
 
     def close(self) -> None:
         self._alarm.cancel()
+
+
+# Every NOTIFY of a fan-out names its flow as text; parse each distinct one once.
+_parsed_peer = functools.lru_cache(maxsize=65536)(parse_peer)
 
 
 def _is_ip(host: str) -> bool:
