@@ -1043,3 +1043,15 @@ def test_global_subscription_cap_answers_503_with_retry_after() -> None:
     r = reply(agent.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0))
     assert r.status == 503 and r.headers.get("Retry-After") == "60"
     assert len(agent.dialogs) == 1
+
+
+def test_refresh_from_another_user_with_the_right_tags_is_481() -> None:
+    """Knowing a dialog's Call-ID and tags is not enough: the From must be the watcher."""
+    agent = make_agent()
+    dlg, _ = start(agent)
+    req = subscribe_req(
+        watcher="mallory", call_id=dlg.call_id, from_tag=dlg.from_tag, to_tag=dlg.to_tag,
+        cseq=dlg.cseq + 1, expires=0,
+    )
+    assert reply(agent.resubscribe(req, T0 + 1)).status == 481
+    assert dlg.sub_id in agent.dialogs

@@ -347,7 +347,9 @@ class PresenceAgent:
         except ParseError as exc:
             return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
         dlg = self.dialogs.get(sub_id)
-        if dlg is None or dlg.final is not None:
+        if dlg is None or dlg.final is not None or req.from_.uri.aor != dlg.record.watcher:
+            # The tags alone do not make the dialog: its remote URI must match too (RFC 3261
+            # §12.2.2), or anyone who learnt them could end someone else's subscription.
             return [Reply(make_response(req, 481, "Subscription Does Not Exist"))]
         record = dlg.record
         if cseq <= record.remote_cseq:
