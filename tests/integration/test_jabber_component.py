@@ -12,14 +12,12 @@ import sys
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
-from typing import Any
-from xml.etree import ElementTree as ET
 
 import pytest
-from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).parent))
 from prosody import ProsodyServer, available
+from xmpp_client import XmppUser, statuses
 
 from presenced.jabber.addressing import Addressing
 from presenced.jabber.component import (
@@ -37,7 +35,6 @@ from presenced.pa.model import Note, Person, PresenceDoc, Tuple
 
 pytestmark = pytest.mark.integration
 
-XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 GW = "gw.jabber.test"
 ADDR = Addressing("sip-gw.example.com", GW)
 ALICE = ADDR.sip_user_as_jid("sip:alice@example.com")  # alice*example.com@gw.jabber.test
@@ -105,52 +102,15 @@ async def component(prosody: ProsodyServer) -> AsyncIterator[tuple[XmppComponent
         await comp.stop()
 
 
-class Juliet:
-    """A real XMPP client session for juliet@jabber.test that records received presence."""
+class Juliet(XmppUser):
+    """juliet@jabber.test, approving every subscription request."""
 
     def __init__(self, prosody: ProsodyServer, resource: str = "balcony") -> None:
-        # Loopback without TLS: let slixmpp use SCRAM/PLAIN on the plain stream.
-        self.client = ClientXMPP(
-            f"juliet@jabber.test/{resource}",
-            "balcony",
-            plugin_config={
-                "feature_mechanisms": {"unencrypted_scram": True, "unencrypted_plain": True}
-            },
+        super().__init__(
+            prosody, "juliet", password="balcony", resource=resource, auto_authorize=True
         )
-        self.client.enable_direct_tls = False
-        self.client.auto_authorize = True  # approve every subscription request
-        self.client.auto_subscribe = False
-        self.presences: list[Any] = []
-        self._changed = asyncio.Event()
-        self._prosody = prosody
-        self.client.add_event_handler("presence", self._on_presence)
 
-    def _on_presence(self, pres: Any) -> None:
-        self.presences.append(pres)
-        self._changed.set()
-
-    async def connect(self) -> None:
-        started = asyncio.Event()
-        self.client.add_event_handler("session_start", lambda _e: started.set())
-        self.client.connect("127.0.0.1", self._prosody.c2s_port)
-        await asyncio.wait_for(started.wait(), 10)
-        await self.client.get_roster()
-        self.client.send_presence()
-
-    async def wait_presence(self, pred: Callable[[Any], bool], timeout: float = 8.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            for p in self.presences:
-                if pred(p):
-                    return p
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise AssertionError(f"juliet got no matching presence; got {self.presences!r}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except TimeoutError:
-                pass
+    wait_presence = XmppUser.wait
 
     def send_presence(
         self,
@@ -159,28 +119,7 @@ class Juliet:
         to: str | None = None,
         priority: str | None = None,
     ) -> None:
-        pres = self.client.Presence()
-        if to:
-            pres["to"] = to
-        ns = pres.xml.tag[1:].partition("}")[0]
-        if show:
-            ET.SubElement(pres.xml, f"{{{ns}}}show").text = show
-        for text, lang in statuses:
-            el = ET.SubElement(pres.xml, f"{{{ns}}}status")
-            el.text = text
-            el.set(XML_LANG, lang)
-        if priority is not None:
-            ET.SubElement(pres.xml, f"{{{ns}}}priority").text = priority
-        pres.send()
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(asyncio.ensure_future(self.client.disconnect(wait=0.5)), 2)
-        except Exception:
-            self.client.abort()
-        out = getattr(self.client, "_run_out_filters", None)
-        if out is not None:
-            out.cancel()
+        self.send(to=to, show=show, statuses=statuses, priority=priority)
 
 
 @pytest.fixture
@@ -191,11 +130,6 @@ async def juliet(prosody: ProsodyServer) -> AsyncIterator[Juliet]:
         yield j
     finally:
         await j.close()
-
-
-def _statuses(pres: Any) -> list[tuple[str, str | None]]:
-    ns = pres.xml.tag[1:].partition("}")[0]
-    return [(el.text or "", el.get(XML_LANG)) for el in pres.xml.iterfind(f"{{{ns}}}status")]
 
 
 async def test_client_subscription_reaches_component_and_mapped_presence_reaches_client(
@@ -221,7 +155,7 @@ async def test_client_subscription_reaches_component_and_mapped_presence_reaches
         lambda p: p["from"].bare == ALICE and p["type"] not in ("subscribed", "unavailable")
     )
     assert pres["show"] == "dnd"
-    assert _statuses(pres) == [("In a meeting", "en")]
+    assert statuses(pres) == [("In a meeting", "en")]
     assert pres["priority"] == 127
     # Prosody recorded the approval: its roster push gave juliet subscription "to" alice.
     assert juliet.client.client_roster[ALICE]["subscription"] in ("to", "both")
@@ -229,7 +163,7 @@ async def test_client_subscription_reaches_component_and_mapped_presence_reaches
     # A new session of juliet's makes Prosody probe her contacts (RFC 6121 §4.3): the probe
     # reaches the component, which must answer itself (slixmpp's roster does not).
     mark = len(rec.events)
-    hall = Juliet(juliet._prosody, resource="hall")
+    hall = Juliet(juliet.prosody, resource="hall")
     await hall.connect()
     try:
         probe = await rec.wait_for(lambda e: isinstance(e, Probe), start=mark)

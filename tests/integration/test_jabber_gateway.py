@@ -14,14 +14,13 @@ import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
-from xml.etree import ElementTree as ET
 
 import pytest
-from slixmpp import ClientXMPP
 
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import ServerProcess, SipClient, SipTimeout
 from prosody import ProsodyServer, available
+from xmpp_client import XmppUser
 
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.model import PresenceDoc
@@ -29,7 +28,6 @@ from presenced.sip.message import Request
 
 pytestmark = pytest.mark.integration
 
-XML_LANG = "{http://www.w3.org/XML/1998/namespace}lang"
 COMPONENT = "gw.jabber.test"  # the XMPP side's name for presenced (XEP-0114 component)
 GATEWAY = "gw.example.com"  # the SIP side's name for the XMPP world
 DOMAIN = "example.com"  # the SIP domain presenced serves
@@ -83,86 +81,6 @@ async def wait_log(srv: ServerProcess, text: str, timeout: float = 10.0, after: 
         await asyncio.sleep(0.05)
 
 
-class XmppUser:
-    """A real slixmpp client session on Prosody that records every presence stanza."""
-
-    def __init__(self, prosody: ProsodyServer, user: str, *, auto_authorize: bool) -> None:
-        self.jid = f"{user}@{prosody.host}"
-        self.client = ClientXMPP(
-            f"{self.jid}/phone",
-            "pw",
-            plugin_config={
-                "feature_mechanisms": {"unencrypted_scram": True, "unencrypted_plain": True}
-            },
-        )
-        self.client.enable_direct_tls = False
-        self.client.auto_authorize = auto_authorize or None
-        self.client.auto_subscribe = False
-        self.presences: list[Any] = []
-        self._changed = asyncio.Event()
-        self._prosody = prosody
-        self.client.add_event_handler("presence", self._on_presence)
-
-    def _on_presence(self, pres: Any) -> None:
-        self.presences.append(pres)
-        self._changed.set()
-
-    async def connect(self, *, initial_presence: bool = True) -> None:
-        started = asyncio.Event()
-        self.client.add_event_handler("session_start", lambda _e: started.set())
-        self.client.connect("127.0.0.1", self._prosody.c2s_port)
-        await asyncio.wait_for(started.wait(), 10)
-        await self.client.get_roster()
-        if initial_presence:
-            self.client.send_presence()
-
-    async def wait(self, pred: Callable[[Any], bool], timeout: float = 8.0) -> Any:
-        deadline = time.monotonic() + timeout
-        while True:
-            for p in self.presences:
-                if pred(p):
-                    return p
-            left = deadline - time.monotonic()
-            if left <= 0:
-                seen = [(str(p["from"]), p["type"]) for p in self.presences]
-                raise AssertionError(f"{self.jid}: no matching presence; got {seen}")
-            self._changed.clear()
-            try:
-                await asyncio.wait_for(self._changed.wait(), left)
-            except TimeoutError:
-                pass
-
-    def send(
-        self,
-        ptype: str | None = None,
-        to: str | None = None,
-        show: str | None = None,
-        statuses: tuple[tuple[str, str], ...] = (),
-    ) -> None:
-        pres = self.client.Presence()
-        if to:
-            pres["to"] = to
-        if ptype:
-            pres["type"] = ptype
-        ns = pres.xml.tag[1:].partition("}")[0]
-        if show:
-            ET.SubElement(pres.xml, f"{{{ns}}}show").text = show
-        for text, lang in statuses:
-            el = ET.SubElement(pres.xml, f"{{{ns}}}status")
-            el.text = text
-            el.set(XML_LANG, lang)
-        pres.send()
-
-    async def close(self) -> None:
-        try:
-            await asyncio.wait_for(asyncio.ensure_future(self.client.disconnect(wait=0.5)), 2)
-        except Exception:
-            self.client.abort()
-        out = getattr(self.client, "_run_out_filters", None)
-        if out is not None:
-            out.cancel()
-
-
 @pytest.fixture
 async def xmpp_users(prosody: ProsodyServer) -> AsyncIterator[Callable[..., XmppUser]]:
     users: list[XmppUser] = []
@@ -175,11 +93,6 @@ async def xmpp_users(prosody: ProsodyServer) -> AsyncIterator[Callable[..., Xmpp
     yield make
     for u in users:
         await u.close()
-
-
-def _statuses(pres: Any) -> list[tuple[str, str | None]]:
-    ns = pres.xml.tag[1:].partition("}")[0]
-    return [(el.text or "", el.get(XML_LANG)) for el in pres.xml.iterfind(f"{{{ns}}}status")]
 
 
 # --- SIP helpers (blocking; called through asyncio.to_thread) ---------------------------------
