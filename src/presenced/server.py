@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from presenced.config import Config
+from presenced.config import Config, exposed_without_auth
 from presenced.pa.agent import PaPolicy, PresenceAgent
 from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
@@ -68,6 +68,10 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
+        exposed = exposed_without_auth(cfg)
+        if exposed:  # only reachable with server.allow_anonymous = true (config.py refuses)
+            log.warning("serving %s without [auth] (server.allow_anonymous = true): anyone can "
+                        "register, publish and subscribe as anyone", ", ".join(exposed))
         data_dir = Path(cfg.server.data_dir)
         self.storage = open_storage(cfg.storage.url, data_dir)
         await self.storage.open()
