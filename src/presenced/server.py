@@ -159,8 +159,10 @@ class Server:
         # --- jabber gateway (begin) ---
         # Built before state loads so the loaded subscriptions' WatchStarted reach it.
         if cfg.jabber is not None:
-            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains)
-            self.dispatcher.sources["jabber"] = self.presence.subscribe
+            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains,
+                                                    authenticated=cfg.auth is not None)
+            # The gateway admits (caps, rate, faithful addresses) before the presence service.
+            self.dispatcher.sources["jabber"] = self.jabber.subscribe
         # --- jabber gateway (end) ---
 
         # State first, network second, owed notifications last.
