@@ -35,6 +35,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StorageConfig",
+    "exposed_without_auth",
     "load_config",
     "load_default_config",
     "parse_config",
@@ -180,6 +181,8 @@ class ServerConfig(_Section, frozen=True):
     max_tcp_connections: PosInt = 1024
     log_level: LogLevel = "info"
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
+    # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
+    allow_anonymous: bool = False
 
     @property
     def listen_addresses(self) -> tuple[ListenAddress, ...]:
@@ -225,6 +228,12 @@ class JabberConfig(_Section, frozen=True):
     secret: NonEmptyStr  # XEP-0114 handshake secret
     separator: NonEmptyStr = "*"
     domains: dict[str, str] = {}  # SIP domain -> XMPP domain
+    # Bounds on what SIP watchers can make the gateway ask of the XMPP world (issue 9 #7).
+    max_contacts_per_user: PosInt = 100  # remote XMPP users one SIP watcher may watch
+    max_contacts: PosInt = 10000  # remote XMPP users watched through the gateway in total
+    allowed_domains: tuple[str, ...] = ()  # XMPP domains SIP users may watch; () = any
+    subscribe_rate: PosInt = 20  # new XMPP subscription requests per SIP watcher per minute
+    resubscribe_rate: PosInt = 20  # subscribe stanzas per second re-sent after a reconnection
 
     def _repr_value(self, name: str, value: Any) -> str:
         return _MASK if name == "secret" else repr(value)
@@ -366,8 +375,11 @@ def _check(config: Config, base: Path) -> Config:
 
     _check_storage_url(config.storage.url)
 
-    if config.jabber is not None:
-        _check_jabber(config.jabber)
+    jabber = config.jabber
+    if jabber is not None:
+        _check_jabber(jabber)
+        allowed = tuple(dict.fromkeys(d.lower().rstrip(".") for d in jabber.allowed_domains))
+        jabber = replace(jabber, allowed_domains=allowed)
 
     auth = config.auth
     if auth is not None:
@@ -398,7 +410,39 @@ def _check(config: Config, base: Path) -> Config:
         except ValueError as exc:
             raise ConfigError("admin.listen", f"{exc} (got {config.admin.listen!r})") from None
 
-    return replace(config, server=server, auth=auth, routing=routing)
+    if auth is None and not server.allow_anonymous:
+        exposed = _exposed(server)
+        if exposed:
+            raise ConfigError(
+                "server.allow_anonymous",
+                f"refusing to serve {', '.join(exposed)} without [auth]: anyone could register "
+                "and publish as anyone; configure [auth], listen on loopback only, or set "
+                "server.allow_anonymous = true",
+            )
+
+    return replace(config, server=server, jabber=jabber, auth=auth, routing=routing)
+
+
+def _is_loopback(host: str) -> bool:
+    """True for 127.0.0.0/8, ::1 and "localhost": nobody off this machine can reach them.
+
+    Any other host name counts as exposed: it may resolve to a public address.
+    """
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def exposed_without_auth(config: Config) -> list[str]:
+    """The listen entries reachable from other machines when `[auth]` is off (else empty)."""
+    return [] if config.auth is not None else _exposed(config.server)
+
+
+def _exposed(server: ServerConfig) -> list[str]:
+    return [str(a) for a in server.listen_addresses if not _is_loopback(a.host)]
 
 
 def _check_users_file(path: str, realm: str) -> None:
@@ -472,6 +516,11 @@ def _check_jabber(jabber: JabberConfig) -> None:
         value = getattr(jabber, name)
         if not _valid_host(value):
             raise ConfigError(f"jabber.{name}", f"not a valid domain name (got {value!r})")
+    for i, domain in enumerate(jabber.allowed_domains):
+        if not _valid_host(domain):
+            raise ConfigError(
+                f"jabber.allowed_domains[{i}]", f"not a valid domain name (got {domain!r})"
+            )
     for sip_domain, xmpp_domain in jabber.domains.items():
         if not _valid_host(xmpp_domain):
             raise ConfigError(

@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from presenced.config import Config
+from presenced.config import Config, exposed_without_auth
 from presenced.pa.agent import PaPolicy, PresenceAgent
 from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
@@ -68,6 +68,10 @@ class Server:
 
     async def start(self) -> None:
         cfg = self.config
+        exposed = exposed_without_auth(cfg)
+        if exposed:  # only reachable with server.allow_anonymous = true (config.py refuses)
+            log.warning("serving %s without [auth] (server.allow_anonymous = true): anyone can "
+                        "register, publish and subscribe as anyone", ", ".join(exposed))
         data_dir = Path(cfg.server.data_dir)
         self.storage = open_storage(cfg.storage.url, data_dir)
         await self.storage.open()
@@ -155,8 +159,10 @@ class Server:
         # --- jabber gateway (begin) ---
         # Built before state loads so the loaded subscriptions' WatchStarted reach it.
         if cfg.jabber is not None:
-            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains)
-            self.dispatcher.sources["jabber"] = self.presence.subscribe
+            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains,
+                                                    authenticated=cfg.auth is not None)
+            # The gateway admits (caps, rate, faithful addresses) before the presence service.
+            self.dispatcher.sources["jabber"] = self.jabber.subscribe
         # --- jabber gateway (end) ---
 
         # State first, network second, owed notifications last.

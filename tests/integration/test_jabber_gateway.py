@@ -247,10 +247,14 @@ async def test_xmpp_garbage_and_presence_flood_do_not_harm_the_sip_side(
     await romeo.connect()
     sip = SipClient(presenced.addr, "udp", user="benvolio", domain=DOMAIN)
     try:
-        # A SIP address on the gateway domain that names no XMPP user: active, closed.
-        await asyncio.to_thread(_subscribe, sip, f"sip:no-separator@{GATEWAY}")
-        doc, _ = await asyncio.to_thread(_next_doc, sip, lambda d: True)
-        assert _is_closed(doc)
+        # A SIP address on the gateway domain that names no XMPP user is refused (404), as is
+        # one that could only be folded onto another user's JID (RFC 3261 §19.1.4).
+        for uri in (f"sip:no-separator@{GATEWAY}", f"sip:Romeo*jabber.test@{GATEWAY}"):
+            r = await asyncio.to_thread(
+                sip.request, "SUBSCRIBE", uri,
+                headers={"Event": "presence", "Accept": "application/pidf+xml"},
+            )
+            assert r.status == 404, r
 
         # Garbage from XMPP: subscriptions to the bare component and to JIDs that name no SIP
         # user are refused; directed presence to the component from strangers is dropped.

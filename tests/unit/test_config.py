@@ -117,6 +117,7 @@ def test_full_config_round_trips_values(tmp_path: Path) -> None:
         """
 [server]
 listen = ["udp:0.0.0.0:5070", "tcp:[::1]:5071", "tcp:sip.example.com:0"]
+allow_anonymous = true
 domains = ["example.com"]
 max_message_size = 4096
 max_tcp_connections = 10

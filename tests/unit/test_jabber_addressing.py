@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from presenced.jabber.addressing import Addressing, bare_jid, split_jid
+from presenced.jabber.addressing import Addressing, Unmappable, bare_jid, split_jid
 
 GW = "sip-gw.example.com"
 COMP = "gw.jabber.test"
@@ -27,7 +27,8 @@ def addr() -> Addressing:
         (f"sips:juliet*jabber.test@{GW}", "juliet@jabber.test"),
         (f"juliet*jabber.test@{GW}", "juliet@jabber.test"),
         (f"<sip:juliet*jabber.test@{GW}>", "juliet@jabber.test"),
-        ("SIP:Juliet*Jabber.TEST@SIP-GW.example.com", "juliet@jabber.test"),
+        # scheme and host are case-insensitive; the user part is not (see below)
+        ("SIP:juliet*jabber.test@SIP-GW.example.com", "juliet@jabber.test"),
         (f"sip:juliet*jabber.test@{GW}:5060;transport=tcp?subject=x", "juliet@jabber.test"),
         # the last separator splits: the user may contain the separator itself
         (f"sip:ro*meo*jabber.test@{GW}", "ro*meo@jabber.test"),
@@ -89,7 +90,8 @@ def test_sip_domain_that_is_neither_gateway_nor_mapped_is_not_an_xmpp_user(
     [
         ("sip:alice@example.com", f"alice*example.com@{COMP}"),
         ("alice@example.com", f"alice*example.com@{COMP}"),
-        ("sip:Alice@Example.COM;transport=udp", f"alice*example.com@{COMP}"),
+        ("sip:alice@Example.COM;transport=udp", f"alice*example.com@{COMP}"),
+        ("sip:Alice@example.com", None),  # RFC 3261 §19.1.4: "Alice" is not "alice"
         ("sip:al%20ice@example.com", None),  # a space cannot be in a JID localpart
         ("sip:alice@[::1]", None),  # ':' cannot be in a JID localpart
     ],
@@ -225,3 +227,61 @@ def test_arbitrary_text_never_raises(text: str) -> None:
         assert out is None or isinstance(out, str)
     for fn2 in (split_jid, bare_jid):
         fn2(text)
+
+
+# -- faithful mapping or a refusal (RFC 3261 §19.1.4 vs RFC 7622 §3.3) -------------------------
+
+
+@pytest.mark.parametrize(
+    ("sip", "status"),
+    [
+        (f"sip:Juliet*jabber.test@{GW}", 404),  # would fold onto juliet@jabber.test
+        (f"sip:juliet*Jabber.TEST@{GW}", 404),  # the domain inside the user part too
+        (f"sip:stra%C3%9Fe*jabber.test@{GW}", 404),  # "ß" folds to "ss": not faithful
+        (f"sip:ju%22liet*jabber.test@{GW}", 404),  # '"' cannot be in a localpart
+        (f"sip:ju%2Fliet*jabber.test@{GW}", 404),
+        (f"sip:juliet%00*jabber.test@{GW}", 400),  # %00 decodes to NUL
+        (f"sip:juliet%0D%0A*jabber.test@{GW}", 400),
+        (f"sip:juliet%ZZ*jabber.test@{GW}", 400),
+        (f"sip:juliet@{GW}", 404),  # no separator: no XMPP user
+        ("sip:Juliet@sip.example.org", 404),  # direct addressing keeps the rule
+        ("sip:juliet@example.net", 404),
+    ],
+)
+def test_unfaithful_sip_user_parts_are_refused_with_a_status(
+    addr: Addressing, sip: str, status: int
+) -> None:
+    found = addr.lookup_jid(sip)
+    assert isinstance(found, Unmappable), found
+    assert found.status == status
+    assert addr.sip_to_jid(sip) is None
+
+
+def test_two_sip_users_differing_in_case_never_share_a_jid(addr: Addressing) -> None:
+    assert addr.sip_to_jid(f"sip:juliet*jabber.test@{GW}") == "juliet@jabber.test"
+    assert addr.sip_to_jid(f"sip:JULIET*jabber.test@{GW}") is None
+    assert addr.sip_user_as_jid("sip:alice@example.com") == f"alice*example.com@{COMP}"
+    assert addr.sip_user_as_jid("sip:ALICE@example.com") is None
+
+
+def test_presentity_keys_are_not_decoded_twice(addr: Addressing) -> None:
+    # SipUri.aor already decoded "jul%2569et" into "jul%69et": a second decoding would make
+    # it "juliet", another SIP user.
+    assert addr.presentity_to_jid(f"juliet*jabber.test@{GW}") == "juliet@jabber.test"
+    found = addr.presentity_to_jid(f"jul%69et*jabber.test@{GW}")
+    assert found == "jul%69et@jabber.test"
+    assert addr.presentity_to_jid(f"jul\x00iet*jabber.test@{GW}") == Unmappable(
+        400, "control character in user part"
+    )
+    assert isinstance(addr.presentity_to_jid(f"Juliet*jabber.test@{GW}"), Unmappable)
+    assert isinstance(addr.presentity_to_jid("no-host"), Unmappable)
+
+
+def test_reverse_direction_refuses_localparts_xmpp_would_not_fold_like_us(
+    addr: Addressing,
+) -> None:
+    # XMPP keeps "ß" (RFC 8265 toLower); casefold would turn it into "ss", another user.
+    assert addr.jid_to_sip("straße@jabber.test") is None
+    assert addr.jid_as_sip_user(f"straße*example.com@{COMP}") is None
+    # Upper case in a JID is the same JID (RFC 7622 §3.3): mapped to the lower-case SIP user.
+    assert addr.jid_as_sip_user(f"ALICE*example.com@{COMP}") == "sip:alice@example.com"

@@ -21,6 +21,15 @@ normalisation is applied. Resources are dropped: every function returns bare JID
 SIP user parts are percent-decoded before they become JID localparts and characters outside the
 RFC 3261 §25.1 ``user`` set are percent-encoded on the way back, so the mapping round-trips.
 
+Faithful or refused. SIP user parts are case-sensitive (RFC 3261 §19.1.4) while JID localparts
+are compared case-folded (RFC 7622 §3.3), so ``sip:Juliet*jabber.test@gw`` and
+``sip:juliet*jabber.test@gw`` are two SIP users but could only be one JID. A SIP user part is
+therefore mapped only when it is its own case fold: upper-case letters (and characters such as
+``ß`` whose fold is another string) are refused rather than folded, as are characters a
+localpart cannot hold and control characters (``%00`` included). The reverse direction refuses
+JID localparts whose case fold is not their lower-case form (``ß``: XMPP keeps it, we could not).
+`Addressing.lookup_jid` says why with a SIP status (`Unmappable`).
+
 Every public method returns ``None`` for input it cannot translate; none raises.
 """
 
@@ -28,10 +37,11 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from types import MappingProxyType
 from urllib.parse import quote, unquote
 
-__all__ = ["Addressing", "bare_jid", "split_jid"]
+__all__ = ["Addressing", "Unmappable", "bare_jid", "split_jid"]
 
 # RFC 7622 §3.3.1: characters never allowed in a localpart (besides space and controls).
 _JID_FORBIDDEN = frozenset("\"&'/:<>@")
@@ -40,6 +50,38 @@ _SIP_USER_SAFE = "-_.!~*'()&=+$,;?/"
 _MAX_PART = 1023
 # RFC 3261 §25.1 escaped = "%" HEXDIG HEXDIG; anything else after "%" is malformed.
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
+
+
+@dataclass(frozen=True, slots=True)
+class Unmappable:
+    """Why a SIP address has no faithful JID, and the status a SUBSCRIBE for it gets.
+
+    400: the user part is malformed (bad escape, not UTF-8, control characters such as %00).
+    404: well-formed, but no XMPP user can have this SIP address (upper case, characters a JID
+    localpart cannot hold, not a gateway address).
+    """
+
+    status: int
+    reason: str
+
+
+_NOT_SIP = Unmappable(400, "not a SIP address")
+_BAD_USER = Unmappable(400, "malformed user part")
+_CONTROL = Unmappable(400, "control character in user part")
+_CASE = Unmappable(404, "user part not in lower case (XMPP addresses ignore case)")
+_JID_CHARS = Unmappable(404, "user part holds characters an XMPP address cannot")
+_NOT_GATEWAY = Unmappable(404, "not an XMPP user's address")
+
+
+def _has_control(text: str) -> bool:
+    return any(ord(ch) < 0x20 or 0x7F <= ord(ch) < 0xA0 for ch in text)
+
+
+def _faithful_jid_local(raw: str) -> bool:
+    # RFC 7622 / RFC 8265 map case with toLower; casefold differs for a few characters (ß ->
+    # ss). Where they differ our folding would not be the XMPP server's: refuse.
+    low = raw.lower()
+    return low.casefold() == low
 
 
 def _valid_local(local: str) -> bool:
@@ -98,13 +140,14 @@ def bare_jid(jid: str) -> str | None:
     return f"{local}@{domain}" if local else domain
 
 
-def _split_sip(aor: str) -> tuple[str, str] | None:
+def _split_sip(aor: str) -> tuple[str, str] | Unmappable:
     """``sip:user@host[:port][;params][?headers]`` (scheme optional) -> ``(user, host)``.
 
-    The user part is percent-decoded and casefolded, the host casefolded without its port.
+    The user part is percent-decoded and must be its own case fold (see the module docstring);
+    the host is casefolded without its port.
     """
     if not isinstance(aor, str):
-        return None
+        return _NOT_SIP
     s = aor.strip()
     if s.startswith("<") and s.endswith(">"):
         s = s[1:-1]
@@ -114,32 +157,41 @@ def _split_sip(aor: str) -> tuple[str, str] | None:
     elif lower.startswith("sip:"):
         s = s[4:]
     elif ":" in s.partition("@")[0]:
-        return None  # another scheme (tel:, xmpp:, ...) or user:password
+        return _NOT_SIP  # another scheme (tel:, xmpp:, ...) or user:password
     # Headers and parameters come after the host part (RFC 3261 §19.1.1).
     user, at, hostport = s.partition("@")
     if not at or not user:
-        return None
+        return _NOT_SIP
     for sep in "?;":
         hostport = hostport.partition(sep)[0]
     if hostport.startswith("["):
         end = hostport.find("]")
         if end < 0:
-            return None
+            return _NOT_SIP
         host = hostport[: end + 1]
     else:
         host = hostport.partition(":")[0]
     norm_host = _norm_domain(host)
     if norm_host is None:
-        return None
+        return _NOT_SIP
     if _BAD_ESCAPE.search(user):
-        return None
+        return _BAD_USER
     try:
         decoded = unquote(user, errors="strict")
     except UnicodeDecodeError:
-        return None
-    if not decoded:
-        return None
-    return decoded.casefold(), norm_host
+        return _BAD_USER
+    return _check_user(decoded, norm_host)
+
+
+def _check_user(user: str, host: str) -> tuple[str, str] | Unmappable:
+    if not user:
+        return _BAD_USER
+    if _has_control(user):
+        return _CONTROL
+    # RFC 3261 §19.1.4: user parts compare case-sensitively; folding would merge two users.
+    if user.casefold() != user:
+        return _CASE
+    return user, host
 
 
 def _sip_user(local: str) -> str:
@@ -212,22 +264,41 @@ class Addressing:
         ``domains={"sip.d": "xmpp.d"}``, ``sip:juliet@sip.d`` -> ``juliet@xmpp.d``. This is the
         address a SIP watcher's SUBSCRIBE is turned into on the XMPP side.
         """
+        found = self.lookup_jid(sip_aor)
+        return found if isinstance(found, str) else None
+
+    def lookup_jid(self, sip_aor: str) -> str | Unmappable:
+        """Like `sip_to_jid`, but says why there is no JID (and what a SUBSCRIBE gets)."""
         parts = _split_sip(sip_aor)
-        if parts is None:
-            return None
-        user, host = parts
+        return parts if isinstance(parts, Unmappable) else self._to_jid(*parts)
+
+    def presentity_to_jid(self, presentity: str) -> str | Unmappable:
+        """Like `lookup_jid` for a presentity key ``user@host`` whose user is already decoded
+        (`SipUri.aor`): decoding it again would map ``jul%2569et`` onto ``juliet``."""
+        user, at, host = presentity.rpartition("@") if isinstance(presentity, str) else ("", "", "")
+        norm_host = _norm_domain(host) if at else None
+        if norm_host is None:
+            return _NOT_SIP
+        parts = _check_user(user, norm_host)
+        return parts if isinstance(parts, Unmappable) else self._to_jid(*parts)
+
+    def _to_jid(self, user: str, host: str) -> str | Unmappable:
         if host == self._gateway:
             local, sep, domain = user.rpartition(self._sep)
             if not sep:
-                return None
+                return _NOT_GATEWAY
             norm = _norm_domain(domain)
             # A JID on our own component would loop straight back into the gateway.
-            if norm is None or norm == self._component or not _valid_local(local):
-                return None
+            if norm is None or norm == self._component:
+                return _NOT_GATEWAY
+            if not _valid_local(local):
+                return _JID_CHARS
             return f"{local}@{norm}"
         mapped = self._sip_to_xmpp.get(host)
-        if mapped is None or not _valid_local(user):
-            return None
+        if mapped is None:
+            return _NOT_GATEWAY
+        if not _valid_local(user):
+            return _JID_CHARS
         return f"{user}@{mapped}"
 
     def jid_to_sip(self, jid: str) -> str | None:
@@ -237,7 +308,7 @@ class Addressing:
         the component domain are SIP users, not XMPP users: use `jid_as_sip_user` for those.
         """
         parts = split_jid(jid)
-        if parts is None:
+        if parts is None or not _faithful_jid_local(jid.partition("/")[0].rpartition("@")[0]):
             return None
         local, domain, _ = parts
         if not local or domain == self._component:
@@ -253,7 +324,7 @@ class Addressing:
         """The component JID that stands for a SIP user: ``alice@example.com`` ->
         ``alice*example.com@<component>``; ``None`` when the AOR is not a usable SIP address."""
         parts = _split_sip(aor)
-        if parts is None:
+        if isinstance(parts, Unmappable):
             return None
         user, host = parts
         local = f"{user}{self._sep}{host}"
@@ -265,7 +336,8 @@ class Addressing:
         """The SIP AOR behind a component JID: ``alice*example.com@<component>[/res]`` ->
         ``sip:alice@example.com``; ``None`` for any other JID."""
         parts = split_jid(component_jid)
-        if parts is None:
+        raw_local = component_jid.partition("/")[0].rpartition("@")[0] if parts else ""
+        if parts is None or not _faithful_jid_local(raw_local):
             return None
         local, domain, _ = parts
         if domain != self._component:

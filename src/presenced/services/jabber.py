@@ -17,6 +17,20 @@ SIP -> XMPP (a SIP user watches ``sip:juliet*jabber.test@<gateway_domain>``)
     *active* subscription whose document is closed (the agent's `closed_doc`). When the last
     SIP watcher leaves (`WatchStopped`) the gateway unsubscribes and forgets the user.
 
+Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscription requests)
+    The dispatcher hands an initial SUBSCRIBE for source "jabber" to `JabberGateway.subscribe`
+    (not straight to `PresenceService.subscribe`), which refuses it before any 200 and before
+    anything reaches XMPP when: the address has no faithful JID (`Addressing.presentity_to_jid`:
+    400 malformed / control characters, 404 upper case or characters a JID cannot hold); the
+    XMPP domain is not in ``allowed_domains`` (403); the watcher already watches
+    ``max_contacts_per_user`` other XMPP users (403 "too many XMPP contacts"); the gateway
+    watches ``max_contacts`` XMPP users in all (503, Retry-After); or the watcher used up its
+    ``subscribe_rate`` new XMPP subscription requests per minute (503, Retry-After). Only a
+    SUBSCRIBE that would make the gateway send a new subscription request costs a token. The
+    watcher is the authenticated user (From, which the dispatcher checked) with [auth], the
+    source address without. A user's contacts are the dialogs the gateway saw it create,
+    re-read from the agent's dialogs at start-up.
+
 XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
     Policy: subscriptions to users of served SIP domains are approved at once, others refused.
     The approved subscriber gets alice's current presence (`pidf_to_xmpp` of the agent's
@@ -28,9 +42,11 @@ XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
 
 Resilience
     On `Disconnected` every jabber presentity gets a closed part (SIP watchers see closed); on
-    `Connected` the gateway re-subscribes to every watched XMPP user (and probes on each
-    ``subscribed``) and re-sends current presence to every XMPP subscriber, so presence flows
-    again without any SIP client acting. XMPP events only update in-memory state and mark presentities dirty; one task
+    `Connected` the gateway re-announces only the XMPP users SIP users still watch, paced at
+    ``resubscribe_rate`` stanzas per second: a probe for those who approved, a subscribe for
+    those whose answer is pending, nothing for those who refused (asking again on every
+    reconnection is the spam of issue 9 #7). It re-sends current presence to every XMPP
+    subscriber, so presence flows again without any SIP client acting. XMPP events only update in-memory state and mark presentities dirty; one task
     flushes the dirty set into `set_part`, so a presence flood collapses into few updates and no
     XMPP input raises into the SIP side.
 """
@@ -39,11 +55,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable
+import math
+import secrets
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
 from urllib.parse import unquote
 
 from presenced.config import JabberConfig
-from presenced.jabber.addressing import Addressing
+from presenced.jabber.addressing import Addressing, Unmappable
 from presenced.jabber.component import (
     Connected,
     Disconnected,
@@ -60,8 +81,11 @@ from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
 from presenced.pa.agent import closed_doc, entity_of
 from presenced.pa.model import PresenceDoc
 from presenced.services.presence import PresenceService
+from presenced.sip.endpoint import RequestReceived, parse_peer
+from presenced.sip.message import Request, make_response
+from presenced.storage.base import Subscription
 
-__all__ = ["PART", "SOURCE", "JabberGateway"]
+__all__ = ["PART", "SOURCE", "JabberGateway", "Refusal"]
 
 log = logging.getLogger("presenced.jabber")
 
@@ -72,15 +96,29 @@ _UNAVAILABLE = XmppPresence(available=False)
 
 
 MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
+MAX_BUCKETS = 10_000  # rate buckets kept before full ones are swept out
+_FIND_DIALOG = 256  # newest agent dialogs searched for the one a SUBSCRIBE created
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Why `JabberGateway.check` refuses an initial SUBSCRIBE: the SIP answer to send."""
+
+    status: int
+    reason: str
+    retry_after: int | None = None
+
 
 class _Remote:
-    """An XMPP user some SIP users watch: the presentities that stand for it, its resources."""
+    """An XMPP user some SIP users watch: the presentities that stand for it, its resources,
+    and its answer to the gateway's subscription (None pending, True approved, False refused)."""
 
-    __slots__ = ("presentities", "resources")
+    __slots__ = ("approved", "presentities", "resources")
 
     def __init__(self) -> None:
         self.presentities: set[str] = set()
         self.resources: dict[str, XmppPresence] = {}
+        self.approved: bool | None = None
 
 
 class _Contact:
@@ -110,6 +148,13 @@ class JabberGateway:
         *,
         max_resources: int = 32,
         max_subscribers: int = 1000,
+        max_contacts_per_user: int = 100,
+        max_contacts: int = 10_000,
+        allowed_domains: Iterable[str] = (),
+        subscribe_rate: int = 20,
+        resubscribe_rate: int = 20,
+        authenticated: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.presence = presence
         self.addressing = addressing
@@ -117,6 +162,20 @@ class JabberGateway:
         self.served = frozenset(d.lower().rstrip(".") for d in served_domains)
         self.max_resources = max_resources
         self.max_subscribers = max_subscribers
+        self.max_contacts_per_user = max_contacts_per_user
+        self.max_contacts = max_contacts
+        self.allowed_domains = frozenset(d.lower().rstrip(".") for d in allowed_domains)
+        self.subscribe_rate = subscribe_rate
+        self.resubscribe_rate = resubscribe_rate
+        self.authenticated = authenticated
+        self.clock = clock
+        # Watcher key (authenticated AOR, or source host) -> JID -> dialog ids behind it.
+        self._owned: dict[str, dict[str, set[str]]] = {}
+        self._reserved: dict[str, int] = {}  # JIDs admitted but not yet watched -> count
+        self._buckets: dict[str, tuple[float, float]] = {}  # watcher key -> (tokens, at)
+        self._announce: deque[str] = deque()  # JIDs to re-announce after a reconnection
+        self._announce_task: asyncio.Task[None] | None = None
+        self.refusals = 0
         # The JID that subscribes to XMPP users on behalf of every SIP watcher.
         self.gateway_jid = addressing.component
         self._watched: dict[str, str | None] = {}  # presentity -> XMPP bare JID (None: unmappable)
@@ -131,23 +190,189 @@ class JabberGateway:
 
     @classmethod
     def from_config(
-        cls, cfg: JabberConfig, presence: PresenceService, served_domains: Iterable[str]
+        cls,
+        cfg: JabberConfig,
+        presence: PresenceService,
+        served_domains: Iterable[str],
+        *,
+        authenticated: bool = False,
     ) -> JabberGateway:
         addressing = Addressing(cfg.gateway_domain, cfg.component, cfg.separator, cfg.domains)
         host, port = cfg.server_address
         component = XmppComponent(addressing.component, cfg.secret, host, port, _no_event)
-        return cls(presence, addressing, component, served_domains)
+        return cls(
+            presence,
+            addressing,
+            component,
+            served_domains,
+            max_contacts_per_user=cfg.max_contacts_per_user,
+            max_contacts=cfg.max_contacts,
+            allowed_domains=cfg.allowed_domains,
+            subscribe_rate=cfg.subscribe_rate,
+            resubscribe_rate=cfg.resubscribe_rate,
+            authenticated=authenticated,
+        )
+
+    # --- admission of SIP watchers -------------------------------------------------------------
+
+    async def subscribe(self, event: RequestReceived, presentity: str, source: str) -> None:
+        """The dispatcher's handler for source "jabber": `check`, then the presence service.
+
+        Same signature as `PresenceService.subscribe`; only initial SUBSCRIBEs come here (the
+        dispatcher sends in-dialog ones to the dialog's own service).
+        """
+        req = event.request
+        key = self._owner_of_request(req, event.peer.host)
+        refusal = self.check(req, presentity, key)
+        if refusal is not None:
+            self.refusals += 1
+            log.info("jabber: SUBSCRIBE %s from %s refused: %d %s (Call-ID %s)",
+                     presentity, key, refusal.status, refusal.reason, req.headers.get("Call-ID"))
+            resp = make_response(req, refusal.status, refusal.reason, to_tag=secrets.token_hex(8))
+            if refusal.retry_after is not None:
+                resp.headers.add("Retry-After", str(refusal.retry_after))
+            self.presence.driver.respond(event, resp)
+            return
+        jid = self._jid_of(presentity)
+        if jid is None or req.expires == 0:
+            await self.presence.subscribe(event, presentity, source)
+            return
+        # Reserve before the storage write yields, so concurrent SUBSCRIBEs see the count.
+        mine = self._owned.setdefault(key, {})
+        subs = mine.setdefault(jid, set())
+        self._reserved[jid] = self._reserved.get(jid, 0) + 1
+        try:
+            await self.presence.subscribe(event, presentity, source)
+        finally:
+            n = self._reserved.pop(jid) - 1
+            if n:
+                self._reserved[jid] = n
+            sub_id = self._dialog_of(req)
+            if sub_id is not None:
+                subs.add(sub_id)
+            elif not subs:
+                mine.pop(jid, None)
+                if not mine:
+                    self._owned.pop(key, None)
+
+    def check(self, req: Request, presentity: str, key: str) -> Refusal | None:
+        """Whether the initial SUBSCRIBE `req` of watcher `key` for `presentity` may proceed.
+
+        None: go ahead. Costs a rate token when it would make the gateway send a new XMPP
+        subscription request. O(1) unless the watcher is at its cap (then its own entries are
+        re-checked against the agent's dialogs, at most ``max_contacts_per_user`` of them).
+        """
+        found = self.addressing.presentity_to_jid(presentity)
+        if isinstance(found, Unmappable):
+            word = "Bad Request" if found.status == 400 else "Not Found"
+            return Refusal(found.status, f"{word} ({found.reason})")
+        jid = found
+        if self.allowed_domains and jid.rpartition("@")[2] not in self.allowed_domains:
+            return Refusal(403, "Forbidden (XMPP domain not allowed)")
+        if req.expires == 0:
+            return None  # a fetch (RFC 6665 §4.4.3) keeps nothing and sends nothing to XMPP
+        mine = self._owned.get(key)
+        if mine is not None and jid in mine:
+            return None
+        if mine is not None and len(mine) >= self.max_contacts_per_user:
+            self._prune(key, mine)
+            if len(mine) >= self.max_contacts_per_user:
+                return Refusal(403, "Forbidden (too many XMPP contacts)")
+        if jid in self._remotes or jid in self._reserved:
+            return None  # watched already: no new subscription request goes out
+        if len(self._remotes) + len(self._reserved) >= self.max_contacts:
+            return Refusal(503, "Service Unavailable (too many XMPP contacts)", 60)
+        wait = self._take_token(key)
+        if wait > 0:
+            return Refusal(503, "Service Unavailable (XMPP subscription rate)", math.ceil(wait))
+        return None
+
+    def contacts_of(self, key: str) -> frozenset[str]:
+        """The XMPP users (bare JIDs) watcher `key` watches through the gateway."""
+        return frozenset(self._owned.get(key, ()))
+
+    def _owner_of_request(self, req: Request, host: str) -> str:
+        # With [auth] the dispatcher checked that From is the authenticated user; without it
+        # From is whatever the peer claims, so the source address is the watcher.
+        return req.from_.uri.aor if self.authenticated else host
+
+    def _owner_of_record(self, record: Subscription) -> str:
+        if self.authenticated:
+            return record.watcher
+        try:
+            return parse_peer(record.peer).host
+        except ValueError:
+            return record.peer
+
+    def _jid_of(self, presentity: str) -> str | None:
+        found = self.addressing.presentity_to_jid(presentity)
+        return found if isinstance(found, str) else None
+
+    def _dialog_of(self, req: Request) -> str | None:
+        """The dialog id the agent created for initial SUBSCRIBE `req`, if it created one."""
+        call_id, tag = req.call_id, req.from_.tag
+        dialogs = self.presence.agent.dialogs
+        for n, sub_id in enumerate(reversed(dialogs)):
+            if n >= _FIND_DIALOG:
+                break
+            record = dialogs[sub_id].record
+            if record.call_id == call_id and record.remote_tag == tag:
+                return sub_id
+        return None
+
+    def _prune(self, key: str, mine: dict[str, set[str]]) -> None:
+        dialogs = self.presence.agent.dialogs
+        for jid in list(mine):
+            subs = mine[jid]
+            subs.intersection_update(s for s in list(subs) if s in dialogs)
+            if not subs and jid not in self._reserved:
+                del mine[jid]
+
+    def _take_token(self, key: str) -> float:
+        """Token bucket of ``subscribe_rate`` per minute: 0 when a token was taken, else the
+        seconds until one is available."""
+        now = self.clock()
+        rate = self.subscribe_rate / 60.0
+        tokens, at = self._buckets.get(key, (float(self.subscribe_rate), now))
+        tokens = min(float(self.subscribe_rate), tokens + (now - at) * rate)
+        if tokens < 1.0:
+            self._buckets[key] = (tokens, now)
+            return (1.0 - tokens) / rate
+        if key not in self._buckets and len(self._buckets) >= MAX_BUCKETS:
+            self._sweep_buckets(now)
+        self._buckets[key] = (tokens - 1.0, now)
+        return 0.0
+
+    def _sweep_buckets(self, now: float) -> None:
+        rate = self.subscribe_rate / 60.0
+        full = float(self.subscribe_rate)
+        for k, (tokens, at) in list(self._buckets.items()):
+            if tokens + (now - at) * rate >= full:
+                del self._buckets[k]
+
+    def _rebuild_owners(self) -> None:
+        """Who watches which XMPP user, from the dialogs loaded at start-up."""
+        for sub_id, dlg in self.presence.agent.dialogs.items():
+            record = dlg.record
+            if record.source != SOURCE:
+                continue
+            jid = self._jid_of(record.presentity)
+            if jid is not None:
+                key = self._owner_of_record(record)
+                self._owned.setdefault(key, {}).setdefault(jid, set()).add(sub_id)
 
     # --- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
         """Start connecting (in the background); state is announced on each `Connected`."""
         self._stopping = False
+        self._rebuild_owners()
         await self.component.start()
 
     async def stop(self) -> None:
         self._stopping = True
         await self.component.stop()
+        self._stop_announcing()
         task, self._flush_task = self._flush_task, None
         if task is not None:
             task.cancel()
@@ -178,10 +403,10 @@ class JabberGateway:
         else:
             self._unwatch(presentity)
 
-    def _watch(self, presentity: str) -> None:
+    def _watch(self, presentity: str, announce: bool = True) -> None:
         if presentity in self._watched:
             return
-        jid = self.addressing.sip_to_jid(presentity)
+        jid = self._jid_of(presentity)
         self._watched[presentity] = jid
         if jid is None:
             log.info("jabber: %s is no XMPP address; its watchers see closed", presentity)
@@ -191,7 +416,7 @@ class JabberGateway:
                 remote = self._remotes[jid] = _Remote()
             first = not remote.presentities
             remote.presentities.add(presentity)
-            if first and self.component.connected:
+            if first and announce and self.component.connected:
                 self._subscribe(jid)
         self._mark(presentity)
 
@@ -281,7 +506,9 @@ class JabberGateway:
             self._mark(presentity)
 
     def _on_subscribed(self, from_bare: str, to_bare: str) -> None:
-        if to_bare == self.gateway_jid and from_bare in self._remotes:
+        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
+        if remote is not None:
+            remote.approved = True
             log.info("jabber: %s approved the gateway's subscription", from_bare)
             # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
             # servers that do not.
@@ -293,6 +520,7 @@ class JabberGateway:
             return
         # Refused or cancelled: SIP watchers stay subscribed and see closed.
         log.info("jabber: %s refused or cancelled the gateway's subscription", from_bare)
+        remote.approved = False  # not asked again on reconnection while watched
         remote.resources.clear()
         for presentity in remote.presentities:
             self._mark(presentity)
@@ -344,15 +572,19 @@ class JabberGateway:
     def _on_connected(self) -> None:
         # Presentities loaded from storage at start-up may predate our listener; take them in.
         for presentity in self.presence.agent.watched(SOURCE):
-            self._watch(presentity)
-        for jid in self._remotes:
-            self._subscribe(jid)
+            self._watch(presentity, announce=False)
+        self._stop_announcing()
+        # Only XMPP users still watched, and not those who refused; paced, not all at once.
+        self._announce.extend(j for j, r in self._remotes.items() if r.approved is not False)
+        if self._announce:
+            self._announce_task = asyncio.get_running_loop().create_task(self._announcing())
         for aor, contact in self._contacts.items():
             contact.sent = None
             for subscriber in list(contact.subscribers):
                 self._send_current(aor, contact, subscriber)
 
     def _on_disconnected(self) -> None:
+        self._stop_announcing()
         if self._stopping:
             return
         log.info("jabber: XMPP server lost; %d watched XMPP users now closed", len(self._remotes))
@@ -362,6 +594,31 @@ class JabberGateway:
             self._mark(presentity)
 
     # --- helpers -----------------------------------------------------------------------------
+
+    async def _announcing(self) -> None:
+        interval = 1.0 / self.resubscribe_rate
+        try:
+            while self._announce and self.component.connected:
+                jid = self._announce.popleft()
+                remote = self._remotes.get(jid)
+                if remote is None or remote.approved is False:
+                    continue  # nobody watches it any more, or it said no
+                if remote.approved:
+                    # Approved before: the roster on her server holds it (RFC 6121 §3.1.5);
+                    # a probe brings her presence back.
+                    self.component.probe(self.gateway_jid, jid)
+                else:
+                    self._subscribe(jid)
+                await asyncio.sleep(interval)
+        finally:
+            if self._announce_task is asyncio.current_task():
+                self._announce_task = None
+
+    def _stop_announcing(self) -> None:
+        self._announce.clear()
+        task, self._announce_task = self._announce_task, None
+        if task is not None and task is not asyncio.current_task():
+            task.cancel()
 
     def _subscribe(self, jid: str) -> None:
         # Re-sending subscribe when already approved is harmless: the server answers

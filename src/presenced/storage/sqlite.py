@@ -22,9 +22,11 @@ import asyncio
 import functools
 import importlib.resources
 import logging
+import os
 import queue
 import re
 import sqlite3
+import stat
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -37,6 +39,22 @@ from presenced.storage import StorageClosedError, StorageError
 from presenced.storage.base import Binding, Publication, Subscription
 
 log = logging.getLogger(__name__)
+
+DATA_DIR_MODE = 0o700  # the directory we create for the database (issue 9 #8)
+DB_FILE_MODE = 0o600  # the database and its -wal / -shm files
+
+
+def _tighten(path: Path, mode: int) -> None:
+    """Take group and other permissions away from one of our files (absent files are fine)."""
+    try:
+        current = stat.S_IMODE(os.stat(path).st_mode)
+        if current & ~mode:
+            os.chmod(path, mode)
+            log.info("sqlite storage: %s was mode %o, now %o", path, current, mode)
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        log.warning("sqlite storage: cannot restrict %s to mode %o: %s", path, mode, exc)
 
 # Durability: in WAL mode a COMMIT appends the transaction's pages and a commit frame to the -wal
 # file with write(2). Once write() returns, the bytes are in the kernel's page cache, which
@@ -378,12 +396,7 @@ class SqliteStorage:
         self._deliver(loop, outcomes)
 
     def _connect(self) -> sqlite3.Connection:
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise StorageError(
-                f"cannot create directory {self.path.parent} for SQLite database: {exc}"
-            ) from exc
+        self._prepare_files()
         conn = sqlite3.connect(self.path, isolation_level=None, cached_statements=32)
         try:
             # PRAGMA values cannot be bound parameters; both are validated in __init__.
@@ -393,6 +406,9 @@ class SqliteStorage:
                 raise StorageError(
                     f"SQLite database {self.path}: cannot switch to WAL mode (got {mode!r})"
                 )
+            # Files an older presenced (or SQLite before the db file was ours) left readable.
+            for suffix in ("", "-wal", "-shm"):
+                _tighten(Path(f"{self.path}{suffix}"), DB_FILE_MODE)
             conn.execute(f"PRAGMA synchronous = {self._synchronous}")
             version = self._migrate(conn)
         except BaseException:
@@ -400,6 +416,36 @@ class SqliteStorage:
             raise
         log.info("sqlite storage %s open, schema version %d", self.path, version)
         return conn
+
+    def _prepare_files(self) -> None:
+        """The directory 0700 when we create it, the database file 0600 before SQLite opens it.
+
+        SQLite creates the -wal and -shm files with the database file's permissions, so the
+        first file's mode covers all three. A directory that already exists is not changed
+        (it may be shared, e.g. the parent of ``sqlite:////var/lib/x.db``): a warning says
+        when others can read it.
+        """
+        parent = self.path.parent
+        try:
+            if not parent.is_dir():
+                parent.mkdir(mode=DATA_DIR_MODE, parents=True, exist_ok=True)
+                os.chmod(parent, DATA_DIR_MODE)  # mkdir's mode passes through the umask
+            elif stat.S_IMODE(parent.stat().st_mode) & 0o077:
+                log.warning(
+                    "data directory %s is accessible to other users (mode %o); "
+                    "chmod 700 it to keep presence data private",
+                    parent,
+                    stat.S_IMODE(parent.stat().st_mode),
+                )
+        except OSError as exc:
+            raise StorageError(
+                f"cannot create directory {parent} for SQLite database: {exc}"
+            ) from exc
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, DB_FILE_MODE)
+        except OSError as exc:
+            raise StorageError(f"cannot open SQLite database {self.path}: {exc}") from exc
+        os.close(fd)
 
     def _migrate(self, conn: sqlite3.Connection) -> int:
         migrations = self._migrations if self._migrations is not None else bundled_migrations()
