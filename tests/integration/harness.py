@@ -41,6 +41,7 @@ from presenced.sip.framing import KeepAlivePing, StreamFramer
 from presenced.sip.headers import Headers
 from presenced.sip.message import Request, Response, make_response, parse_message
 
+_SRC = Path(__file__).resolve().parents[2] / "src"
 LOCALHOST = "127.0.0.1"
 DEFAULT_DOMAIN = "example.com"
 T1 = 0.5  # RFC 3261 §17.1.1.1
@@ -252,6 +253,11 @@ class ServerProcess:
 
     def _spawn(self) -> None:
         env = dict(os.environ)
+        # The server runs this checkout's code, whatever the venv's editable install points at
+        # (a relative PYTHONPATH would not survive the child's cwd, the test's tmp dir).
+        env["PYTHONPATH"] = os.pathsep.join(
+            p for p in (str(_SRC), env.get("PYTHONPATH", "")) if p
+        )
         env.update(self.env)
         env.setdefault("PYTHONUNBUFFERED", "1")
         self._log_file = open(self.log_path, "ab")  # noqa: SIM115 - lives as long as the process
