@@ -120,7 +120,7 @@ def _copy_children(src: etree._Element, dst: etree._Element) -> None:
             sub.text = _strip_ws(child.text)
             _copy_children(child, sub)
         else:
-            sub.text = child.text
+            sub.text = child.text or None  # "" and None both mean no text: one form
         sub.tail = _strip_ws(child.tail)
 
 
