@@ -248,6 +248,10 @@ class AuthConfig(_Section, frozen=True):
     users: dict[str, str] = {}  # user -> plain-text password
     users_file: str | None = None  # absolute after loading; format: sip.auth.load_users_file
     nonce_ttl: PosInt = 300
+    max_failures: PosInt = 5  # failed authentications per (source, user@domain) before a lockout
+    max_failures_per_source: PosInt = 20  # ... per source across users, within `lockout` seconds
+    lockout: PosInt = 30  # seconds of the first lockout; doubles with each further one
+    max_lockout: PosInt = 3600  # longest lockout
 
     def _repr_value(self, name: str, value: Any) -> str:
         if name == "users":
@@ -385,16 +389,27 @@ def _check(config: Config, base: Path) -> Config:
     if auth is not None:
         if not auth.users and auth.users_file is None:
             raise ConfigError("auth", "must set users or users_file")
-        for user in auth.users:
-            if not user or ":" in user:
-                raise ConfigError("auth.users", f"invalid user name {user!r}")
         if auth.realm is not None and not auth.realm:
             raise ConfigError("auth.realm", "must be a non-empty string")
-        realm = auth.realm or server.domains[0]
+        # Every served domain is its own realm; [auth] realm names the one whose users are
+        # written without "@domain".
+        realm = (auth.realm or server.domains[0]).lower().rstrip(".")
+        if realm not in server.domains:
+            raise ConfigError("auth.realm", f"must be one of server.domains (got {auth.realm!r})")
+        for user in auth.users:
+            name, at, domain = user.rpartition("@")
+            if not user or ":" in user or (at and not name):
+                raise ConfigError("auth.users", f"invalid user name {user!r}")
+            if at and domain.lower().rstrip(".") not in server.domains:
+                raise ConfigError(f"auth.users.{user}", "domain is not one of server.domains")
+        if auth.lockout > auth.max_lockout:
+            raise ConfigError(
+                "auth.lockout", f"must be <= auth.max_lockout ({auth.max_lockout}), got {auth.lockout}"
+            )
         users_file = None
         if auth.users_file is not None:
             users_file = _resolve(base, auth.users_file)
-            _check_users_file(users_file, realm)
+            _check_users_file(users_file, realm, server.domains)
         auth = replace(auth, realm=realm, users_file=users_file)
 
     routing = config.routing
@@ -445,7 +460,7 @@ def _exposed(server: ServerConfig) -> list[str]:
     return [str(a) for a in server.listen_addresses if not _is_loopback(a.host)]
 
 
-def _check_users_file(path: str, realm: str) -> None:
+def _check_users_file(path: str, realm: str, domains: tuple[str, ...]) -> None:
     """Parse the users file now so a broken one fails at startup and under --check-config.
 
     The format belongs to presenced.sip.auth.load_users_file; reusing it keeps one definition.
@@ -458,7 +473,7 @@ def _check_users_file(path: str, realm: str) -> None:
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
     try:
-        load_users_file(text, realm)
+        load_users_file(text, realm, domains)
     except ValueError as exc:
         # Its messages name the line but never echo a password or hash.
         raise ConfigError(key, str(exc).removeprefix("users file ")) from None

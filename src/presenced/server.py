@@ -28,7 +28,13 @@ from presenced.services.jabber import JabberGateway
 from presenced.services.presence import PresenceService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
-from presenced.sip.auth import DigestAuthenticator, StaticCredentials, load_users_file
+from presenced.sip.auth import (
+    AuthThrottle,
+    DigestAuthenticator,
+    StaticCredentials,
+    ThrottlePolicy,
+    load_users_file,
+)
 from presenced.sip.endpoint import Endpoint, EndpointConfig
 from presenced.sip.message import Limits
 from presenced.storage import open_storage
@@ -135,21 +141,22 @@ class Server:
         router = Router(cfg.jabber.gateway_domain.lower() if cfg.jabber else None, script)
 
         auth = None
-        known_user = None
+        throttle = None
         if cfg.auth is not None:
+            # One realm per served domain; plain user names belong to [auth] realm's domain.
             realm = cfg.auth.realm or cfg.server.domains[0]
-            creds = (load_users_file(Path(cfg.auth.users_file).read_text(), realm)
+            realms = (realm, *(d for d in cfg.server.domains if d != realm))
+            creds = (load_users_file(Path(cfg.auth.users_file).read_text(), realm, realms)
                      if cfg.auth.users_file else StaticCredentials(realm))
             for user, password in cfg.auth.users.items():
                 creds.add_password(user, password)
-            auth = DigestAuthenticator(realm, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl)
-            served = frozenset(cfg.server.domains)
+            auth = DigestAuthenticator(realms, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl)
+            throttle = AuthThrottle(ThrottlePolicy(
+                max_failures=cfg.auth.max_failures,
+                max_source_failures=cfg.auth.max_failures_per_source,
+                lockout=cfg.auth.lockout, max_lockout=cfg.auth.max_lockout))
 
-            def known_user(aor: str) -> bool:
-                user, _, domain = aor.rpartition("@")
-                return domain in served and user in creds
-
-        self.dispatcher = Dispatcher(self.driver, router, auth, known_user)
+        self.dispatcher = Dispatcher(self.driver, router, auth, throttle)
         self.dispatcher.handlers["REGISTER"] = self.registrar.register
         self.dispatcher.handlers["PUBLISH"] = self.publish.publish
         self.dispatcher.sources["registrar"] = self.presence.subscribe

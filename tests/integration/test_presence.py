@@ -527,15 +527,16 @@ def test_with_auth_a_watcher_subscribes_only_as_itself(
     assert r.status == 401, r
     challenge = parse_auth_params(r.headers.get("WWW-Authenticate") or "")
 
-    def with_auth(**extra: str) -> dict[str, str | None]:
-        auth = digest_authorization(challenge, "SUBSCRIBE", ALICE, "bob", "pw")
+    def with_auth(nc: int, **extra: str) -> dict[str, str | None]:
+        # One nonce, so the nonce-count goes up with each use (RFC 7616 §3.4).
+        auth = digest_authorization(challenge, "SUBSCRIBE", ALICE, "bob", "pw", nc=nc)
         return {**h, "Authorization": auth, **extra}
 
     spoofed = bob.request(
-        "SUBSCRIBE", ALICE, headers=with_auth(), from_="<sip:carol@example.com>;tag=c1"
+        "SUBSCRIBE", ALICE, headers=with_auth(1), from_="<sip:carol@example.com>;tag=c1"
     )
     assert spoofed.status == 403, spoofed
-    ok = bob.request("SUBSCRIBE", ALICE, headers=with_auth())
+    ok = bob.request("SUBSCRIBE", ALICE, headers=with_auth(2))
     assert ok.status == 200, ok
     note = bob.expect_request("NOTIFY", timeout=5)
     assert parse_pidf(note.body).basics == ["closed"]

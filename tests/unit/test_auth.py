@@ -22,11 +22,13 @@ from presenced.sip.auth import (
     parse_digest_credentials,
 )
 from presenced.sip.errors import ParseError
+from presenced.sip.uri import parse_uri
 
 REALM = "example.com"
 KEY = b"0123456789abcdef0123456789abcdef"
 T0 = 1_700_000_000.0  # wall-clock epoch seconds
 URI = "sip:example.com"
+RURI = parse_uri(URI)
 
 
 def make_auth(**kwargs: object) -> DigestAuthenticator:
@@ -86,7 +88,7 @@ def answer(
 def verify_header(
     auth: DigestAuthenticator, header: str, now: float, method: str = "SUBSCRIBE"
 ) -> AuthOutcome:
-    return auth.verify(parse_digest_credentials(header), method, now).outcome
+    return auth.verify(parse_digest_credentials(header), method, RURI, now).outcome
 
 
 # -- published vectors --------------------------------------------------------------------------
@@ -217,7 +219,7 @@ def test_round_trip_challenge_response_succeeds(index: int) -> None:
     auth = make_auth()
     challenge = auth.challenge(T0)[index]
     result = auth.verify(
-        parse_digest_credentials(answer(challenge, "alice", "secret")), "SUBSCRIBE", T0 + 1
+        parse_digest_credentials(answer(challenge, "alice", "secret")), "SUBSCRIBE", RURI, T0 + 1
     )
     assert result.outcome is AuthOutcome.OK
     assert result.ok
@@ -231,10 +233,13 @@ def test_nonce_is_stateless_another_instance_with_the_same_key_accepts_it() -> N
     )
 
 
-def test_rfc2069_response_without_qop_is_accepted_rfc3261_section_22_4() -> None:
+def test_rfc2069_response_without_qop_is_refused_rfc7616_section_3_4() -> None:
+    # Without qop there is no nonce-count, so nothing tells a replay from a new request.
     auth = make_auth()
     header = answer(auth.challenge(T0)[1], "alice", "secret", qop=None)
-    assert verify_header(auth, header, T0 + 1) is AuthOutcome.OK
+    result = auth.verify(parse_digest_credentials(header), "SUBSCRIBE", RURI, T0 + 1)
+    assert result.outcome is AuthOutcome.FAILED
+    assert result.reason == "qop absent refused"
 
 
 def test_session_variant_works_when_offered_rfc7616_section_3_4_2() -> None:
@@ -262,18 +267,18 @@ def test_wrong_password_fails() -> None:
 def test_response_for_another_method_or_uri_fails() -> None:
     auth = make_auth()
     creds = parse_digest_credentials(answer(auth.challenge(T0)[0], "alice", "secret"))
-    assert auth.verify(creds, "PUBLISH", T0).outcome is AuthOutcome.FAILED
+    assert auth.verify(creds, "PUBLISH", RURI, T0).outcome is AuthOutcome.FAILED
     altered = parse_digest_credentials(
         answer(auth.challenge(T0)[0], "alice", "secret").replace(URI, "sip:other.com")
     )
-    assert auth.verify(altered, "SUBSCRIBE", T0).outcome is AuthOutcome.FAILED
+    assert auth.verify(altered, "SUBSCRIBE", RURI, T0).outcome is AuthOutcome.FAILED
 
 
 def test_expired_nonce_with_right_password_is_stale_rfc7616_section_3_3() -> None:
     auth = make_auth(nonce_ttl=300)
     header = answer(auth.challenge(T0)[0], "alice", "secret")
     assert verify_header(auth, header, T0 + 299.9) is AuthOutcome.OK
-    result = auth.verify(parse_digest_credentials(header), "SUBSCRIBE", T0 + 300.1)
+    result = auth.verify(parse_digest_credentials(header), "SUBSCRIBE", RURI, T0 + 300.1)
     assert result.outcome is AuthOutcome.STALE
     assert result.username == "alice"
     assert not result.ok
@@ -296,41 +301,47 @@ def _flip(text: str, index: int) -> str:
 
 
 @pytest.mark.parametrize("index", [0, 5, 10, 20, 31])
-def test_tampered_nonce_fails(index: int) -> None:
+def test_tampered_nonce_is_never_ok(index: int) -> None:
     auth = make_auth()
     challenge = auth.challenge(T0)[0]
     nonce = _flip(challenge_params(challenge)["nonce"], index)
-    # The client computes a correct response over the tampered nonce: only the HMAC can catch it.
+    # A correct response over a tampered nonce: only the HMAC catches it. The response is
+    # right, so the answer is a new nonce with stale=true (RFC 7616 §3.3), never OK.
     header = answer(challenge, "alice", "secret", nonce=nonce)
-    assert verify_header(auth, header, T0 + 1) is AuthOutcome.FAILED
+    assert verify_header(auth, header, T0 + 1) is AuthOutcome.STALE
+    wrong = answer(challenge, "alice", "wrong", nonce=nonce)
+    assert verify_header(auth, wrong, T0 + 1) is AuthOutcome.FAILED
 
 
-def test_nonce_with_a_forged_fresh_timestamp_fails() -> None:
+def test_nonce_with_a_forged_fresh_timestamp_is_never_ok() -> None:
     auth = make_auth(nonce_ttl=300)
     challenge = auth.challenge(T0)[0]
     raw = base64.urlsafe_b64decode(challenge_params(challenge)["nonce"])
     later = int((T0 + 3600) * 1_000_000).to_bytes(8, "big", signed=True)
     forged = base64.urlsafe_b64encode(later + raw[8:]).decode()
     header = answer(challenge, "alice", "secret", nonce=forged)
-    assert verify_header(auth, header, T0 + 3600) is AuthOutcome.FAILED
+    assert verify_header(auth, header, T0 + 3600) is AuthOutcome.STALE
 
 
 @pytest.mark.parametrize(
     "nonce",
     ["", "dcd98b7102dd2f0e8b11d0f600bfb0c093", "!" * 32, "A" * 31 + "=", "A" * 32, "é" * 32],
 )
-def test_foreign_or_garbage_nonce_fails(nonce: str) -> None:
+def test_foreign_or_garbage_nonce_is_stale_with_a_right_response(nonce: str) -> None:
+    # E.g. a nonce from before a restart (new key): the client retries without its user.
     auth = make_auth()
     header = answer(auth.challenge(T0)[0], "alice", "secret", nonce=nonce)
-    assert verify_header(auth, header, T0) is AuthOutcome.FAILED
+    assert verify_header(auth, header, T0) is AuthOutcome.STALE
+    wrong = answer(auth.challenge(T0)[0], "alice", "guess", nonce=nonce)
+    assert verify_header(auth, wrong, T0) is AuthOutcome.FAILED
 
 
-def test_nonce_minted_with_another_key_fails() -> None:
+def test_nonce_minted_with_another_key_is_not_ok() -> None:
     other = DigestAuthenticator(REALM, b"another key, 16+ bytes", StaticCredentials(REALM))
     header = answer(other.challenge(T0)[0], "alice", "secret")
     # The opaque differs too; drop it so the nonce check alone decides.
     header = re.sub(r', opaque="[^"]*"', "", header)
-    assert verify_header(make_auth(), header, T0) is AuthOutcome.FAILED
+    assert verify_header(make_auth(), header, T0) is AuthOutcome.STALE
 
 
 def test_realm_mismatch_fails_even_with_a_consistent_response() -> None:
@@ -345,11 +356,14 @@ def test_realm_mismatch_fails_even_with_a_consistent_response() -> None:
     assert verify_header(auth, good, T0) is AuthOutcome.FAILED  # HA1 is for the wrong realm
 
 
-def test_nonce_from_another_realm_with_the_same_key_fails() -> None:
+def test_nonce_from_another_realm_with_the_same_key_is_not_ok() -> None:
+    # The nonce HMAC covers the realm: one issued for other.example.com is not ours here.
     other = DigestAuthenticator("other.example.com", KEY, StaticCredentials("other.example.com"))
     header = answer(other.challenge(T0)[0], "alice", "secret", realm=REALM)
     header = re.sub(r', opaque="[^"]*"', "", header)
-    assert verify_header(make_auth(), header, T0) is AuthOutcome.FAILED
+    result = make_auth().verify(parse_digest_credentials(header), "SUBSCRIBE", RURI, T0)
+    assert result.outcome is AuthOutcome.STALE
+    assert result.reason == "nonce not issued by us for this realm"
 
 
 def test_altered_opaque_fails_and_absent_opaque_is_accepted() -> None:
@@ -371,10 +385,10 @@ def test_unknown_user_fails_exactly_like_a_wrong_password() -> None:
     auth = make_auth()
     challenge = auth.challenge(T0)[0]
     unknown = auth.verify(
-        parse_digest_credentials(answer(challenge, "mallory", "secret")), "SUBSCRIBE", T0
+        parse_digest_credentials(answer(challenge, "mallory", "secret")), "SUBSCRIBE", RURI, T0
     )
     wrong = auth.verify(
-        parse_digest_credentials(answer(challenge, "alice", "nope")), "SUBSCRIBE", T0
+        parse_digest_credentials(answer(challenge, "alice", "nope")), "SUBSCRIBE", RURI, T0
     )
     assert unknown.outcome is AuthOutcome.FAILED
     assert unknown == wrong  # same outcome, no username, same log reason
@@ -392,14 +406,14 @@ def test_unknown_user_cannot_log_in_even_with_the_dummy_ha1() -> None:
     creds = DigestCredentials(
         "mallory", REALM, p["nonce"], URI, response, "SHA-256", "x", "00000001", "auth"
     )
-    assert auth.verify(creds, "SUBSCRIBE", T0).outcome is AuthOutcome.FAILED
+    assert auth.verify(creds, "SUBSCRIBE", RURI, T0).outcome is AuthOutcome.FAILED
 
 
 def test_challenges_after_known_and_unknown_user_failures_are_indistinguishable() -> None:
     auth = make_auth()
     first = auth.challenge(T0)
     for user in ("alice", "mallory"):
-        auth.verify(parse_digest_credentials(answer(first[0], user, "bad")), "SUBSCRIBE", T0)
+        auth.verify(parse_digest_credentials(answer(first[0], user, "bad")), "SUBSCRIBE", RURI, T0)
     known = auth.challenge(T0 + 1)
     unknown = auth.challenge(T0 + 1)
     assert known == unknown
@@ -430,10 +444,12 @@ def test_users_file_with_hashes_and_plaintext_authenticates() -> None:
     assert "mallory" not in store
     auth = DigestAuthenticator(REALM, KEY, store)
     sha, md5 = auth.challenge(T0)
+    # One nonce serves both algorithms, so its nonce-count goes up with each use.
     assert verify_header(auth, answer(sha, "alice", "secret"), T0) is AuthOutcome.OK
-    assert verify_header(auth, answer(md5, "alice", "secret"), T0) is AuthOutcome.OK
-    assert verify_header(auth, answer(md5, "bob", "hunter2: with a colon"), T0) is AuthOutcome.OK
-    assert verify_header(auth, answer(sha, "carol", "pa:ss"), T0) is AuthOutcome.OK
+    assert verify_header(auth, answer(md5, "alice", "secret", nc="00000002"), T0) is AuthOutcome.OK
+    header = answer(md5, "bob", "hunter2: with a colon", nc="00000003")
+    assert verify_header(auth, header, T0) is AuthOutcome.OK
+    assert verify_header(auth, answer(sha, "carol", "pa:ss", nc="00000004"), T0) is AuthOutcome.OK
 
 
 def test_user_without_md5_ha1_fails_with_md5() -> None:
@@ -608,7 +624,7 @@ def test_parse_header_like_junk_raises_only_auth_parse_error_and_verify_never_ra
         creds = parse_digest_credentials(value)
     except AuthParseError:
         return
-    result = make_auth().verify(creds, "SUBSCRIBE", T0)
+    result = make_auth().verify(creds, "SUBSCRIBE", RURI, T0)
     assert result.outcome is AuthOutcome.FAILED
 
 

@@ -2,9 +2,20 @@
 
 REGISTER goes to the registrar, SUBSCRIBE through routing (`handle_subscription`) to the
 presence agent, PUBLISH to the publication service; responses to our NOTIFYs go back to the
-presence service. When `[auth]` is configured, these requests must carry valid digest
-credentials (RFC 3261 §22): REGISTER and PUBLISH as the AOR's own user, SUBSCRIBE as the
-user its From names (any known user may watch any user of a served domain). A handler that fails answers 500 and logs; it never takes the server down.
+presence service. A handler that fails answers 500 and logs; it never takes the server down.
+
+Authentication (when `[auth]` is configured; RFC 3261 §22). Each request acts as one address:
+REGISTER as its To AOR, PUBLISH as its Request-URI AOR, SUBSCRIBE as its From AOR (the watcher;
+any other method as its Request-URI). That address's domain picks the realm, and the
+authenticated identity user@realm must equal the address as a whole, else 403. Failures are
+counted by an `AuthThrottle` per (source address, user@domain) and per source; while refused,
+requests get 403 without their credentials being checked. Known and unknown users are answered
+alike: same challenges, same failures, same lockouts, and a SUBSCRIBE to an unknown user of a
+served domain gets 200 and a closed document like a known one who is offline. Every decision
+logs one line with Call-ID and source (never a password or a response).
+
+The presence source handlers are called as ``handler(event, presentity, source, identity)``:
+`identity` is the authenticated "user@domain", or None without `[auth]`.
 """
 
 from __future__ import annotations
@@ -18,28 +29,34 @@ from presenced.services.alarm import Background
 from presenced.sip.auth import (
     AuthOutcome,
     AuthParseError,
+    AuthThrottle,
     DigestAuthenticator,
     parse_digest_credentials,
 )
 from presenced.sip.endpoint import ClientTimedOut, RequestReceived, ResponseReceived
 from presenced.sip.errors import ParseError
 from presenced.sip.message import Request, make_response
+from presenced.sip.uri import SipUri
 from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.dispatch")
 
 Handler = Callable[[RequestReceived], Awaitable[None]]
+# handler(event, presentity, source name, authenticated "user@domain" or None)
+SourceHandler = Callable[[RequestReceived, str, str, str | None], Awaitable[None]]
+
+_LOCKED_OUT = "Forbidden (too many failed authentications)"
 
 
 class Dispatcher:
     def __init__(self, driver: Driver, router: Router, auth: DigestAuthenticator | None = None,
-                 known_user: Callable[[str], bool] | None = None) -> None:
+                 throttle: AuthThrottle | None = None) -> None:
         self.driver = driver
         self.router = router
         self.auth = auth
-        self.known_user = known_user
+        self.throttle = throttle if throttle is not None or auth is None else AuthThrottle()
         self.handlers: dict[str, Handler] = {}
-        self.sources: dict[str, Callable[[RequestReceived, str, str], Awaitable[None]]] = {}
+        self.sources: dict[str, SourceHandler] = {}
         self.notify_results: Callable[[str, int], None] | None = None
         self._background = Background()
         self.errors = 0
@@ -72,10 +89,13 @@ class Dispatcher:
             self.driver.respond(event, make_response(req, 400, f"Bad Request ({bad} is not UTF-8)"))
             return
         try:
-            if self.auth is not None and not self._authorized(event):
-                return
+            identity = None
+            if self.auth is not None:
+                identity = self._authenticate(event)
+                if identity is None:
+                    return
             if req.method == "SUBSCRIBE":
-                await self._subscribe(event)
+                await self._subscribe(event, identity)
                 return
             handler = self.handlers.get(req.method)
             if handler is None:
@@ -89,11 +109,11 @@ class Dispatcher:
             log.exception("%s failed (Call-ID %s)", req.method, req.headers.get("Call-ID"))
             self.driver.respond(event, make_response(req, 500))
 
-    async def _subscribe(self, event: RequestReceived) -> None:
+    async def _subscribe(self, event: RequestReceived, identity: str | None) -> None:
         req = event.request
         if req.to.tag:
             # In-dialog: the dialog already knows its source.
-            await self.sources["registrar"](event, req.ruri.aor, "registrar")
+            await self.sources["registrar"](event, req.ruri.aor, "registrar", identity)
             return
         try:
             route = self.router.route(req)
@@ -105,57 +125,93 @@ class Dispatcher:
         if handler is None:
             self.driver.respond(event, make_response(req, 404, f"No {route.source} Source"))
             return
-        presentity = req.ruri.aor
-        if route.source == "registrar" and self.known_user is not None and not self.known_user(presentity):
-            self.driver.respond(event, make_response(req, 404))
-            return
-        await handler(event, presentity, route.source)
+        # No known-user check: with [auth], a 404 for unknown users and a 200 for known ones
+        # would let any user enumerate accounts. An unknown presentity of a served domain
+        # gets what an offline known one gets: 200 and a closed document.
+        await handler(event, req.ruri.aor, route.source, identity)
 
-    def _authorized(self, event: RequestReceived) -> bool:
-        """Check digest credentials; answer 401/403/400 and return False when they fail."""
+    def _authenticate(self, event: RequestReceived) -> str | None:
+        """The authenticated "user@domain" acting for the request, or None once answered
+        (401 challenge, 403 forbidden or locked out, 400 malformed credentials)."""
         req = event.request
         auth = self.auth
-        assert auth is not None
-        header = _credentials_for(req, auth.realm)
+        throttle = self.throttle
+        assert auth is not None and throttle is not None
+        source = event.peer.host
+        call_id = req.headers.get("Call-ID")
+        acting = _acting_as(req)
+        realm = auth.realm_for(acting.host_key)
+        mono = time.monotonic()
+        header = _credentials_for(req, realm)
         if header is None:
-            self._challenge(event, stale=False)
-            return False
+            if throttle.source_refused(source, mono):
+                log.info("auth: %s refused, source locked out (Call-ID %s, source %s)",
+                         req.method, call_id, source)
+                self.driver.respond(event, make_response(req, 403, _LOCKED_OUT))
+                return None
+            log.debug("auth: %s challenged in realm %s (Call-ID %s, source %s)",
+                      req.method, realm, call_id, source)
+            self._challenge(event, realm, stale=False)
+            return None
         try:
             creds = parse_digest_credentials(header)
         except AuthParseError as exc:
+            log.info("auth: %s malformed credentials (Call-ID %s, source %s): %s",
+                     req.method, call_id, source, exc.reason)
             self.driver.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
-            return False
-        result = auth.verify(creds, req.method, time.time())
-        if result.outcome == AuthOutcome.STALE:
-            self._challenge(event, stale=True)
-            return False
-        if result.outcome != AuthOutcome.OK:
-            log.info("authentication failed for %s %s (Call-ID %s): %s",
-                     req.method, req.uri, req.headers.get("Call-ID"), result.reason)
-            self._challenge(event, stale=False)
-            return False
-        user = result.username
-        if req.method == "REGISTER":
-            owner = req.to.uri.user_unescaped
-        elif req.method == "PUBLISH":
-            owner = req.ruri.user_unescaped
-        elif req.method == "SUBSCRIBE":
-            # A watcher subscribes as itself: the From names who reads the presence (and whose
-            # per-watcher limit counts, and whose dialog a later refresh may end).
-            owner = req.from_.uri.user_unescaped
-        else:
-            return True
-        if owner != user:
+            return None
+        claimed = f"{creds.username}@{realm}"
+        if throttle.refused(source, claimed, mono):
+            log.info("auth: %s as %s refused, locked out (Call-ID %s, source %s)",
+                     req.method, claimed, call_id, source)
+            self.driver.respond(event, make_response(req, 403, _LOCKED_OUT))
+            return None
+        result = auth.verify(creds, req.method, req.ruri, time.time(), realm=realm)
+        if result.outcome is AuthOutcome.STALE:
+            log.info("auth: %s as %s stale (Call-ID %s, source %s): %s",
+                     req.method, claimed, call_id, source, result.reason)
+            self._challenge(event, realm, stale=True)
+            return None
+        if result.outcome is not AuthOutcome.OK:
+            locked = throttle.failed(source, claimed, mono)
+            log.info("auth: %s as %s failed (Call-ID %s, source %s): %s%s",
+                     req.method, claimed, call_id, source, result.reason,
+                     "; locked out" if locked else "")
+            self._challenge(event, realm, stale=False)
+            return None
+        identity = result.identity
+        assert identity is not None
+        throttle.succeeded(source, identity)
+        if identity != _address(acting):
+            log.info("auth: %s as %s forbidden for %s (Call-ID %s, source %s)",
+                     req.method, identity, _address(acting), call_id, source)
             self.driver.respond(event, make_response(req, 403, "Forbidden (not your AOR)"))
-            return False
-        return True
+            return None
+        log.debug("auth: %s as %s ok (Call-ID %s, source %s)", req.method, identity, call_id, source)
+        return identity
 
-    def _challenge(self, event: RequestReceived, stale: bool) -> None:
+    def _challenge(self, event: RequestReceived, realm: str, stale: bool) -> None:
         assert self.auth is not None
         resp = make_response(event.request, 401)
-        for value in self.auth.challenge(time.time(), stale=stale):
+        for value in self.auth.challenge(time.time(), stale=stale, realm=realm):
             resp.headers.add("WWW-Authenticate", value)
         self.driver.respond(event, resp)
+
+
+def _acting_as(req: Request) -> SipUri:
+    """The address a request acts as: the identity its credentials must prove."""
+    if req.method == "REGISTER":
+        return req.to.uri
+    if req.method == "SUBSCRIBE":
+        # A watcher subscribes as itself: the From names who reads the presence (and whose
+        # per-watcher limit counts, and whose dialog a later refresh may end).
+        return req.from_.uri
+    return req.ruri  # PUBLISH: the presentity published for; other methods alike
+
+
+def _address(uri: SipUri) -> str:
+    """user@host as compared with an identity (host lower-cased, user as unescaped)."""
+    return f"{uri.user_unescaped}@{uri.host_key}" if uri.is_sip and uri.user is not None else ""
 
 
 _IDENTITY_HEADERS = ("From", "To", "Call-ID", "Contact", "Record-Route", "Event", "SIP-If-Match")

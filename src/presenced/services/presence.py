@@ -64,7 +64,10 @@ class PresenceService:
 
     # --- entry points ----------------------------------------------------------------------
 
-    async def subscribe(self, event: RequestReceived, presentity: str, source: str) -> None:
+    async def subscribe(
+        self, event: RequestReceived, presentity: str, source: str, identity: str | None = None
+    ) -> None:
+        """`identity` is the authenticated "user@domain" of the watcher (None without [auth])."""
         req = event.request
         now = self.clock()
         if req.to.tag:
