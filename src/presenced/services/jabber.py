@@ -215,14 +215,16 @@ class JabberGateway:
 
     # --- admission of SIP watchers -------------------------------------------------------------
 
-    async def subscribe(self, event: RequestReceived, presentity: str, source: str) -> None:
+    async def subscribe(self, event: RequestReceived, presentity: str, source: str,
+                        identity: str | None = None) -> None:
         """The dispatcher's handler for source "jabber": `check`, then the presence service.
 
         Same signature as `PresenceService.subscribe`; only initial SUBSCRIBEs come here (the
-        dispatcher sends in-dialog ones to the dialog's own service).
+        dispatcher sends in-dialog ones to the dialog's own service). `identity` is the
+        authenticated user@domain (None without [auth]): the watcher the caps count.
         """
         req = event.request
-        key = self._owner_of_request(req, event.peer.host)
+        key = identity or self._owner_of_request(req, event.peer.host)
         refusal = self.check(req, presentity, key)
         if refusal is not None:
             self.refusals += 1
@@ -235,14 +237,14 @@ class JabberGateway:
             return
         jid = self._jid_of(presentity)
         if jid is None or req.expires == 0:
-            await self.presence.subscribe(event, presentity, source)
+            await self.presence.subscribe(event, presentity, source, identity)
             return
         # Reserve before the storage write yields, so concurrent SUBSCRIBEs see the count.
         mine = self._owned.setdefault(key, {})
         subs = mine.setdefault(jid, set())
         self._reserved[jid] = self._reserved.get(jid, 0) + 1
         try:
-            await self.presence.subscribe(event, presentity, source)
+            await self.presence.subscribe(event, presentity, source, identity)
         finally:
             n = self._reserved.pop(jid) - 1
             if n:
