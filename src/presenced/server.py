@@ -132,11 +132,14 @@ class Server:
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
-            self.driver, self.storage, frozenset(cfg.server.domains),
+            self.driver, self.storage, frozenset(cfg.server.domains), max_bindings=reg.max_bindings,
         )
         self.registrar.presence = self.presence
         self.publish = PublishService(
-            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires), make_token),
+            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires,
+                                       max_presentity_bytes=pa.max_presentity_bytes,
+                                       max_publications=pa.max_publications,
+                                       max_total_bytes=pa.max_publication_bytes), make_token),
             self.driver, self.storage, self.presence, frozenset(cfg.server.domains),
         )
 
