@@ -8,7 +8,11 @@ until the source has spent `block_time` below the rate. The anti-amplification b
 from __future__ import annotations
 
 import itertools
+from pathlib import Path
 
+import pytest
+
+from presenced.config import ConfigError, load_default_config, parse_config
 from presenced.sip.endpoint import (
     Endpoint,
     EndpointConfig,
@@ -305,3 +309,16 @@ def test_tcp_is_never_bounded() -> None:
     ep = make_endpoint(amp=AmplificationLimits(factor=1))
     peer = Peer("tcp", "203.0.113.12", 40000, conn_id=1)
     assert notify_to(ep, peer, 0.0, body=b"z" * 10000)
+
+
+def test_config_limits_section_defaults_and_bad_exempt() -> None:
+    cfg = load_default_config()
+    assert (cfg.limits.requests_per_second, cfg.limits.request_burst) == (100, 200)
+    assert (cfg.limits.dialogs_per_second, cfg.limits.dialog_burst) == (10, 50)
+    assert (cfg.limits.block_time, cfg.limits.amplification_factor) == (10, 10)
+    assert cfg.server.max_connections_per_source == 32
+    assert cfg.server.connection_idle_timeout == 300
+    assert cfg.registrar.max_bindings == 100_000
+    assert (cfg.pa.max_publications, cfg.pa.max_presentity_bytes) == (100_000, 65536)
+    with pytest.raises(ConfigError, match=r"limits\.exempt\[1\]"):
+        parse_config('[limits]\nexempt = ["10.0.0.0/8", "bogus"]\n', Path("."))
