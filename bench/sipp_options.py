@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests" / "integration"))
 
-from harness import ServerProcess, run_sipp  # noqa: E402
+from harness import LOOPBACK_UNLIMITED, ServerProcess, run_sipp  # noqa: E402
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -63,7 +63,8 @@ def main() -> int:
     print(f"sipp: {sipp}; transport {args.transport}; {args.duration:g}s per step; storage memory:")
 
     with tempfile.TemporaryDirectory(prefix="presenced-bench-") as tmp:
-        srv = ServerProcess(Path(tmp) / "server", storage="memory:", log_level="warning")
+        srv = ServerProcess(Path(tmp) / "server", storage="memory:", log_level="warning",
+                            sections=LOOPBACK_UNLIMITED)
         srv.start()
         try:
             print(f"server: pid {srv.pid} on {srv.host}:{srv.port}\n")

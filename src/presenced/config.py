@@ -29,6 +29,7 @@ __all__ = [
     "Config",
     "ConfigError",
     "JabberConfig",
+    "LimitsConfig",
     "ListenAddress",
     "PaConfig",
     "RegistrarConfig",
@@ -179,6 +180,11 @@ class ServerConfig(_Section, frozen=True):
     domains: tuple[str, ...] = ("localhost",)  # lowercased while loading
     max_message_size: Annotated[int, msgspec.Meta(ge=1024)] = 65536
     max_tcp_connections: PosInt = 1024
+    # Stream connections one source IP may hold at once (connections we open are not counted).
+    max_connections_per_source: PosInt = 32
+    connection_idle_timeout: PosInt = 300  # seconds without a byte before a connection is closed
+    # A connection that has not delivered one complete SIP message by then is closed.
+    connection_first_message_timeout: PosInt = 20
     log_level: LogLevel = "info"
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
     # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
@@ -196,6 +202,9 @@ class PaConfig(_Section, frozen=True):
     min_expires: NonNegInt = 60
     max_expires: NonNegInt = 86400
     max_subscriptions_per_watcher: PosInt = 1000
+    max_publications: PosInt = 100_000  # live publications in the whole process (503 beyond)
+    max_publication_bytes: PosInt = 64 * 1024 * 1024  # their bodies' total bytes (503 beyond)
+    max_presentity_bytes: PosInt = 64 * 1024  # one presentity's live bodies' total (413 beyond)
 
 
 class RegistrarConfig(_Section, frozen=True):
@@ -204,6 +213,21 @@ class RegistrarConfig(_Section, frozen=True):
     min_expires: NonNegInt = 60
     max_expires: NonNegInt = 86400
     max_contacts_per_aor: PosInt = 32
+    max_bindings: PosInt = 100_000  # bindings in the whole process (503 beyond)
+
+
+class LimitsConfig(_Section, frozen=True):
+    # Per source IP, pike-like: over a rate, one 503 with Retry-After, then silence.
+    requests_per_second: PosInt = 100
+    request_burst: PosInt = 200
+    dialogs_per_second: PosInt = 10  # REGISTER, initial SUBSCRIBE, initial PUBLISH
+    dialog_burst: PosInt = 50
+    block_time: PosInt = 10  # seconds below the rate before a blocked source is served again
+    exempt: tuple[str, ...] = ()  # IPs or CIDRs never limited
+    max_sources: PosInt = 100_000  # sources tracked; the least recently seen are forgotten
+    # Bytes sent to an unproven UDP address <= amplification_factor x bytes received from it.
+    amplification_factor: PosInt = 10
+    proven_ttl: PosInt = 3600  # seconds an address stays proven after its last response
 
 
 class StorageConfig(_Section, frozen=True):
@@ -276,6 +300,7 @@ class Config(_Section, frozen=True):
     pa: PaConfig = PaConfig()
     registrar: RegistrarConfig = RegistrarConfig()
     storage: StorageConfig = StorageConfig()
+    limits: LimitsConfig = LimitsConfig()
     jabber: JabberConfig | None = None
     auth: AuthConfig | None = None
     routing: RoutingConfig | None = None
@@ -378,6 +403,12 @@ def _check(config: Config, base: Path) -> Config:
     _check_expires("registrar", config.registrar)
 
     _check_storage_url(config.storage.url)
+
+    for i, entry in enumerate(config.limits.exempt):
+        try:
+            ipaddress.ip_network(entry.strip(), strict=False)
+        except ValueError:
+            raise ConfigError(f"limits.exempt[{i}]", f"not an IP address or CIDR (got {entry!r})") from None
 
     jabber = config.jabber
     if jabber is not None:

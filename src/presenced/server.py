@@ -36,6 +36,7 @@ from presenced.sip.auth import (
     load_users_file,
 )
 from presenced.sip.endpoint import Endpoint, EndpointConfig
+from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
@@ -93,6 +94,19 @@ class Server:
         domains = frozenset(cfg.server.domains)
         if cfg.jabber is not None:
             domains |= {cfg.jabber.gateway_domain.lower()}
+        lim = cfg.limits
+        # Trusted proxies speak for many users: they are never rate-limited. The key belongs to
+        # the routing part of issue 9; read it only when this build has it.
+        trusted = tuple(getattr(cfg.server, "trusted_proxies", ()) or ())
+        rate_limits = RateLimits(
+            requests_per_second=lim.requests_per_second, request_burst=lim.request_burst,
+            dialogs_per_second=lim.dialogs_per_second, dialog_burst=lim.dialog_burst,
+            block_time=lim.block_time, max_sources=lim.max_sources,
+            exempt=parse_networks((*lim.exempt, *trusted)),
+        )
+        amplification = AmplificationLimits(factor=lim.amplification_factor,
+                                            proven_ttl=lim.proven_ttl,
+                                            max_addresses=lim.max_sources)
         self.endpoint = Endpoint(
             EndpointConfig(
                 domains=domains,
@@ -105,6 +119,8 @@ class Server:
                 limits=Limits(max_message_size=max(65535, cfg.server.max_message_size),
                               max_body_size=max(65535, cfg.server.max_message_size)),
                 via_hosts=via_hosts,
+                rate_limits=rate_limits,
+                amplification=amplification,
             ),
             make_token,
         )
@@ -126,11 +142,14 @@ class Server:
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
-            self.driver, self.storage, frozenset(cfg.server.domains),
+            self.driver, self.storage, frozenset(cfg.server.domains), max_bindings=reg.max_bindings,
         )
         self.registrar.presence = self.presence
         self.publish = PublishService(
-            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires), make_token),
+            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires,
+                                       max_presentity_bytes=pa.max_presentity_bytes,
+                                       max_publications=pa.max_publications,
+                                       max_total_bytes=pa.max_publication_bytes), make_token),
             self.driver, self.storage, self.presence, frozenset(cfg.server.domains),
         )
 
@@ -188,7 +207,10 @@ class Server:
             else:
                 t = TcpTransport(self.driver.receive, a.host, a.port,
                                  max_message_size=cfg.server.max_message_size,
-                                 max_connections=cfg.server.max_tcp_connections)
+                                 max_connections=cfg.server.max_tcp_connections,
+                                 max_connections_per_source=cfg.server.max_connections_per_source,
+                                 idle_timeout=cfg.server.connection_idle_timeout,
+                                 first_message_timeout=cfg.server.connection_first_message_timeout)
             await t.start()
             self.driver.add_transport(t)
             self.transports.append(t)

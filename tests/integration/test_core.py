@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    LOOPBACK_UNLIMITED,
     ServerProcess,
     SipClient,
     connection_closed,
@@ -94,8 +95,9 @@ def test_options_with_max_forwards_zero_is_answered_not_483(sip_client: Client) 
 
 
 def test_sipp_options_500_calls_all_succeed(
-    server: ServerProcess, sipp: str, tmp_path: Path
+    server_factory: Callable[..., ServerProcess], sipp: str, tmp_path: Path
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(sipp, "options.xml", server.addr, tmp_path / "sipp", calls=500, rate=250)
     assert result.returncode == 0, result.describe()
     assert (result.successful, result.failed) == (500, 0), result.describe()
@@ -334,8 +336,10 @@ def test_crlf_keepalive_ping_gets_crlf_pong(sip_client: Client) -> None:
 
 
 def test_200_half_open_tcp_connections_then_a_request_is_still_answered(
-    server: ServerProcess, sip_client: Client
+    server_factory: Callable[..., ServerProcess], sip_client: Client
 ) -> None:
+    # From one address: past the per-source cap (tested in tests/security/test_sec_tcp.py).
+    server = server_factory(sections={"server": {"max_connections_per_source": 1024}})
     conns: list[socket.socket] = []
     try:
         for i in range(200):
@@ -344,13 +348,13 @@ def test_200_half_open_tcp_connections_then_a_request_is_still_answered(
             if i % 2:
                 # Half of them stall inside a header block, the others never send a byte.
                 s.sendall(b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/TCP 127.0.0.1")
-        _assert_answers_options(sip_client("tcp"), timeout=5)
-        _assert_answers_options(sip_client("udp"), timeout=5)
+        _assert_answers_options(sip_client("tcp", server=server), timeout=5)
+        _assert_answers_options(sip_client("udp", server=server), timeout=5)
         server.assert_running()
     finally:
         for s in conns:
             s.close()
-    _assert_answers_options(sip_client("tcp"))
+    _assert_answers_options(sip_client("tcp", server=server))
 
 
 # --- lifecycle ----------------------------------------------------------------------------------
@@ -376,8 +380,9 @@ def test_sigterm_stops_cleanly_with_exit_code_0(server: ServerProcess, sip_clien
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_sipp_register_and_unregister(
-    server: ServerProcess, sipp: str, tmp_path: Path, transport: str
+    server_factory: Callable[..., ServerProcess], sipp: str, tmp_path: Path, transport: str
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(
         sipp, "register.xml", server.addr, tmp_path / "sipp", calls=50, rate=50, transport=transport
     )
@@ -387,8 +392,9 @@ def test_sipp_register_and_unregister(
 
 @pytest.mark.parametrize("transport", ["udp", "tcp"])
 def test_sipp_subscribe_refresh_unsubscribe(
-    server: ServerProcess, sipp: str, tmp_path: Path, transport: str
+    server_factory: Callable[..., ServerProcess], sipp: str, tmp_path: Path, transport: str
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(
         sipp,
         "subscribe.xml",

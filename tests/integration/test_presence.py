@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from harness import (
     CPIM_PIDF_NS,
+    LOOPBACK_UNLIMITED,
     ServerProcess,
     SipClient,
     parse_pidf,
@@ -70,8 +71,9 @@ def in_dialog(n: Request, r: Response) -> bool:
 
 
 def test_sipp_subscribe_errors_489_423_406_481(
-    server: ServerProcess, sipp: str, tmp_path: Path
+    server_factory: Factory, sipp: str, tmp_path: Path
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(sipp, "subscribe_errors.xml", server.addr, tmp_path / "sipp", calls=20)
     assert result.returncode == 0, result.describe()
     assert (result.successful, result.failed) == (20, 0), result.describe()

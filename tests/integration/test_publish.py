@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    LOOPBACK_UNLIMITED,
     ServerProcess,
     SipClient,
     digest_authorization,
@@ -106,8 +107,9 @@ def watch(w: SipClient, accept: str | None = None) -> Request:
 
 
 def test_sipp_publish_refresh_modify_412_remove(
-    server: ServerProcess, sipp: str, tmp_path: Path
+    server_factory: Factory, sipp: str, tmp_path: Path
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(sipp, "publish.xml", server.addr, tmp_path / "sipp", calls=50, rate=50)
     assert result.returncode == 0, result.describe()
     assert (result.successful, result.failed) == (50, 0), result.describe()

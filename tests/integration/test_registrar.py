@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 from harness import (
+    LOOPBACK_UNLIMITED,
     ServerProcess,
     SipClient,
     bindings,
@@ -44,8 +45,9 @@ def query(c: SipClient, user: str | None = None) -> dict[str, int]:
 
 
 def test_sipp_register_two_contacts_query_and_star_removal(
-    server: ServerProcess, sipp: str, tmp_path: Path
+    server_factory: Callable[..., ServerProcess], sipp: str, tmp_path: Path
 ) -> None:
+    server = server_factory(sections=LOOPBACK_UNLIMITED)
     result = run_sipp(sipp, "register_star.xml", server.addr, tmp_path / "sipp", calls=50, rate=50)
     assert result.returncode == 0, result.describe()
     assert (result.successful, result.failed) == (50, 0), result.describe()

@@ -34,6 +34,10 @@ def make_endpoint(**config: object) -> Endpoint:
         "domains": frozenset({"example.com"}),
         "local_hosts": frozenset({"127.0.0.1"}),
         "via_hosts": {"udp": SERVER_VIA, "tcp": SERVER_VIA},
+        # The per-source limits have their own tests (test_limits.py); here they would only
+        # hide the behaviour under test (requests to peers never heard from, bursts).
+        "rate_limits": None,
+        "amplification": None,
     }
     settings.update(config)
     cfg = EndpointConfig(**settings)

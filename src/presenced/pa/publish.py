@@ -19,6 +19,9 @@ The checks run in the order of §6, each answering at once:
     body of a type we do not read                     415, Accept                   (step 5)
     body too big, hostile or not a presence document  400, reason names the problem (step 5)
     no body and no SIP-If-Match                       400                           (step 5)
+    max_per_presentity publications already           403                           (step 5)
+    presentity's live bodies would pass max_presentity_bytes  413                   (step 5)
+    max_publications or max_total_bytes reached        503, Retry-After              (step 5)
 
 and the four operations of §4 (Table 1) follow:
 
@@ -78,6 +81,11 @@ class PublishPolicy:
     max_expires: int = 86400  # longer requests are granted this
     max_body_size: int = 65536  # bigger bodies: 400, before any parsing
     max_per_presentity: int = 32  # live publications of one presentity; one more: 403
+    # A presentity's live bodies together; passing it: 413 (the body is what is too large: a
+    # smaller one would be taken, and the composed document stays within one NOTIFY).
+    max_presentity_bytes: int = 65536
+    max_publications: int = 100_000  # in the whole process; beyond: 503 + Retry-After
+    max_total_bytes: int = 64 * 1024 * 1024  # all live bodies; beyond: 503 + Retry-After
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,9 +120,11 @@ class Publications:
     __slots__ = (
         "_by_etag",
         "_by_presentity",
+        "_bytes",
         "_expired",
         "_make_etag",
         "_make_tag",
+        "_presentity_bytes",
         "_serial",
         "_timers",
         "policy",
@@ -136,6 +146,15 @@ class Publications:
         self._timers: DeadlineHeap[str] = DeadlineHeap()
         self._serial = 0
         self._expired: list[str] = []
+        self._bytes = 0  # bodies of all live publications
+        self._presentity_bytes: dict[str, int] = {}
+
+    @property
+    def total_bytes(self) -> int:
+        return self._bytes
+
+    def presentity_bytes(self, presentity: str) -> int:
+        return self._presentity_bytes.get(presentity, 0)
 
     # --- queries ---------------------------------------------------------------------------
 
@@ -232,9 +251,13 @@ class Publications:
         expires_at: float,
         granted: int,
     ) -> PublishOutcome:
-        if len(self._by_presentity.get(presentity, ())) >= self.policy.max_per_presentity:
+        policy = self.policy
+        if len(self._by_presentity.get(presentity, ())) >= policy.max_per_presentity:
             # A client that forgets its entity-tags must not pile up state (and NOTIFY bulk).
             return self._fail(req, 403, "Forbidden (too many publications for this presentity)")
+        refusal = self._check_bytes(req, presentity, len(body), new=True)
+        if refusal is not None:
+            return refusal
         etag = self._new_etag()
         pub = Publication(etag, presentity, EVENT, expires_at, content_type, body)
         self._serial += 1
@@ -254,6 +277,11 @@ class Publications:
         granted: int,
     ) -> PublishOutcome:
         old = entry.pub
+        grow = 0 if doc is None else len(body) - len(old.body)
+        if grow > 0:
+            refusal = self._check_bytes(req, old.presentity, grow, new=False)
+            if refusal is not None:
+                return refusal
         etag = self._new_etag()
         changed = _NO_CHANGE
         if doc is None:  # refresh: same content under a new tag (§6 step 6)
@@ -271,6 +299,7 @@ class Publications:
             entry.doc = doc
         del self._by_etag[old.etag]
         self._timers.discard(old.etag)
+        self._count_bytes(old.presentity, len(pub.body) - len(old.body))
         entry.pub = pub
         self._by_etag[etag] = entry
         self._timers.set(etag, expires_at)
@@ -360,6 +389,28 @@ class Publications:
 
     # --- helpers ---------------------------------------------------------------------------
 
+    def _check_bytes(self, req: Request, presentity: str, grow: int, new: bool) -> PublishOutcome | None:
+        """The caps a PUBLISH that adds `grow` body bytes (and maybe a publication) must pass."""
+        policy = self.policy
+        if self.presentity_bytes(presentity) + grow > policy.max_presentity_bytes:
+            return self._fail(req, 413, "Request Entity Too Large (presentity's published state is full)")
+        if (new and len(self._by_etag) >= policy.max_publications) or (
+            self._bytes + grow > policy.max_total_bytes
+        ):
+            # A process-wide condition that lifts as publications expire (RFC 3261 §21.5.4).
+            r = self._respond(req, 503, "Service Unavailable (publication capacity reached)")
+            r.headers.add("Retry-After", "60")
+            return PublishOutcome(r)
+        return None
+
+    def _count_bytes(self, presentity: str, delta: int) -> None:
+        self._bytes += delta
+        left = self._presentity_bytes.get(presentity, 0) + delta
+        if left > 0:
+            self._presentity_bytes[presentity] = left
+        else:
+            self._presentity_bytes.pop(presentity, None)
+
     def _insert(self, entry: _Entry) -> None:
         pub = entry.pub
         self._by_etag[pub.etag] = entry
@@ -368,11 +419,13 @@ class Publications:
             entries = self._by_presentity[pub.presentity] = {}
         entries[entry.serial] = entry
         self._timers.set(pub.etag, pub.expires_at)
+        self._count_bytes(pub.presentity, len(pub.body))
 
     def _drop(self, entry: _Entry) -> None:
         pub = entry.pub
         del self._by_etag[pub.etag]
         self._timers.discard(pub.etag)
+        self._count_bytes(pub.presentity, -len(pub.body))
         entries = self._by_presentity[pub.presentity]
         del entries[entry.serial]
         if not entries:

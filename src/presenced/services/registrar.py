@@ -36,8 +36,11 @@ log = logging.getLogger("presenced.registrar")
 
 class RegistrarService:
     def __init__(self, policy: RegistrarPolicy, driver: Driver, storage: Storage,
-                 domains: frozenset[str], clock: Callable[[], float] = time.time) -> None:
+                 domains: frozenset[str], clock: Callable[[], float] = time.time,
+                 max_bindings: int = 100_000) -> None:
         self.policy = policy
+        self.max_bindings = max_bindings  # in the whole process; beyond: 503 + Retry-After
+        self.total = 0  # bindings held, kept in step with `bindings`
         self.driver = driver
         self.storage = storage
         self.domains = domains
@@ -59,7 +62,9 @@ class RegistrarService:
                 stale.append(b)
                 closed.add(b.aor)
                 continue
-            self.bindings.setdefault(b.aor, {})[b.contact] = b
+            table = self.bindings.setdefault(b.aor, {})
+            self.total += b.contact not in table
+            table[b.contact] = b
             self.expiry.set((b.aor, b.contact), b.expires_at)
         for b in stale:
             await self.storage.delete_binding(b.aor, b.contact)
@@ -102,6 +107,15 @@ class RegistrarService:
                 resp.headers.add("Min-Expires", str(outcome.min_expires))
             self.driver.respond(event, resp)
             return
+        existing = self.bindings.get(aor, {})
+        added = sum(1 for b in outcome.puts if b.contact not in existing)
+        removed = sum(1 for b in outcome.deletes if b.contact in existing)
+        if added > removed and self.total + added - removed > self.max_bindings:
+            # A process-wide condition that lifts as bindings expire (RFC 3261 §21.5.4).
+            resp = make_response(req, 503, "Service Unavailable (registrar full)")
+            resp.headers.add("Retry-After", "60")
+            self.driver.respond(event, resp)
+            return
         # Apply to memory first, so a concurrent REGISTER for the AOR sees this one's result.
         table = self.bindings.setdefault(aor, {})
         before = dict(table)
@@ -111,6 +125,7 @@ class RegistrarService:
         for b in outcome.puts:
             table[b.contact] = b
             self.expiry.set((aor, b.contact), b.expires_at)
+        self.total += len(table) - len(before)
         if not table:
             del self.bindings[aor]
         writes = [self.storage.delete_binding(aor, b.contact) for b in outcome.deletes]
@@ -134,6 +149,7 @@ class RegistrarService:
 
     def _restore(self, aor: str, before: dict[str, Binding]) -> None:
         """Put an AOR's bindings back as they were (its REGISTER could not be stored)."""
+        self.total += len(before) - len(self.bindings.get(aor, {}))
         for contact in self.bindings.get(aor, {}):
             if contact not in before:
                 self.expiry.discard((aor, contact))
@@ -159,6 +175,7 @@ class RegistrarService:
             table = self.bindings.get(aor)
             if table is None or table.pop(contact, None) is None:
                 continue
+            self.total -= 1
             if not table:
                 del self.bindings[aor]
             changed.add(aor)

@@ -21,6 +21,12 @@ from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import Via, split_list
+from presenced.sip.limits import (
+    AmplificationGuard,
+    AmplificationLimits,
+    RateLimits,
+    SourceLimiter,
+)
 from presenced.sip.message import (
     DEFAULT_LIMITS,
     Limits,
@@ -106,6 +112,10 @@ class EndpointStats:
     late_responses: int = 0  # the application answered after the transaction ended
     unanswered: int = 0  # the application never answered within the guard time
     overloaded: int = 0  # answered 503 because max_transactions was reached
+    rate_refused: int = 0  # answered 503 by the per-source limiter (once per block)
+    rate_dropped: int = 0  # dropped unanswered: the source is blocked
+    amplification_dropped: int = 0  # Transmits to an unproven UDP address over its budget
+    amplification_dropped_bytes: int = 0
 
 
 @dataclass(slots=True)
@@ -122,6 +132,10 @@ class EndpointConfig:
     via_hosts: dict[str, str] = field(default_factory=dict)
     # Live server transactions at most; beyond it new requests get a stateless 503.
     max_transactions: int = 200_000
+    # Per-source request and dialog rates (None: no limit); see sip/limits.py.
+    rate_limits: RateLimits | None = field(default_factory=RateLimits)
+    # Bytes to unproven UDP addresses <= factor x bytes received (None: no bound).
+    amplification: AmplificationLimits | None = field(default_factory=AmplificationLimits)
 
 
 class Endpoint:
@@ -143,20 +157,24 @@ class Endpoint:
         self._cancellable = tuple(
             (config.app_methods | KNOWN_METHODS) - {"INVITE", "ACK", "CANCEL"}
         )
+        self.limiter = SourceLimiter(config.rate_limits) if config.rate_limits else None
+        self.guard = AmplificationGuard(config.amplification) if config.amplification else None
 
     # --- input ------------------------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Event]:
         self.stats.received += 1
+        if self.guard is not None and peer.transport == "udp":
+            self.guard.received(peer.host, len(data), now)
         try:
             msg = parse_message(data, self.config.limits)
         except ParseError as exc:
-            return self._reject_unparseable(exc, peer)
+            return self._reject_unparseable(exc, peer, now)
         if isinstance(msg, Response):
-            return self._receive_response(msg, now)
+            return self._receive_response(msg, peer, now)
         return self._receive_request(msg, peer, now)
 
-    def _reject_unparseable(self, exc: ParseError, peer: Peer) -> list[Event]:
+    def _reject_unparseable(self, exc: ParseError, peer: Peer, now: float) -> list[Event]:
         partial = exc.partial
         if isinstance(partial, Request) and partial.method != "ACK":
             try:
@@ -169,13 +187,16 @@ class Endpoint:
             except ParseError:
                 pass
             else:
+                limited = self._rate_limit(partial, peer, False, now)
+                if limited is not None:
+                    return limited
                 self.stats.bad_requests += 1
                 resp = make_response(partial, exc.status, _reason(exc), _stateless_tag(partial))
-                return [self._stateless(partial, resp, peer)]
+                return self._stateless(partial, resp, peer, now)
         self.stats.dropped += 1
         return []
 
-    def _receive_response(self, resp: Response, now: float) -> list[Event]:
+    def _receive_response(self, resp: Response, peer: Peer, now: float) -> list[Event]:
         try:
             branch = resp.top_via.branch
             method = resp.cseq.method
@@ -189,6 +210,11 @@ class Endpoint:
         if result is None:
             return []
         ctx: tuple[object, Peer] = result.context  # type: ignore[assignment]
+        dest = ctx[1]
+        if self.guard is not None and dest.transport == "udp" and dest.host == peer.host:
+            # It carries the branch we sent to `dest`: that address reads what we send
+            # (address validation, RFC 9000 §8.1).
+            self.guard.prove(dest.host, dest.port, now)
         return [ResponseReceived(resp, ctx[0])]
 
     def _receive_request(self, req: Request, peer: Peer, now: float) -> list[Event]:
@@ -202,19 +228,30 @@ class Endpoint:
             self._stamp_via(req, peer)
             key = self._server_key(req, via.sent_by)
         except ParseError as exc:
+            limited = self._rate_limit(req, peer, False, now)
+            if limited is not None:
+                return limited
             self.stats.bad_requests += 1
             bad = make_response(req, 400, _reason(exc), _stateless_tag(req))
-            return [self._stateless(req, bad, peer)]
+            return self._stateless(req, bad, peer, now)
+        servers = self.txns.servers
+        live = key in servers
+        if not live and self.limiter is not None:
+            # Before any state exists; a retransmission of a live transaction is not counted
+            # again.
+            limited = self._rate_limit(req, peer, _creates_state(req), now)
+            if limited is not None:
+                return limited
         if method == "INVITE":
             # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
             refusal = self._method_not_allowed(req, _stateless_tag(req))
-            return [self._stateless(req, refusal, peer)]
-        if len(self.txns.servers) >= self.config.max_transactions and key not in self.txns.servers:
+            return self._stateless(req, refusal, peer, now)
+        if not live and len(servers) >= self.config.max_transactions:
             # Overload: answer without state rather than let memory grow (RFC 3261 §21.5.4).
             self.stats.overloaded += 1
             busy = make_response(req, 503, "Overloaded", to_tag=_stateless_tag(req))
             busy.headers.add("Retry-After", "5")
-            return [self._stateless(req, busy, peer)]
+            return self._stateless(req, busy, peer, now)
         outcome = self.txns.receive_request(key, peer.reliable, now)
         if outcome.action == "absorbed":
             self.stats.retransmissions_absorbed += 1
@@ -222,11 +259,31 @@ class Endpoint:
         if outcome.action == "resend":
             self.stats.retransmissions_absorbed += 1
             # Same destination as the first copy: the stamped Via is the response's top Via.
-            return [Transmit(outcome.data, _route(via, peer))]
+            return self._guarded(Transmit(outcome.data, _route(via, peer)), now)
         resp = self._core_checks(req, key)
         if resp is not None:
             return self.respond(key, resp, peer, now)
         return [RequestReceived(req, peer, key)]
+
+    def _rate_limit(self, req: Request, peer: Peer, dialog: bool, now: float) -> list[Event] | None:
+        """None to go on; otherwise what to send instead (one 503, or nothing)."""
+        limiter = self.limiter
+        if limiter is None:
+            return None
+        verdict = limiter.check(peer.host, dialog, now)
+        if verdict == "allow":
+            return None
+        if verdict == "drop":
+            self.stats.rate_dropped += 1
+            return []
+        self.stats.rate_refused += 1
+        busy = make_response(req, 503, "Rate Limited", to_tag=_stateless_tag(req))
+        # RFC 3261 §21.5.4: Retry-After says when the client may try again.
+        busy.headers.add("Retry-After", str(max(1, round(limiter.limits.block_time))))
+        try:
+            return self._stateless(req, busy, peer, now)
+        except ParseError:  # nothing sane to answer
+            return []
 
     def _core_checks(self, req: Request, key: tuple[str, str, str]) -> Response | None:
         """The checks every request gets before the application sees it (RFC 3261 §8.2).
@@ -347,12 +404,27 @@ class Endpoint:
         except TransactionError:
             self.stats.late_responses += 1
             return []
-        return [Transmit(data, self.response_peer(resp, peer))]
+        return self._guarded(Transmit(data, self.response_peer(resp, peer)), now)
 
-    def _stateless(self, req: Request, resp: Response, peer: Peer) -> Transmit:
+    def _stateless(self, req: Request, resp: Response, peer: Peer, now: float) -> list[Event]:
         if "Server" not in resp.headers:
             resp.headers.add("Server", self.config.user_agent)
-        return Transmit(resp.encode(), self.response_peer(resp, peer))
+        return self._guarded(Transmit(resp.encode(), self.response_peer(resp, peer)), now)
+
+    def _guarded(self, out: Transmit, now: float) -> list[Event]:
+        """Every Transmit leaves through here: the anti-amplification budget (RFC 9000 §8.1)."""
+        guard = self.guard
+        peer = out.peer
+        if guard is None or peer.transport != "udp" or guard.allow(peer.host, peer.port, len(out.data), now):
+            return [out]
+        self.stats.amplification_dropped += 1
+        self.stats.amplification_dropped_bytes += len(out.data)
+        return []
+
+    def prove(self, peer: Peer, now: float) -> None:
+        """Treat `peer` as a validated address (e.g. a watcher known from before a restart)."""
+        if self.guard is not None and peer.transport == "udp":
+            self.guard.prove(peer.host, peer.port, now)
 
     @staticmethod
     def response_peer(resp: Response, peer: Peer) -> Peer:
@@ -378,7 +450,8 @@ class Endpoint:
             req.headers.add("Max-Forwards", "70")
         data = req.encode()
         self.txns.start_client(branch, data, peer.reliable, now, (context, peer))
-        return [Transmit(data, peer)]
+        # Over the budget the request is not sent: its transaction times out as for a loss.
+        return self._guarded(Transmit(data, peer), now)
 
     # --- time -------------------------------------------------------------------------------
 
@@ -390,7 +463,7 @@ class Endpoint:
         for ev in self.txns.handle_timer(now):
             if isinstance(ev, Retransmit):
                 ctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
-                out.append(Transmit(ev.data, ctx[1]))
+                out.extend(self._guarded(Transmit(ev.data, ctx[1]), now))
             elif isinstance(ev, ClientTimeout):
                 tctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
                 out.append(ClientTimedOut(tctx[0]))
@@ -416,6 +489,22 @@ def _route(via: Via, peer: Peer) -> Peer:
     if host == peer.host and port == peer.port:
         return peer
     return Peer(peer.transport, host, port)
+
+
+def _creates_state(req: Request) -> bool:
+    """Requests that open a dialog or store something: REGISTER, an initial SUBSCRIBE (no
+    To-tag, RFC 6665 §4.1.2.1), an initial PUBLISH (no SIP-If-Match, RFC 3903 §4)."""
+    method = req.method
+    if method == "REGISTER":
+        return True
+    if method == "SUBSCRIBE":
+        try:
+            return req.to.tag is None
+        except ParseError:
+            return True
+    if method == "PUBLISH":
+        return "SIP-If-Match" not in req.headers
+    return False
 
 
 def _stateless_tag(req: Request) -> str:

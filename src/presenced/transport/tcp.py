@@ -1,8 +1,10 @@
 """TCP transport: Content-Length framing, connection reuse, bounded resources.
 
 Every connection has a `StreamFramer`; a peer that breaks framing (garbage, a lying or huge
-Content-Length) is closed alone. Connections are limited in number, a connection that sits
-on a partial message for too long is closed (slow-loris), and idle ones are reaped.
+Content-Length) is closed alone. Connections are limited in number, in total and per source IP
+(the connections we open are not counted: they go where we chose); a connection that sits on
+a partial message for too long is closed (slow-loris), so is one that never delivers a whole
+message, and idle ones are reaped.
 Responses go back on the connection the request came in on (RFC 3261 §18.2.2); requests we
 originate reuse a live connection to the peer or open a new one.
 """
@@ -37,6 +39,9 @@ class _Connection(asyncio.Protocol):
         self.last_activity = time.monotonic()
         self.partial_since: float | None = None
         self.outbound_key = outbound_key
+        self.opened = self.last_activity
+        self.delivered = False  # a complete SIP message arrived
+        self.counted_host: str | None = None  # counted against this source's cap
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         # uvloop's TCP transport does not subclass asyncio.Transport: no isinstance here.
@@ -44,13 +49,24 @@ class _Connection(asyncio.Protocol):
         self.transport = transport
         addr = transport.get_extra_info("peername")
         self.peer = Peer("tcp", addr[0], addr[1], self.id)
-        # The limit guards against peers; connections we open to deliver NOTIFYs are not refused.
-        if self.outbound_key is None and len(self.owner.connections) >= self.owner.max_connections:
-            log.warning("too many TCP connections: refusing %s:%s", addr[0], addr[1])
-            self.owner.refused += 1
-            transport.abort()
-            return
-        self.owner.connections[self.id] = self
+        # The limits guard against peers; connections we open to deliver NOTIFYs are not refused.
+        owner = self.owner
+        if self.outbound_key is None:
+            if len(owner.connections) >= owner.max_connections:
+                log.warning("too many TCP connections: refusing %s:%s", addr[0], addr[1])
+                owner.refused += 1
+                transport.abort()
+                return
+            host = addr[0]
+            held = owner.per_source.get(host, 0)
+            if held >= owner.max_connections_per_source:
+                log.warning("%s holds %d TCP connections: refusing another", host, held)
+                owner.refused_per_source += 1
+                transport.abort()
+                return
+            owner.per_source[host] = held + 1
+            self.counted_host = host
+        owner.connections[self.id] = self
         self.owner.by_addr[(addr[0], addr[1])] = self
 
     def data_received(self, data: bytes) -> None:
@@ -76,6 +92,7 @@ class _Connection(asyncio.Protocol):
             if isinstance(item, KeepAlivePing):
                 self.transport.write(b"\r\n")  # RFC 5626 §3.5.1 pong
                 continue
+            self.delivered = True
             try:
                 self.owner.receiver(item, self.peer)
             except Exception:
@@ -84,6 +101,15 @@ class _Connection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.owner.connections.pop(self.id, None)
+        host = self.counted_host
+        if host is not None:
+            self.counted_host = None
+            per_source = self.owner.per_source
+            left = per_source.get(host, 1) - 1
+            if left > 0:
+                per_source[host] = left
+            else:
+                per_source.pop(host, None)
         if self.peer is not None:
             key = (self.peer.host, self.peer.port)
             if self.owner.by_addr.get(key) is self:
@@ -124,8 +150,10 @@ class TcpTransport:
         *,
         max_message_size: int = 65536,
         max_connections: int = 1024,
-        idle_timeout: float = 600.0,
+        max_connections_per_source: int = 32,
+        idle_timeout: float = 300.0,
         partial_timeout: float = 30.0,
+        first_message_timeout: float = 20.0,
     ) -> None:
         self.receiver = receiver
         self.host = host
@@ -134,6 +162,9 @@ class TcpTransport:
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.partial_timeout = partial_timeout
+        self.max_connections_per_source = max_connections_per_source
+        self.first_message_timeout = first_message_timeout
+        self.per_source: dict[str, int] = {}  # source IP -> inbound connections held
         self.connections: dict[int, _Connection] = {}
         self.by_addr: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task[None]] = {}
@@ -141,6 +172,8 @@ class TcpTransport:
         self._reaper: asyncio.Task[None] | None = None
         self.framing_errors = 0
         self.refused = 0
+        self.refused_per_source = 0
+        self.reaped = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -151,14 +184,19 @@ class TcpTransport:
         self._reaper = asyncio.create_task(self._reap())
 
     async def _reap(self) -> None:
+        shortest = min(self.partial_timeout, self.idle_timeout, self.first_message_timeout)
         while True:
-            await asyncio.sleep(min(5.0, self.partial_timeout / 2))
+            await asyncio.sleep(min(5.0, shortest / 2))
             now = time.monotonic()
             for conn in list(self.connections.values()):
                 stalled = conn.partial_since is not None and now - conn.partial_since > self.partial_timeout
                 idle = now - conn.last_activity > self.idle_timeout
-                if (stalled or idle) and conn.transport is not None:
-                    log.info("closing %s TCP connection %s", "stalled" if stalled else "idle", conn.peer)
+                silent = (not conn.delivered and conn.outbound_key is None
+                          and now - conn.opened > self.first_message_timeout)
+                if (stalled or idle or silent) and conn.transport is not None:
+                    why = "stalled" if stalled else "idle" if idle else "silent"
+                    log.info("closing %s TCP connection %s", why, conn.peer)
+                    self.reaped += 1
                     conn.transport.abort()
 
     def send(self, data: bytes, peer: Peer) -> None:
