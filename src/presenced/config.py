@@ -178,6 +178,9 @@ class ServerConfig(_Section, frozen=True):
     domains: tuple[str, ...] = ("localhost",)  # lowercased while loading
     max_message_size: Annotated[int, msgspec.Meta(ge=1024)] = 65536
     max_tcp_connections: PosInt = 1024
+    # Proxies whose Record-Route and Contact may choose where NOTIFYs go, and the only
+    # addresses presenced opens connections to ("IP" or "IP/prefix"; docs/presence.md).
+    trusted_proxies: tuple[str, ...] = ()
     log_level: LogLevel = "info"
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
 
@@ -193,6 +196,8 @@ class PaConfig(_Section, frozen=True):
     min_expires: NonNegInt = 60
     max_expires: NonNegInt = 86400
     max_subscriptions_per_watcher: PosInt = 1000
+    max_subscriptions: PosInt = 500_000  # in this process; beyond: 503 with Retry-After
+    max_presentities: PosInt = 100_000  # watched or with parts, in memory; beyond: 503
 
 
 class RegistrarConfig(_Section, frozen=True):
@@ -355,6 +360,13 @@ def _check(config: Config, base: Path) -> Config:
         if not _valid_host(domain):
             raise ConfigError(f"server.domains[{i}]", f"not a valid host name (got {domain!r})")
         domains.append(domain.lower().rstrip("."))
+    for i, entry in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{i}]", f"not an IP address or CIDR network (got {entry!r})"
+            ) from None
     server = replace(
         server,
         domains=tuple(dict.fromkeys(domains)),
