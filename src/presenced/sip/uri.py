@@ -63,7 +63,7 @@ class SipUri:
         if "%" not in user:
             return user  # the grammar admits no raw control characters
         if _ESCAPED_CTL.search(user) is not None:
-            raise ParseError(f"control character in user part {user[:80]!r}")
+            raise ParseError("escaped control character in a URI user part")  # echo none of it
         return unquote(user)
 
     @property
