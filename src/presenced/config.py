@@ -185,6 +185,9 @@ class ServerConfig(_Section, frozen=True):
     connection_idle_timeout: PosInt = 300  # seconds without a byte before a connection is closed
     # A connection that has not delivered one complete SIP message by then is closed.
     connection_first_message_timeout: PosInt = 20
+    # Proxies whose Record-Route and Contact may choose where NOTIFYs go, and the only
+    # addresses presenced opens connections to ("IP" or "IP/prefix"; docs/presence.md).
+    trusted_proxies: tuple[str, ...] = ()
     log_level: LogLevel = "info"
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
     # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
@@ -205,6 +208,8 @@ class PaConfig(_Section, frozen=True):
     max_publications: PosInt = 100_000  # live publications in the whole process (503 beyond)
     max_publication_bytes: PosInt = 64 * 1024 * 1024  # their bodies' total bytes (503 beyond)
     max_presentity_bytes: PosInt = 64 * 1024  # one presentity's live bodies' total (413 beyond)
+    max_subscriptions: PosInt = 500_000  # in this process; beyond: 503 with Retry-After
+    max_presentities: PosInt = 100_000  # watched or with parts, in memory; beyond: 503
 
 
 class RegistrarConfig(_Section, frozen=True):
@@ -393,6 +398,13 @@ def _check(config: Config, base: Path) -> Config:
         if not _valid_host(domain):
             raise ConfigError(f"server.domains[{i}]", f"not a valid host name (got {domain!r})")
         domains.append(domain.lower().rstrip("."))
+    for i, entry in enumerate(server.trusted_proxies):
+        try:
+            ipaddress.ip_network(entry, strict=False)
+        except ValueError:
+            raise ConfigError(
+                f"server.trusted_proxies[{i}]", f"not an IP address or CIDR network (got {entry!r})"
+            ) from None
     server = replace(
         server,
         domains=tuple(dict.fromkeys(domains)),

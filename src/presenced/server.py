@@ -9,6 +9,7 @@ publications did).
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import ipaddress
 import logging
@@ -16,7 +17,9 @@ import secrets
 import signal
 import socket
 import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
+from urllib.parse import quote
 
 from presenced.config import Config, exposed_without_auth
 from presenced.pa.agent import PaPolicy, PresenceAgent
@@ -64,6 +67,30 @@ def _reachable_host(host: str) -> str:
     return f"[{host}]" if ip.version == 6 else host
 
 
+def trusted_predicate(entries: Iterable[str]) -> Callable[[str], bool]:
+    """`[server] trusted_proxies` as a test on an IP address text (cached: a handful of
+    proxies, asked once per SUBSCRIBE and per outbound connection)."""
+    networks = tuple(ipaddress.ip_network(e, strict=False) for e in entries)
+    if not networks:
+        return lambda host: False
+
+    @functools.lru_cache(maxsize=4096)
+    def trusted(host: str) -> bool:
+        try:
+            ip = ipaddress.ip_address(host.strip("[]"))
+        except ValueError:
+            return False
+        if ip.version == 6 and ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
+        return any(ip in n for n in networks)
+
+    return trusted
+
+
+# user-unreserved and unreserved characters (RFC 3261 §25.1) stay as they are in our Contact
+_USER_SAFE = "-_.!~*'()&=+$,;?/"
+
+
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
 
@@ -95,14 +122,12 @@ class Server:
         if cfg.jabber is not None:
             domains |= {cfg.jabber.gateway_domain.lower()}
         lim = cfg.limits
-        # Trusted proxies speak for many users: they are never rate-limited. The key belongs to
-        # the routing part of issue 9; read it only when this build has it.
-        trusted = tuple(getattr(cfg.server, "trusted_proxies", ()) or ())
+        # Trusted proxies speak for many users: they are never rate-limited.
         rate_limits = RateLimits(
             requests_per_second=lim.requests_per_second, request_burst=lim.request_burst,
             dialogs_per_second=lim.dialogs_per_second, dialog_burst=lim.dialog_burst,
             block_time=lim.block_time, max_sources=lim.max_sources,
-            exempt=parse_networks((*lim.exempt, *trusted)),
+            exempt=parse_networks((*lim.exempt, *cfg.server.trusted_proxies)),
         )
         amplification = AmplificationLimits(factor=lim.amplification_factor,
                                             proven_ttl=lim.proven_ttl,
@@ -127,18 +152,25 @@ class Server:
         self.driver = Driver(self.endpoint)
 
         def contact_for(presentity: str, transport: str) -> str:
-            user = presentity.split("@", 1)[0] if "@" in presentity else ""
+            # The presentity holds the user part unescaped: escape it again, so no character
+            # of it (a decoded CR LF) reaches our Contact header raw (issue 9 finding 2).
+            user = quote(presentity.rsplit("@", 1)[0], safe=_USER_SAFE) if "@" in presentity else ""
             hostport = via_hosts.get(transport) or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
             return f"sip:{prefix}{hostport};transport={transport}"
 
         pa = cfg.pa
+        trusted = trusted_predicate(cfg.server.trusted_proxies)
         self.agent = PresenceAgent(
-            PaPolicy(pa.default_expires, pa.min_expires, pa.max_expires, pa.max_subscriptions_per_watcher),
+            PaPolicy(pa.default_expires, pa.min_expires, pa.max_expires, pa.max_subscriptions_per_watcher,
+                     max_subscriptions=pa.max_subscriptions, max_presentities=pa.max_presentities,
+                     max_notify_size=cfg.server.max_message_size),
             make_token,
             contact_for,
+            trusted,
         )
         self.presence = PresenceService(self.agent, self.driver, self.storage)
+        self.presence.may_connect = trusted
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
@@ -211,6 +243,7 @@ class Server:
                                  max_connections_per_source=cfg.server.max_connections_per_source,
                                  idle_timeout=cfg.server.connection_idle_timeout,
                                  first_message_timeout=cfg.server.connection_first_message_timeout)
+                t.may_connect = trusted  # outbound connections: trusted proxies only
             await t.start()
             self.driver.add_transport(t)
             self.transports.append(t)

@@ -352,11 +352,13 @@ def test_max_subscriptions_per_watcher_is_403() -> None:
     effects = agent.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0)
     assert reply(effects).status == 403
     assert len(effects) == 1 and len(agent.dialogs) == 2
-    # Another watcher is not affected.
-    assert (
-        reply(agent.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0)).status
-        == 200
-    )
+    # Without authentication the limit counts the source address: another host is not
+    # affected, and neither is an authenticated user on the same host.
+    other = "udp:192.0.2.21:5070"
+    assert reply(agent.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", other, T0)).status == 200
+    effects = agent.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0,
+                              identity="carol@example.com")
+    assert reply(effects).status == 200
 
 
 def test_fetch_answers_once_and_keeps_nothing() -> None:

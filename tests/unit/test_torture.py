@@ -347,11 +347,16 @@ def test_esc02_percent_in_method_is_not_an_escape() -> None:
 
 
 def test_escnull_contacts_stay_distinct() -> None:
-    """RFC 4475 §3.1.1.4: two Contacts, %00 and %00%00, are different bindings."""
+    """RFC 4475 §3.1.1.4: two Contacts, %00 and %00%00, are different URIs. Decoded, they
+    would put NUL into AOR keys and headers we write (issue 9 finding 8): `aor` refuses them."""
     msg = parse_message(_data("rfc4475", "escnull"))
     users = [unquote(c.uri.user or "") for c in msg.contacts]
     assert users == ["\x00", "\x00\x00"]
-    assert len({c.uri.aor for c in msg.contacts}) == 2
+    assert len({str(c.uri) for c in msg.contacts}) == 2
+    for c in msg.contacts:
+        with pytest.raises(ParseError) as exc:
+            c.uri.aor  # noqa: B018
+        assert exc.value.status == 400
 
 
 def test_mpart01_body_is_framed_by_content_length_only() -> None:

@@ -8,8 +8,8 @@ list of effects, which the presence service executes *in order*:
 
 - `Persist(sub)` / `Forget(sub_id)`: write to storage; awaited before anything after it;
 - `Reply(response)`: answer the SUBSCRIBE being handled;
-- `SendNotify(sub_id, request, peer, target)`: send a NOTIFY in a client transaction and
-  report its final response (or timeout) with `notify_result()`;
+- `SendNotify(sub_id, request, peer, route, target, dest)`: send a NOTIFY to `dest` in a
+  client transaction and report its final response (or timeout) with `notify_result()`;
 - `WatchStarted` / `WatchStopped`: the first watcher of a presentity arrived / the last one
   left, so a source that must fetch presence on demand (the XMPP gateway) can start or stop.
 
@@ -18,6 +18,19 @@ while one is outstanding only marks the dialog dirty; when the answer arrives th
 one NOTIFY with the state of *that* moment, so changes coalesce and a watcher never sees an
 older state after a newer one. A NOTIFY answered 481/404/408/410, or timing out, ends the
 subscription (RFC 6665 §4.2.2, §4.1.3) without affecting other watchers.
+
+Where NOTIFYs go (docs/presence.md "Where NOTIFYs go"): to the flow the SUBSCRIBE, or its
+latest refresh, came on: its UDP source address, or its TCP connection. The route set
+(Record-Route) always shapes the NOTIFY's Route headers, but the first Route or the Contact
+choose the destination only for a dialog whose SUBSCRIBE came from a trusted proxy
+(`trusted(host)`): anything else would let one datagram aim our NOTIFYs, and their
+retransmissions, at any address (reflection, SSRF). Trust is re-derived from the stored flow
+when subscriptions load, so removing a proxy from the list takes effect at the next start.
+
+Size: no NOTIFY exceeds `max_notify_size` (and a UDP datagram's limit). Each body format is
+encoded once per document; when it does not fit a watcher's NOTIFY, a summary (the tuples'
+basic status only) is sent instead, and when even that does not fit, the subscription ends
+with `probation` (RFC 6665 §4.1.3: the state may shrink, so a retry later may succeed).
 
 CSeq across restarts: a NOTIFY's CSeq must keep increasing even after a crash, but writing
 every NOTIFY to storage would cost a write per watcher per change. So the persisted
@@ -28,6 +41,7 @@ counter resumes from the lease, which is never below a CSeq already sent.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -38,9 +52,11 @@ from presenced.pa.documents.negotiate import choose_format, encode
 from presenced.pa.documents.pidf import stable_id
 from presenced.pa.model import PresenceDoc, Tuple
 from presenced.pa.timers import DeadlineHeap
+from presenced.sip.endpoint import Peer, parse_peer
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import Headers, NameAddr, parse_name_addr
 from presenced.sip.message import Request, Response, make_response
+from presenced.sip.uri import parse_uri
 from presenced.storage.base import Subscription
 
 CSEQ_LEASE = 64
@@ -48,6 +64,17 @@ EVENT_PACKAGES = ("presence",)
 # NOTIFY failures that do NOT end the subscription: the watcher may accept a later NOTIFY
 # (authentication, glare, overload). Every other final failure ends it (RFC 6665 §4.2.2).
 TRANSIENT_NOTIFY_STATUSES = frozenset({401, 407, 491, 500, 503})
+# The local failure the service reports when a NOTIFY has nowhere to go (a TCP watcher's
+# connection is gone and we do not dial out): RFC 5626 §5.3's "Flow Failed". Fatal.
+FLOW_FAILED = 430
+# The largest UDP payload over IPv4 (65535 - 8 - 20): a bigger NOTIFY cannot be sent at all.
+UDP_MAX_PAYLOAD = 65507
+# Bytes of a NOTIFY's header not in its template: start line, Via (added by the endpoint),
+# CSeq, Subscription-State, Content-Length, blank line. Generous on purpose.
+_HEAD_RESERVE = 400
+# The final state of a subscription whose document cannot fit any NOTIFY (RFC 6665 §4.1.3:
+# "probation" says retry later; the document may have shrunk by then).
+TOO_BIG_STATE = "terminated;reason=probation;retry-after=3600"
 
 
 def _fatal(status: int) -> bool:
@@ -61,6 +88,8 @@ class PaPolicy:
     max_expires: int = 86400
     max_subscriptions_per_watcher: int = 1000
     max_subscriptions: int = 500_000  # in this process; one more gets 503 with Retry-After
+    max_presentities: int = 100_000  # held in memory (watched or with parts); beyond: 503
+    max_notify_size: int = 65536  # bytes of a whole NOTIFY ([server] max_message_size)
 
 
 # --- effects ---------------------------------------------------------------------------------
@@ -88,6 +117,9 @@ class SendNotify:
     peer: str  # the flow the SUBSCRIBE came on, "udp:127.0.0.1:5070"
     route: str | None  # first Route URI when the dialog has a route set, else None
     target: str  # the remote target URI
+    # Where the NOTIFY goes: the SUBSCRIBE's flow (with its TCP connection id), or, for a
+    # dialog set up through a trusted proxy, the first route / the Contact.
+    dest: Peer | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +140,22 @@ Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped
 # --- state -------------------------------------------------------------------------------------
 
 
-# (record it was built from, Request-URI, first route, fixed header entries)
-_Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...]]
+# (record it was built from, Request-URI, first route, fixed header entries, destination,
+#  encoded size of the fixed part)
+_Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...], Peer, int]
 
 
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("cseq", "dirty", "final", "lease", "outstanding", "record", "template")
+    __slots__ = ("cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding", "record",
+                 "template", "trusted")
 
-    def __init__(self, record: Subscription) -> None:
+    def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
+        self.flow = flow  # where the SUBSCRIBE (or its latest refresh) came from, conn_id kept
+        self.trusted = trusted  # it came from a trusted proxy: its routes choose the address
+        self.limit_key = limit_key  # what the per-watcher limit counts for this dialog
         self.cseq = record.local_cseq  # last CSeq used
         self.lease = record.local_cseq  # highest CSeq the persisted record allows
         self.outstanding = False
@@ -128,12 +165,13 @@ class _Dialog:
 
 
 class _Presentity:
-    __slots__ = ("bodies", "doc", "parts", "watchers")
+    __slots__ = ("bodies", "doc", "parts", "summaries", "watchers")
 
     def __init__(self, presentity: str) -> None:
         self.parts: dict[str, PresenceDoc] = {}
         self.doc = closed_doc(presentity)
         self.bodies: dict[str, bytes] = {}  # content type -> body of the current doc
+        self.summaries: dict[str, bytes] = {}  # content type -> basic-status-only body
         self.watchers: set[str] = set()
 
 
@@ -156,17 +194,61 @@ def closed_doc(presentity: str) -> PresenceDoc:
     return PresenceDoc(entity_of(presentity), (Tuple(presentity_tuple_id(presentity), "closed"),))
 
 
+def summary_doc(doc: PresenceDoc) -> PresenceDoc:
+    """The smaller document sent when the whole one does not fit a NOTIFY: each tuple's id and
+    basic status, no contacts, notes, activities or person elements."""
+    return PresenceDoc(doc.entity, tuple(Tuple(t.id, t.basic) for t in doc.tuples))
+
+
+def hop_of(uri_text: str, flow: Peer) -> Peer:
+    """The address a URI names (RFC 3263 without DNS: an IP literal, port 5060 by default, the
+    transport parameter or the flow's); `flow` itself when it names the same address (its TCP
+    connection is reused), or when it names no IP address (no DNS lookups here)."""
+    try:
+        uri = parse_uri(uri_text)
+    except ParseError:
+        return flow
+    host = uri.host.strip("[]")
+    if not host or not _is_ip(host):
+        return flow
+    transport = (uri.params.get("transport") or flow.transport).lower()
+    port = uri.port or (5061 if uri.scheme == "sips" else 5060)
+    if transport == flow.transport and host == flow.host and port == flow.port:
+        return flow
+    return Peer(transport, host, port)
+
+
+def _is_ip(host: str) -> bool:
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        return False
+    return True
+
+
+def _as_peer(peer: Peer | str) -> Peer:
+    return peer if isinstance(peer, Peer) else parse_peer(peer)
+
+
+def _never(host: str) -> bool:
+    return False
+
+
 class PresenceAgent:
     def __init__(
         self,
         policy: PaPolicy,
         make_token: Callable[[], str],
         contact_for: Callable[[str, str], str],
+        trusted: Callable[[str], bool] = _never,
     ) -> None:
-        """`contact_for(presentity, transport)` gives our Contact URI for a dialog."""
+        """`contact_for(presentity, transport)` gives our Contact URI for a dialog;
+        `trusted(ip)` says whether a SUBSCRIBE from that address came through a trusted proxy
+        (`[server] trusted_proxies`), whose Record-Route and Contact may choose addresses."""
         self.policy = policy
         self.make_token = make_token
         self.contact_for = contact_for
+        self.trusted = trusted
         self.dialogs: dict[str, _Dialog] = {}
         self.presentities: dict[str, _Presentity] = {}
         self.per_watcher: dict[str, int] = {}
@@ -202,8 +284,9 @@ class PresenceAgent:
             return []
         p.doc = doc
         p.bodies = {}
+        p.summaries = {}
         effects: list[Effect] = []
-        for sub_id in p.watchers:
+        for sub_id in list(p.watchers):  # a NOTIFY too big ends its dialog: copy the set
             self._notify(self.dialogs[sub_id], now, effects)
         return effects
 
@@ -215,6 +298,7 @@ class PresenceAgent:
         p.parts[key] = part
         p.doc = self._compose(presentity, p)
         p.bodies = {}
+        p.summaries = {}
 
     @staticmethod
     def _compose(presentity: str, p: _Presentity) -> PresenceDoc:
@@ -253,10 +337,33 @@ class PresenceAgent:
             p.bodies[content_type] = b
         return b
 
+    def fitting_body(self, presentity: str, content_type: str, budget: int, now: float) -> bytes | None:
+        """The current body, or its summary when the body exceeds `budget` bytes; None when
+        neither fits. Each is encoded once per document and format, whatever the watchers."""
+        b = self.body(presentity, content_type, now)
+        if len(b) <= budget:
+            return b
+        p = self.presentities.get(presentity)
+        if p is None:
+            return None
+        small = p.summaries.get(content_type)
+        if small is None:
+            try:
+                small = encode(summary_doc(p.doc), content_type, now)
+            except ValueError:
+                small = encode(closed_doc(presentity), content_type, now)
+            p.summaries[content_type] = small
+        return small if len(small) <= budget else None
+
     # --- SUBSCRIBE -----------------------------------------------------------------------------
 
-    def subscribe(self, req: Request, presentity: str, source: str, peer: str, now: float) -> list[Effect]:
-        """An initial SUBSCRIBE (no To-tag): create a dialog, or answer a one-shot fetch."""
+    def subscribe(self, req: Request, presentity: str, source: str, peer: Peer | str, now: float,
+                  identity: str | None = None) -> list[Effect]:
+        """An initial SUBSCRIBE (no To-tag): create a dialog, or answer a one-shot fetch.
+
+        `peer` is the flow it came on; `identity` the authenticated "user@domain" (None
+        without authentication), which the per-watcher limit counts when given."""
+        flow = _as_peer(peer)
         # Every answer to a request without To-tag carries one, errors too (RFC 3261 §8.2.6.2).
         local_tag = self.make_token()
         try:
@@ -283,9 +390,10 @@ class PresenceAgent:
             # RFC 6665 §4.1.2.1 / RFC 3261 §12.1.1: exactly one Contact to target NOTIFYs at.
             reason = "Bad Request (SUBSCRIBE needs one Contact)"
             return [Reply(make_response(req, 400, reason, local_tag))]
-        transport = peer.split(":", 1)[0]
+        transport = flow.transport
         event = req.event
         assert event is not None
+        trusted = self.trusted(flow.host)
         record = Subscription(
             id=dialog_id(call_id, local_tag, remote_tag),
             presentity=presentity,
@@ -303,13 +411,17 @@ class PresenceAgent:
             remote_cseq=cseq,
             expires_at=now + expires,
             content_type=content_type,
-            peer=peer,
+            peer=str(flow),
             event_id=event.id,
         )
         ok = self._ok(req, local_tag, expires, presentity, transport)
         for rr in req.headers.get_all("Record-Route"):
             ok.headers.add("Record-Route", rr)  # RFC 3261 §12.1.1: the dialog's 2xx copies them
-        dlg = _Dialog(record)
+        # Who the per-watcher limit counts: the authenticated user; else the From, but only
+        # when a trusted proxy vouches for it; else the source address (a forged From must
+        # not lock its owner out).
+        limit_key = identity or (record.watcher if trusted else f"ip:{flow.host}")
+        dlg = _Dialog(record, flow, trusted, limit_key)
         dlg.cseq = 0
         effects: list[Effect] = []
         if expires == 0:
@@ -322,10 +434,14 @@ class PresenceAgent:
             busy = make_response(req, 503, "Too Many Subscriptions", to_tag=local_tag)
             busy.headers.add("Retry-After", "60")
             return [Reply(busy)]
-        if self.per_watcher.get(record.watcher, 0) >= self.policy.max_subscriptions_per_watcher:
+        if presentity not in self.presentities and len(self.presentities) >= self.policy.max_presentities:
+            busy = make_response(req, 503, "Too Many Presentities", to_tag=local_tag)
+            busy.headers.add("Retry-After", "60")
+            return [Reply(busy)]
+        if self.per_watcher.get(limit_key, 0) >= self.policy.max_subscriptions_per_watcher:
             return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)", local_tag))]
         self.dialogs[record.id] = dlg
-        self.per_watcher[record.watcher] = self.per_watcher.get(record.watcher, 0) + 1
+        self.per_watcher[limit_key] = self.per_watcher.get(limit_key, 0) + 1
         p = self._presentity(presentity)
         if not any(self.dialogs[s].record.source == source for s in p.watchers):
             effects.append(WatchStarted(presentity, source))
@@ -336,7 +452,7 @@ class PresenceAgent:
         self._notify(dlg, now, effects)
         return effects
 
-    def resubscribe(self, req: Request, now: float, peer: str | None = None) -> list[Effect]:
+    def resubscribe(self, req: Request, now: float, peer: Peer | str | None = None) -> list[Effect]:
         """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2).
 
         `peer` is the flow the refresh came on: NOTIFYs follow it (a client behind NAT or on a
@@ -366,8 +482,8 @@ class PresenceAgent:
         if isinstance(checked, Response):
             return [Reply(checked)]
         expires, content_type = checked
-        transport = record.peer.split(":", 1)[0]
-        ok = self._ok(req, record.local_tag, expires, record.presentity, transport)
+        flow = dlg.flow if peer is None else _as_peer(peer)
+        ok = self._ok(req, record.local_tag, expires, record.presentity, flow.transport)
         if expires == 0:
             effects: list[Effect] = []
             self._end(dlg, "terminated", effects)
@@ -384,8 +500,13 @@ class PresenceAgent:
             pass
         record = _replace(record, expires_at=now + expires, remote_cseq=cseq,
                           content_type=content_type, remote_target=target, local_cseq=dlg.lease,
-                          peer=peer or record.peer)
+                          peer=str(flow))
         dlg.record = record
+        if flow != dlg.flow:
+            # The dialog moves to the refresh's flow (a new TCP connection, a new NAT binding);
+            # whether its routes choose addresses is decided again for the new source.
+            dlg.flow = flow
+            dlg.trusted = self.trusted(flow.host)
         self.expiry.set(record.id, record.expires_at)
         effects = [Persist(record), Reply(ok)]
         self._notify(dlg, now, effects)
@@ -443,20 +564,34 @@ class PresenceAgent:
             state = f"{record.state};expires={remaining}"
         template = dlg.template
         if template is None or template[0] is not record:
-            template = self._notify_template(record)
+            template = self._notify_template(record, dlg)
             if dlg.cseq > 1:  # kept only for dialogs notified more than once: memory per idle sub
                 dlg.template = template
-        _, uri, route, static = template
+        _, uri, route, static, dest, head_size = template
+        limit = self.policy.max_notify_size
+        if dest.transport == "udp":
+            limit = min(limit, UDP_MAX_PAYLOAD)
+        body = self.fitting_body(record.presentity, record.content_type, limit - head_size, now)
+        if body is None:
+            if dlg.final is None:
+                # Not even the summary fits (RFC 6665 §4.1.3): end the dialog, say so without
+                # a body. Its Forget goes after any Persist of this list: the last write wins.
+                ended: list[Effect] = []
+                self._end(dlg, TOO_BIG_STATE, ended)
+                effects.extend(ended)
+            state = dlg.final or TOO_BIG_STATE
+            body = b""
+            static = tuple(e for e in static if e[0] != "content-type")
         h = Headers._from_parsed(
             [*static, ("cseq", "CSeq", f"{dlg.cseq} NOTIFY"), ("subscription-state", "Subscription-State", state)]
         )
         target = record.remote_target
-        req = Request("NOTIFY", uri, h, self.body(record.presentity, record.content_type, now))
+        req = Request("NOTIFY", uri, h, body)
         dlg.outstanding = register
         dlg.dirty = False
-        effects.append(SendNotify(record.id, req, record.peer, route, target))
+        effects.append(SendNotify(record.id, req, record.peer, route, target, dest))
 
-    def _notify_template(self, record: Subscription) -> _Template:
+    def _notify_template(self, record: Subscription, dlg: _Dialog) -> _Template:
         """What every NOTIFY of a dialog shares, built once per version of its record."""
         h = Headers()
         route = None
@@ -480,7 +615,19 @@ class PresenceAgent:
         h.add("Contact", f"<{self.contact_for(record.presentity, record.peer.split(':', 1)[0])}>")
         h.add("Event", record.event if record.event_id is None else f"{record.event};id={record.event_id}")
         h.add("Content-Type", record.content_type)
-        return (record, uri, route, tuple(h._items))
+        # Where it goes. Untrusted source: its own flow, whatever the first Route or the
+        # Contact say (RFC 6665 §4.2 lets a notifier send only where the subscriber is; the
+        # route set still goes in Route headers, so a record-routing proxy keeps working).
+        # Trusted proxy: the next hop RFC 3261 §12.2.1.1 names, the first route (strict
+        # routing: the Request-URI) or, without a route set, the remote target.
+        if dlg.trusted:
+            dest = hop_of(route if route is not None else target, dlg.flow)
+        else:
+            dest = dlg.flow
+        size = len(uri) + _HEAD_RESERVE
+        for _, name, value in h._items:
+            size += len(name) + 4 + (len(value) if value.isascii() else len(value.encode("utf-8", "replace")))
+        return (record, uri, route, tuple(h._items), dest, size)
 
     def notify_result(self, sub_id: str, status: int, now: float) -> list[Effect]:
         """The final answer to a NOTIFY (408 for a transaction timeout)."""
@@ -513,13 +660,14 @@ class PresenceAgent:
         record = dlg.record
         effects.insert(0, Forget(record.id))
         self.expiry.discard(record.id)
-        n = self.per_watcher.get(record.watcher, 0) - 1
+        key = dlg.limit_key
+        n = self.per_watcher.get(key, 0) - 1
         if n > 0:
-            self.per_watcher[record.watcher] = n
+            self.per_watcher[key] = n
         else:
-            self.per_watcher.pop(record.watcher, None)
+            self.per_watcher.pop(key, None)
         p = self.presentities.get(record.presentity)
-        if p is not None:
+        if p is not None and record.id in p.watchers:
             p.watchers.discard(record.id)
             if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
                 effects.append(WatchStopped(record.presentity, record.source))
@@ -549,11 +697,12 @@ class PresenceAgent:
             return
         record = dlg.record
         self.expiry.discard(sub_id)
-        n = self.per_watcher.get(record.watcher, 0) - 1
+        key = dlg.limit_key
+        n = self.per_watcher.get(key, 0) - 1
         if n > 0:
-            self.per_watcher[record.watcher] = n
+            self.per_watcher[key] = n
         else:
-            self.per_watcher.pop(record.watcher, None)
+            self.per_watcher.pop(key, None)
         p = self.presentities.get(record.presentity)
         if p is not None:
             p.watchers.discard(sub_id)
@@ -594,9 +743,17 @@ class PresenceAgent:
         effects: list[Effect] = []
         expired: list[_Dialog] = []
         for record in records:
-            dlg = _Dialog(record)
+            try:
+                flow = parse_peer(record.peer)
+            except ValueError:
+                continue  # a record no version wrote; nothing to notify it over
+            trusted = self.trusted(flow.host)
+            # The authenticated identity is not stored: a restored dialog counts for its From
+            # (trusted proxy) or its source address.
+            key = record.watcher if trusted else f"ip:{flow.host}"
+            dlg = _Dialog(record, flow, trusted, key)
             self.dialogs[record.id] = dlg
-            self.per_watcher[record.watcher] = self.per_watcher.get(record.watcher, 0) + 1
+            self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             p = self._presentity(record.presentity)
             if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
                 effects.append(WatchStarted(record.presentity, record.source))
@@ -615,7 +772,7 @@ class PresenceAgent:
         effects: list[Effect] = []
         p = self.presentities.get(presentity)
         if p is not None:
-            for sub_id in p.watchers:
+            for sub_id in list(p.watchers):
                 self._notify(self.dialogs[sub_id], now, effects)
         return effects
 

@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import functools
-import ipaddress
 import logging
 import time
 from collections.abc import Callable, Sequence
 
 from presenced.pa.agent import (
+    FLOW_FAILED,
     Effect,
     Forget,
     Persist,
@@ -28,9 +28,7 @@ from presenced.pa.agent import (
 from presenced.pa.model import PresenceDoc
 from presenced.services.alarm import Alarm, Background
 from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
-from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
-from presenced.sip.uri import parse_uri
 from presenced.storage.base import Storage
 from presenced.transport.driver import Driver
 
@@ -55,6 +53,9 @@ class PresenceService:
         self.change_listeners: list[ChangeListener] = []
         self.notifies_sent = 0
         self.notify_failures = 0
+        # Whether a stream connection may be opened to this IP (trusted proxies only); set by
+        # the composition root, the same predicate the TCP transport enforces.
+        self.may_connect: Callable[[str], bool] = _never
 
     async def load(self) -> None:
         records = await self.storage.load_subscriptions()
@@ -64,16 +65,15 @@ class PresenceService:
 
     # --- entry points ----------------------------------------------------------------------
 
-    async def subscribe(
-        self, event: RequestReceived, presentity: str, source: str, identity: str | None = None
-    ) -> None:
-        """`identity` is the authenticated "user@domain" of the watcher (None without [auth])."""
+    async def subscribe(self, event: RequestReceived, presentity: str, source: str,
+                        identity: str | None = None) -> None:
+        """`identity`: the authenticated "user@domain", None without authentication."""
         req = event.request
         now = self.clock()
         if req.to.tag:
-            effects = self.agent.resubscribe(req, now, str(event.peer))
+            effects = self.agent.resubscribe(req, now, event.peer)
         else:
-            effects = self.agent.subscribe(req, presentity, source, str(event.peer), now)
+            effects = self.agent.subscribe(req, presentity, source, event.peer, now, identity)
         await self.run(effects, event)
 
     async def set_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None:
@@ -145,32 +145,28 @@ class PresenceService:
         self._arm()
 
     def _send_notify(self, eff: SendNotify) -> None:
-        peer = _parsed_peer(eff.peer)
-        if eff.route is not None:
-            peer = self._peer_for_uri(eff.route, peer)
-        elif peer.transport != "udp" and not self.driver_has_flow(peer):
-            # The watcher's connection is gone: open one to its Contact (RFC 3261 §18.1.1).
-            peer = self._peer_for_uri(eff.target, peer)
+        # The agent chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
+        # peer keeps the TCP connection id of the SUBSCRIBE's flow.
+        peer = eff.dest if eff.dest is not None else _parsed_peer(eff.peer)
+        if peer.reliable and not self.driver_has_flow(peer) and not self.may_connect(peer.host):
+            # The watcher's connection is gone and we dial nobody but trusted proxies (no
+            # SSRF): the NOTIFY fails here and now, and its dialog ends like one whose NOTIFY
+            # failed (the watcher's next refresh gets 481 and subscribes afresh).
+            log.info("NOTIFY for %s: no connection to %s, not dialling out", eff.sub_id, peer)
+            self.on_notify_result(eff.sub_id, FLOW_FAILED)
+            return
         self.notifies_sent += 1
         self.driver.send_request(eff.request, peer, ("notify", eff.sub_id))
 
     def driver_has_flow(self, peer: Peer) -> bool:
         transport = self.driver.transports.get(peer.transport)
+        if transport is None:
+            return False
+        connections = getattr(transport, "connections", None)
+        if peer.conn_id is not None and connections is not None and peer.conn_id in connections:
+            return True
         by_addr = getattr(transport, "by_addr", None)
         return by_addr is not None and (peer.host, peer.port) in by_addr
-
-    @staticmethod
-    @functools.lru_cache(maxsize=4096)
-    def _peer_for_uri(uri_text: str, fallback: Peer) -> Peer:
-        try:
-            uri = parse_uri(uri_text)
-        except ParseError:
-            return fallback
-        transport = (uri.params.get("transport") or fallback.transport).lower()
-        host = uri.host.strip("[]")
-        if not host or not _is_ip(host):
-            return fallback  # no DNS (RFC 3263) yet: keep the flow the SUBSCRIBE came on
-        return Peer(transport, host, uri.port or 5060)
 
     def _arm(self) -> None:
         self._alarm.arm(self.agent.next_deadline())
@@ -186,9 +182,5 @@ class PresenceService:
 _parsed_peer = functools.lru_cache(maxsize=65536)(parse_peer)
 
 
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
+def _never(host: str) -> bool:
+    return False

@@ -34,3 +34,11 @@ class ParseError(SipError):
 
 class LocalError(SipError):
     """We used the SIP core wrongly (a programming error, never the peer's fault)."""
+
+
+class UnsafeHeaderError(ParseError):
+    """A message we were about to write holds CR, LF, NUL or another control character in its
+    start line or a header value: written out, it would inject lines into our own message.
+
+    A ParseError with status 400: the value came from a peer's request (a decoded URI user, a
+    copied From or Contact), so that request is answered 400 and the message is never sent."""

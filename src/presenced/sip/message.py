@@ -14,7 +14,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from presenced.sip.errors import ParseError
+from presenced.sip.errors import ParseError, UnsafeHeaderError
 from presenced.sip.headers import (
     CANONICAL,
     CSeq,
@@ -46,6 +46,11 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 _MISSING: Any = object()
+
+# Control characters never written in a start line or header value (CR, LF checked by count).
+# A backslash before one is a quoted-pair, which RFC 3261 §25.1 allows for every control but
+# CR and LF (RFC 4475 §3.1.1.2 has BEL, NUL, DEL in a To display name; answers copy the To).
+_UNSAFE_CHAR = re.compile(r"(?<!\\)[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 
 REASONS = {
     100: "Trying", 180: "Ringing", 200: "OK", 202: "Accepted", 204: "No Notification",
@@ -171,15 +176,24 @@ class Message:
         raise NotImplementedError
 
     def encode(self) -> bytes:
-        """Serialize; Content-Length always states the body's real length."""
+        """Serialize; Content-Length always states the body's real length.
+
+        Raises `UnsafeHeaderError` (a 400 ParseError) rather than write a control character in
+        the start line or a header value: CR/LF there would let a peer's text add lines to our
+        message (header injection). HTAB is allowed in values (RFC 3261 §25.1 LWS)."""
         lines = [self._start_line()]
         for name, value in self.headers:
             if name != "Content-Length":
                 lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
-        lines.append("")
-        lines.append("")
-        return "\r\n".join(lines).encode("utf-8", "surrogateescape") + self.body
+        head = "\r\n".join(lines)
+        # One C-speed regex pass for NUL, the other C0 controls and DEL (quoted-pairs aside);
+        # CR and LF may appear
+        # only as the separators the join put there, so their counts tell an injected one.
+        n = len(lines) - 1
+        if _UNSAFE_CHAR.search(head) is not None or head.count("\r") != n or head.count("\n") != n:
+            raise UnsafeHeaderError("control character in a header value")  # echo nothing of it
+        return (head + "\r\n\r\n").encode("utf-8", "surrogateescape") + self.body
 
 
 class Request(Message):

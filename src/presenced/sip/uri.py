@@ -28,6 +28,9 @@ _IPV6 = re.compile(r"\[[0-9A-Fa-f:.]+\]\Z")
 _PARAM = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/:&+$]|%[0-9A-Fa-f]{2})+\Z")
 # hnv-unreserved = [ ] / ? : + $  (header names and values inside a URI)
 _HVALUE = re.compile(r"(?:[A-Za-z0-9\-_.!~*'()\[\]/?:+$]|%[0-9A-Fa-f]{2})*\Z")
+# An escaped C0 control or DEL (%00-%1F, %7F): legal in the grammar, but once decoded it
+# would be pasted into header values and storage keys (CRLF injection), so refused.
+_ESCAPED_CTL = re.compile(r"%(?:[01][0-9A-Fa-f]|7[Ff])")
 
 
 @dataclass(slots=True)
@@ -52,7 +55,16 @@ class SipUri:
 
     @property
     def user_unescaped(self) -> str | None:
-        return unquote(self.user) if self.user is not None else None
+        """The user part percent-decoded; ParseError(400) when it would decode to a control
+        character (%0D%0A, %00, ...), which must never reach a header we write."""
+        user = self.user
+        if user is None:
+            return None
+        if "%" not in user:
+            return user  # the grammar admits no raw control characters
+        if _ESCAPED_CTL.search(user) is not None:
+            raise ParseError("escaped control character in a URI user part")  # echo none of it
+        return unquote(user)
 
     @property
     def aor(self) -> str:
@@ -60,7 +72,7 @@ class SipUri:
         host = self.host_key
         if self.user is None:
             return host
-        return f"{unquote(self.user)}@{host}"
+        return f"{self.user_unescaped}@{host}"
 
     def without_params(self) -> SipUri:
         return SipUri(self.scheme, self.user, self.password, self.host, self.port, {}, {}, self.opaque)

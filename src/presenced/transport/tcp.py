@@ -6,7 +6,10 @@ Content-Length) is closed alone. Connections are limited in number, in total and
 a partial message for too long is closed (slow-loris), so is one that never delivers a whole
 message, and idle ones are reaped.
 Responses go back on the connection the request came in on (RFC 3261 §18.2.2); requests we
-originate reuse a live connection to the peer or open a new one.
+originate reuse a live connection to the peer. A new connection is opened only to an address
+`may_connect` allows (the trusted proxies, set by the composition root; by default none):
+otherwise a Record-Route or Contact naming ";transport=tcp" would make us connect to and write
+into any service (SSRF, issue 9 finding 3).
 """
 
 from __future__ import annotations
@@ -139,8 +142,14 @@ def _refusal(exc: ParseError) -> bytes | None:
         return None
 
 
+def _never(host: str) -> bool:
+    return False
+
+
 class TcpTransport:
     name = "tcp"
+    may_connect: Callable[[str], bool] = staticmethod(_never)  # IPs we may open connections to
+    refused_outbound = 0
 
     def __init__(
         self,
@@ -206,7 +215,11 @@ class TcpTransport:
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
             conn.transport.write(data)
             return
-        # No live connection: open one (a NOTIFY to a watcher whose connection dropped).
+        if not self.may_connect(peer.host):
+            self.refused_outbound += 1
+            log.info("not connecting to %s: not a trusted proxy", peer)
+            return
+        # No live connection: open one to a trusted proxy.
         asyncio.get_running_loop().create_task(self._connect_and_send(data, peer))
 
     async def _connect_and_send(self, data: bytes, peer: Peer) -> None:

@@ -102,7 +102,9 @@ def parse_xml(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> etree._Element:
 #
 # XML 1.0 cannot carry C0 controls other than TAB/LF/CR, lone surrogates, U+FFFE or U+FFFF at all,
 # not even as character references, so they are dropped: the output is always well-formed. CR is
-# written as &#13; so that the end-of-line normalisation of XML 1.0 §2.11 does not turn it into LF;
+# written as &#13; so that the end-of-line normalisation of XML 1.0 §2.11 does not turn it into LF,
+# and LF as &#10;, so no line break of a publisher's text reaches the body's bytes (a line-based
+# reader behind a proxy, or a cross-protocol listener, must not see lines the publisher wrote);
 # in attributes TAB and LF are written as references so that §3.3.3 normalisation keeps them.
 
 _FORBIDDEN = "".join(
@@ -110,7 +112,7 @@ _FORBIDDEN = "".join(
 )
 _DROP = dict.fromkeys(map(ord, _FORBIDDEN))
 _DROP.update(dict.fromkeys(range(0xD800, 0xE000)))
-_TEXT_SPECIAL = frozenset("&<>\r" + _FORBIDDEN)
+_TEXT_SPECIAL = frozenset("&<>\r\n" + _FORBIDDEN)
 _ATTR_SPECIAL = frozenset('&<>"\r\n\t' + _FORBIDDEN)
 
 
@@ -130,7 +132,8 @@ def escape_text(s: str) -> str:
     elif _TEXT_SPECIAL.isdisjoint(s) and not _has_surrogate(s):
         return s
     s = s.translate(_DROP)
-    return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("\r", "&#13;")
+    return (s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+            .replace("\r", "&#13;").replace("\n", "&#10;"))
 
 
 def escape_attr(s: str) -> str:
