@@ -240,7 +240,8 @@ def test_guard_tables_are_bounded() -> None:
     assert len(g._credit) == 50 and len(g._proven) == 50
 
 
-def notify_to(ep: Endpoint, peer: Peer, now: float, body: bytes = b"") -> list[Event]:
+def notify_to(ep: Endpoint, peer: Peer, now: float, body: bytes = b"",
+              validated: bool = False) -> list[Event]:
     req = Request("NOTIFY", f"sip:bob@{peer.host}:{peer.port}", Headers())
     h = req.headers
     h.add("From", "<sip:alice@example.com>;tag=a1")
@@ -249,7 +250,7 @@ def notify_to(ep: Endpoint, peer: Peer, now: float, body: bytes = b"") -> list[E
     h.add("CSeq", "1 NOTIFY")
     h.add("Event", "presence")
     req.body = body
-    return ep.send_request(req, peer, now, "ctx")
+    return ep.send_request(req, peer, now, "ctx", validated)
 
 
 def test_endpoint_bounds_notify_and_retransmissions_to_a_forged_source() -> None:
@@ -322,3 +323,18 @@ def test_config_limits_section_defaults_and_bad_exempt() -> None:
     assert (cfg.pa.max_publications, cfg.pa.max_presentity_bytes) == (100_000, 65536)
     with pytest.raises(ConfigError, match=r"limits\.exempt\[1\]"):
         parse_config('[limits]\nexempt = ["10.0.0.0/8", "bogus"]\n', Path("."))
+
+
+def test_a_dialog_the_application_vouches_for_bypasses_the_budget_retransmissions_too() -> None:
+    """A NOTIFY of a dialog whose watcher answered before (the agent's `validated`), e.g. one
+    restored after a restart, goes whole with every retransmission though no credit exists."""
+    ep = make_endpoint(amp=AmplificationLimits(factor=1))
+    watcher = Peer("udp", "203.0.113.13", 5070)
+    (tx,) = notify_to(ep, watcher, 0.0, body=b"v" * 4000, validated=True)
+    assert isinstance(tx, Transmit)
+    resent = 0
+    while (deadline := ep.get_timer()) is not None and deadline < 100:
+        resent += sum(isinstance(o, Transmit) for o in ep.handle_timer(deadline))
+    assert resent >= 9  # Timer E's retransmissions until Timer F (RFC 3261 §17.1.2.2)
+    assert ep.stats.amplification_dropped == 0
+    assert notify_to(ep, Peer("udp", "203.0.113.14", 5070), 0.0, body=b"v" * 4000) == []

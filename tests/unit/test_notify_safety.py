@@ -289,3 +289,83 @@ def test_notify_to_escaped_presentity_encodes() -> None:
     n.headers.insert_first("Via", "SIP/2.0/UDP 192.0.2.1;branch=z9hG4bKx")
     parsed = parse_message(n.encode())
     assert parsed.headers.get("Content-Type") == PIDF
+
+
+# --- a watcher not yet proven (issue 9 finding 1: bytes out per byte in) ----------------------
+
+
+def test_first_notify_to_an_unproven_udp_watcher_is_small_and_the_full_document_follows() -> None:
+    agent = agent_trusting()
+    agent.seed_part(ALICE, "publish", _big_doc(3000))
+    req = subscribe_req()
+    out = agent.subscribe(req, ALICE, "registrar", SRC, T0)
+    first = notify(out)
+    assert not first.validated
+    assert len(first.request.encode()) + 200 <= 1300  # + our Via: RFC 3261 §18.1.1's size
+    doc = decode_pidf(first.request.body)
+    assert doc.persons == () and doc.tuples[0].notes == ()  # the summary
+    d = Dialog(req, out)
+    full = notify(agent.notify_result(d.sub_id, 200, T0 + 0.1))
+    assert full.validated
+    assert len(decode_pidf(full.request.body).persons) == 1  # now the whole document
+
+
+def test_a_watcher_that_never_answers_never_gets_the_large_document() -> None:
+    agent = agent_trusting()
+    agent.seed_part(ALICE, "publish", _big_doc(3000))
+    req = subscribe_req()
+    out = agent.subscribe(req, ALICE, "registrar", SRC, T0)
+    d = Dialog(req, out)
+    assert len(notify(out).request.encode()) < 1300
+    assert of(agent.notify_result(d.sub_id, 408, T0 + 32), SendNotify) == []  # Timer F
+    assert d.sub_id not in agent.dialogs
+
+
+def test_small_documents_go_whole_at_once_and_tcp_watchers_count_as_proven() -> None:
+    agent = agent_trusting()
+    out = agent.subscribe(subscribe_req(), ALICE, "registrar", SRC, T0)
+    n = notify(out)
+    assert b"<basic>closed</basic>" in n.request.body and not n.validated
+    req = subscribe_req(watcher="tcpw")
+    n = notify(agent.subscribe(req, ALICE, "registrar", Peer("tcp", "192.0.2.30", 40000, 7), T0))
+    assert n.validated
+
+
+def test_restored_dialogs_are_proven() -> None:
+    agent = agent_trusting()
+    req = subscribe_req()
+    d = Dialog(req, agent.subscribe(req, ALICE, "registrar", SRC, T0))
+    record = agent.dialogs[d.sub_id].record
+    again = agent_trusting()
+    again.load([record], T0 + 5)
+    assert notify(again.renotify(ALICE, T0 + 6)).validated
+
+
+# --- raw control characters from a peer (issue 9 finding 2) ------------------------------------
+
+
+_RAW = (
+    "SUBSCRIBE sip:alice@example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5070;branch=z9hG4bKc{via}\r\n"
+    "From: <sip:bob@example.com>;tag=a\r\nTo: <sip:alice@example.com>\r\nCall-ID: c1\r\n"
+    "CSeq: 1 SUBSCRIBE\r\nMax-Forwards: 70\r\nSubject: {subject}\r\nContent-Length: 0\r\n\r\n"
+)
+
+
+@pytest.mark.parametrize("char", ["\x00", "\x07", "\n", "\r", "\x1b", "\x7f"])
+def test_parser_refuses_raw_control_characters_in_headers(char: str) -> None:
+    data = _RAW.format(via="1", subject=f"hi{char}there").encode()
+    with pytest.raises(ParseError) as err:
+        parse_message(data)
+    assert err.value.status == 400
+
+
+def test_endpoint_answers_400_when_it_can_and_drops_when_the_answer_would_echo_it() -> None:
+    from presenced.sip.endpoint import Endpoint, EndpointConfig, Transmit
+
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), counter("t"))
+    src = Peer("udp", "192.0.2.20", 5070)
+    (out,) = ep.receive(_RAW.format(via="1", subject="a\x00b").encode(), src, 0.0)
+    assert isinstance(out, Transmit) and out.data.startswith(b"SIP/2.0 400 ")
+    assert b"\x00" not in out.data
+    # In the Via, which every answer copies: nothing can be answered, nothing is raised.
+    assert ep.receive(_RAW.format(via="\x07", subject="ok").encode(), src, 0.0) == []

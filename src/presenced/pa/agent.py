@@ -75,6 +75,11 @@ _HEAD_RESERVE = 400
 # The final state of a subscription whose document cannot fit any NOTIFY (RFC 6665 §4.1.3:
 # "probation" says retry later; the document may have shrunk by then).
 TOO_BIG_STATE = "terminated;reason=probation;retry-after=3600"
+# Largest NOTIFY toward a UDP watcher that has not yet answered one of its dialog's NOTIFYs
+# (RFC 3261 §18.1.1's 1300 bytes): a forged SUBSCRIBE must not draw a large document to its
+# "source". Anything larger waits for the first answer; meanwhile the summary (or no body)
+# goes, and the full document follows the 2xx (docs/security.md "Bytes out per byte in").
+UNVALIDATED_NOTIFY_SIZE = 1300
 
 
 def _fatal(status: int) -> bool:
@@ -120,6 +125,9 @@ class SendNotify:
     # Where the NOTIFY goes: the SUBSCRIBE's flow (with its TCP connection id), or, for a
     # dialog set up through a trusted proxy, the first route / the Contact.
     dest: Peer | None = None
+    # The watcher has answered a NOTIFY of this dialog (or the dialog survived a restart, so it
+    # had): its address is proven and the endpoint's anti-amplification budget does not apply.
+    validated: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,8 +156,8 @@ _Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding", "record",
-                 "template", "trusted")
+    __slots__ = ("answered", "cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding",
+                 "record", "template", "trusted")
 
     def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
@@ -160,6 +168,7 @@ class _Dialog:
         self.lease = record.local_cseq  # highest CSeq the persisted record allows
         self.outstanding = False
         self.dirty = False
+        self.answered = False  # the watcher answered one of this dialog's NOTIFYs with a 2xx
         self.final: str | None = None  # Subscription-State to end with, once sent
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
 
@@ -569,10 +578,19 @@ class PresenceAgent:
                 dlg.template = template
         _, uri, route, static, dest, head_size = template
         limit = self.policy.max_notify_size
+        # Proven: the watcher answered before, or a trusted proxy vouches for the address, or
+        # a stream connection's handshake did.
+        validated = dlg.answered or dlg.trusted or dest.reliable
         if dest.transport == "udp":
-            limit = min(limit, UDP_MAX_PAYLOAD)
+            limit = min(limit, UDP_MAX_PAYLOAD if validated else UNVALIDATED_NOTIFY_SIZE)
         body = self.fitting_body(record.presentity, record.content_type, limit - head_size, now)
-        if body is None:
+        # A shortened document to a watcher not yet proven: the full one follows its answer.
+        held_back = not validated and dlg.final is None and register and (
+            body is None or len(body) != len(self.body(record.presentity, record.content_type, now)))
+        if body is None and held_back:
+            body = b""
+            static = tuple(e for e in static if e[0] != "content-type")
+        elif body is None:
             if dlg.final is None:
                 # Not even the summary fits (RFC 6665 §4.1.3): end the dialog, say so without
                 # a body. Its Forget goes after any Persist of this list: the last write wins.
@@ -588,8 +606,8 @@ class PresenceAgent:
         target = record.remote_target
         req = Request("NOTIFY", uri, h, body)
         dlg.outstanding = register
-        dlg.dirty = False
-        effects.append(SendNotify(record.id, req, record.peer, route, target, dest))
+        dlg.dirty = held_back
+        effects.append(SendNotify(record.id, req, record.peer, route, target, dest, validated))
 
     def _notify_template(self, record: Subscription, dlg: _Dialog) -> _Template:
         """What every NOTIFY of a dialog shares, built once per version of its record."""
@@ -635,6 +653,8 @@ class PresenceAgent:
         if dlg is None:
             return []
         dlg.outstanding = False
+        if status < 300:
+            dlg.answered = True  # our random branch came back: the address reads what we send
         effects: list[Effect] = []
         if dlg.final is not None:
             # The final NOTIFY itself was answered, or the watcher said the dialog is gone (or
@@ -752,6 +772,10 @@ class PresenceAgent:
             # (trusted proxy) or its source address.
             key = record.watcher if trusted else f"ip:{flow.host}"
             dlg = _Dialog(record, flow, trusted, key)
+            # A stored dialog outlived its first NOTIFY: one that was never answered ended with
+            # its transaction's timeout. So its watcher had answered (saved a moment before a
+            # crash is the exception, bounded by the NOTIFY's own retransmissions).
+            dlg.answered = True
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             p = self._presentity(record.presentity)

@@ -156,7 +156,7 @@ class PresenceService:
             self.on_notify_result(eff.sub_id, FLOW_FAILED)
             return
         self.notifies_sent += 1
-        self.driver.send_request(eff.request, peer, ("notify", eff.sub_id))
+        self.driver.send_request(eff.request, peer, ("notify", eff.sub_id), validated=eff.validated)
 
     def driver_has_flow(self, peer: Peer) -> bool:
         transport = self.driver.transports.get(peer.transport)

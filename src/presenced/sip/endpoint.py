@@ -19,7 +19,7 @@ import hashlib
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from presenced.sip.errors import ParseError
+from presenced.sip.errors import ParseError, UnsafeHeaderError
 from presenced.sip.headers import Via, split_list
 from presenced.sip.limits import (
     AmplificationGuard,
@@ -409,7 +409,14 @@ class Endpoint:
     def _stateless(self, req: Request, resp: Response, peer: Peer, now: float) -> list[Event]:
         if "Server" not in resp.headers:
             resp.headers.add("Server", self.config.user_agent)
-        return self._guarded(Transmit(resp.encode(), self.response_peer(resp, peer)), now)
+        try:
+            data = resp.encode()
+        except UnsafeHeaderError:
+            # A header the answer must copy (Via, From, To, Call-ID, CSeq) holds a control
+            # character: no answer can be written without echoing it. Dropped, counted.
+            self.stats.dropped += 1
+            return []
+        return self._guarded(Transmit(data, self.response_peer(resp, peer)), now)
 
     def _guarded(self, out: Transmit, now: float) -> list[Event]:
         """Every Transmit leaves through here: the anti-amplification budget (RFC 9000 §8.1)."""
@@ -441,15 +448,22 @@ class Endpoint:
             return peer
         return _route(via, peer)
 
-    def send_request(self, req: Request, peer: Peer, now: float, context: object) -> list[Event]:
-        """Start a client transaction: stamp our Via with a fresh branch and transmit."""
+    def send_request(self, req: Request, peer: Peer, now: float, context: object,
+                     validated: bool = False) -> list[Event]:
+        """Start a client transaction: stamp our Via with a fresh branch and transmit.
+
+        `validated` says the application knows `peer` reads what we send (it answered an
+        earlier request of the same dialog): the request and its retransmissions then bypass
+        the anti-amplification budget, which only guards addresses nobody has proven."""
         branch = MAGIC_COOKIE + self.make_token()
         sent_by = self.config.via_hosts.get(peer.transport, "127.0.0.1")
         req.headers.insert_first("Via", f"SIP/2.0/{peer.transport.upper()} {sent_by};branch={branch};rport")
         if "Max-Forwards" not in req.headers:
             req.headers.add("Max-Forwards", "70")
         data = req.encode()
-        self.txns.start_client(branch, data, peer.reliable, now, (context, peer))
+        self.txns.start_client(branch, data, peer.reliable, now, (context, peer, validated))
+        if validated:
+            return [Transmit(data, peer)]
         # Over the budget the request is not sent: its transaction times out as for a loss.
         return self._guarded(Transmit(data, peer), now)
 
@@ -462,8 +476,11 @@ class Endpoint:
         out: list[Event] = []
         for ev in self.txns.handle_timer(now):
             if isinstance(ev, Retransmit):
-                ctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
-                out.extend(self._guarded(Transmit(ev.data, ctx[1]), now))
+                ctx: tuple[object, Peer, bool] = ev.context  # type: ignore[assignment]
+                if ctx[2]:
+                    out.append(Transmit(ev.data, ctx[1]))
+                else:
+                    out.extend(self._guarded(Transmit(ev.data, ctx[1]), now))
             elif isinstance(ev, ClientTimeout):
                 tctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
                 out.append(ClientTimedOut(tctx[0]))

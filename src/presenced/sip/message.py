@@ -278,6 +278,11 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     except UnicodeDecodeError:  # pragma: no cover - surrogateescape decodes any bytes
         raise ParseError("undecodable header block") from None
     lines = head.split("\r\n")
+    # Raw control characters (NUL, a lone CR or LF, ...) have no place in a start line or a
+    # header (RFC 3261 §25.1: only HTAB, as LWS; others only as quoted-pairs). Refused here,
+    # they never reach a service, a record, or a message we would copy them into.
+    unsafe = (_UNSAFE_CHAR.search(head) is not None
+              or head.count("\r") != len(lines) - 1 or head.count("\n") != len(lines) - 1)
     first = lines[0]
     msg: Request | Response
     m = _REQUEST_LINE.match(first)
@@ -308,6 +313,8 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
             raise ParseError("Content-Length larger than the body", 400, msg)
         # RFC 3261 §18.3: bytes past Content-Length in a datagram are discarded.
         body = body[:length]
+    if unsafe:
+        raise ParseError("control character in the header", 400, msg)
     if len(body) > limits.max_body_size:
         raise ParseError("body too large", 413, msg)
     msg.body = body

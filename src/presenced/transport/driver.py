@@ -63,8 +63,11 @@ class Driver:
     def respond(self, event: RequestReceived, response: Response) -> None:
         self._process(self.endpoint.respond(event.txn, response, event.peer, self._loop.time()))
 
-    def send_request(self, request: Request, peer: Peer, context: object) -> None:
-        self._process(self.endpoint.send_request(request, peer, self._loop.time(), context))
+    def send_request(self, request: Request, peer: Peer, context: object,
+                     validated: bool = False) -> None:
+        """`validated`: `peer` has proven it reads what we send (see Endpoint.send_request)."""
+        self._process(self.endpoint.send_request(request, peer, self._loop.time(), context,
+                                                 validated))
 
     # --- plumbing ---------------------------------------------------------------------------
 
