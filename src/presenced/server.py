@@ -207,7 +207,7 @@ class Server:
                 max_source_failures=cfg.auth.max_failures_per_source,
                 lockout=cfg.auth.lockout, max_lockout=cfg.auth.max_lockout))
 
-        self.dispatcher = Dispatcher(self.driver, router, auth, throttle)
+        self.dispatcher = Dispatcher(self.driver, router, auth, throttle, trusted)
         self.dispatcher.handlers["REGISTER"] = self.registrar.register
         self.dispatcher.handlers["PUBLISH"] = self.publish.publish
         self.dispatcher.sources["registrar"] = self.presence.subscribe

@@ -120,3 +120,16 @@ def test_tables_are_bounded() -> None:
 def test_policy_is_validated(policy: dict[str, float]) -> None:
     with pytest.raises(ValueError):
         AuthThrottle(ThrottlePolicy(**policy))  # type: ignore[arg-type]
+
+
+def test_a_trusted_proxy_counts_failures_per_user_only() -> None:
+    """Behind a trusted proxy every user shares its address: one user guessing locks out
+    that user only, never the proxy's other users."""
+    t = AuthThrottle(ThrottlePolicy(max_failures=3, max_source_failures=5, lockout=30))
+    for i in range(20):
+        t.failed("10.0.0.1", f"u{i}@example.com", 0.0, per_source=False)
+    assert t.source_refused("10.0.0.1", 1.0) == 0.0
+    assert t.refused("10.0.0.1", "someone@example.com", 1.0) == 0.0
+    for _ in range(3):
+        t.failed("10.0.0.1", "mallory@example.com", 2.0, per_source=False)
+    assert t.refused("10.0.0.1", "mallory@example.com", 3.0) > 0

@@ -50,10 +50,14 @@ _LOCKED_OUT = "Forbidden (too many failed authentications)"
 
 class Dispatcher:
     def __init__(self, driver: Driver, router: Router, auth: DigestAuthenticator | None = None,
-                 throttle: AuthThrottle | None = None) -> None:
+                 throttle: AuthThrottle | None = None,
+                 trusted: Callable[[str], bool] = lambda host: False) -> None:
+        """`trusted(ip)`: a `[server] trusted_proxies` address, whose failures count per user
+        only (it speaks for many users)."""
         self.driver = driver
         self.router = router
         self.auth = auth
+        self.trusted = trusted
         self.throttle = throttle if throttle is not None or auth is None else AuthThrottle()
         self.handlers: dict[str, Handler] = {}
         self.sources: dict[str, SourceHandler] = {}
@@ -173,7 +177,7 @@ class Dispatcher:
             self._challenge(event, realm, stale=True)
             return None
         if result.outcome is not AuthOutcome.OK:
-            locked = throttle.failed(source, claimed, mono)
+            locked = throttle.failed(source, claimed, mono, per_source=not self.trusted(source))
             log.info("auth: %s as %s failed (Call-ID %s, source %s): %s%s",
                      req.method, claimed, call_id, source, result.reason,
                      "; locked out" if locked else "")

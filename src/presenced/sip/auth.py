@@ -790,8 +790,11 @@ class AuthThrottle:
         s.seen = now
         return s
 
-    def failed(self, source: str, identity: str, now: float) -> bool:
-        """Count one failure; True when it starts a lockout (of the pair or the source)."""
+    def failed(self, source: str, identity: str, now: float, *, per_source: bool = True) -> bool:
+        """Count one failure; True when it starts a lockout (of the pair or the source).
+
+        `per_source=False` counts the pair only: for a trusted proxy, which speaks for many
+        users, one of them guessing must not lock out all the others."""
         p = self.policy
         locked = False
         pair = self._entry(self._pairs, (source, identity), p.max_pairs, now)
@@ -799,6 +802,8 @@ class AuthThrottle:
         if pair.failures >= p.max_failures:
             self._lock(pair, now)
             locked = True
+        if not per_source:
+            return locked
         src = self._entry(self._sources, source, p.max_sources, now)
         if now - src.since >= p.lockout:
             src.since = now
