@@ -15,13 +15,16 @@ def _biggest(c: SipClient) -> int:
     return max(len(r.encode()) for r in c.requests_seen if r.method == "NOTIFY")
 
 
-def test_large_publications_never_make_an_oversized_notify(server, sip_client) -> None:
-    tcp: SipClient = sip_client("tcp", user="bob")
-    udp: SipClient = sip_client("udp", user="carol")
+def test_large_publications_never_make_an_oversized_notify(server_factory, sip_client) -> None:
+    # `[pa] max_presentity_bytes` (64 KiB) refuses such publications by default; raised here so
+    # that the NOTIFY size bound, the last line of defence, is what the test sees.
+    server = server_factory(sections={"pa": {"max_presentity_bytes": 1 << 20}})
+    tcp: SipClient = sip_client("tcp", user="bob", server=server)
+    udp: SipClient = sip_client("udp", user="carol", server=server)
     for w in (tcp, udp):
         assert subscribe(w, server.uri("alice")).status == 200
         w.expect_request("NOTIFY")
-    p: SipClient = sip_client("tcp", user="alice")
+    p: SipClient = sip_client("tcp", user="alice", server=server)
     note = "n" * 20_000
     for i in range(6):  # six 20 KB notes compose a ~120 KB document
         assert publish(p, server.uri("alice"), pidf("alice@example.com", note, tuple_id=f"t{i}")).status == 200
