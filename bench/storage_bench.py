@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from presenced.storage.base import Binding, Subscription
+from presenced.pa.records import Binding, Subscription
 from presenced.storage.sqlite import SqliteStorage
 
 

@@ -6,7 +6,7 @@ from typing import Any
 
 import msgspec
 
-from presenced.storage.base import Binding, Publication, Subscription
+from presenced.pa.records import Binding, Publication, Subscription
 
 _BINDING = Binding(
     aor="alice@example.com",

@@ -24,9 +24,9 @@ from presenced.pa.agent import (
 )
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.model import Person, PresenceDoc, Tuple
+from presenced.pa.records import Subscription
 from presenced.sip.headers import SubscriptionState, parse_name_addr, parse_subscription_state
 from presenced.sip.message import Request, Response, parse_message
-from presenced.storage.base import Subscription
 
 ALICE = "alice@example.com"
 T0 = 1_700_000_000.0

@@ -13,9 +13,9 @@ from presenced.pa.compose import compose
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.model import PresenceDoc, Tuple
 from presenced.pa.publish import Publications, PublishOutcome, PublishPolicy
+from presenced.pa.records import Publication
 from presenced.sip.errors import LocalError
 from presenced.sip.message import Request, Response, parse_message
-from presenced.storage.base import Publication
 
 VECTORS = pathlib.Path(__file__).parents[1] / "vectors" / "pidf"
 ALICE = "alice@example.com"

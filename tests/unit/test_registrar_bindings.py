@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from presenced.pa.records import Binding
 from presenced.registrar.bindings import (
     RegisterOutcome,
     RegistrarPolicy,
@@ -13,7 +14,6 @@ from presenced.registrar.bindings import (
 )
 from presenced.sip.headers import parse_name_addr
 from presenced.sip.message import Request, parse_message
-from presenced.storage.base import Binding
 
 AOR = "alice@example.com"
 NOW = 1_700_000_000.0

@@ -216,7 +216,7 @@ _KILL_SCRIPT = textwrap.dedent(
     """
     import asyncio, sys
     from pathlib import Path
-    from presenced.storage.base import Binding
+    from presenced.pa.records import Binding
     from presenced.storage.sqlite import SqliteStorage
 
     async def main() -> None:

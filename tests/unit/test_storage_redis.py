@@ -23,8 +23,8 @@ import msgspec
 import pytest
 from storage_records import binding, publication, subscription
 
+from presenced.pa.records import Publication
 from presenced.storage import StorageClosedError, StorageError, open_storage
-from presenced.storage.base import Publication
 from presenced.storage.redis import DEFAULT_PREFIX, RedisStorage, redact_url, split_prefix
 
 # --- the redis-server fixture ---------------------------------------------------------------------

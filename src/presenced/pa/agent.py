@@ -51,13 +51,13 @@ from presenced.pa.compose import compose
 from presenced.pa.documents.negotiate import choose_format, encode
 from presenced.pa.documents.pidf import stable_id
 from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.endpoint import Peer, parse_peer
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import Headers, NameAddr, parse_name_addr
 from presenced.sip.message import Request, Response, make_response
 from presenced.sip.uri import parse_uri
-from presenced.storage.base import Subscription
 
 CSEQ_LEASE = 64
 EVENT_PACKAGES = ("presence",)

@@ -59,11 +59,11 @@ import msgspec
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.documents.xml import DocumentError
 from presenced.pa.model import PresenceDoc
+from presenced.pa.records import Publication
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.errors import LocalError, ParseError
 from presenced.sip.headers import is_token
 from presenced.sip.message import Request, Response, make_response
-from presenced.storage.base import Publication
 
 EVENT = "presence"
 # decode_pidf reads both: RFC 3863 PIDF and the pre-RFC cpim-pidf namespace old clients publish.

@@ -10,11 +10,11 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from presenced.pa.records import Binding
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import NameAddr
 from presenced.sip.message import Request
 from presenced.sip.uri import SipUri
-from presenced.storage.base import Binding
 
 
 @dataclass(frozen=True, slots=True)

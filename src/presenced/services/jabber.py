@@ -80,10 +80,10 @@ from presenced.jabber.component import (
 from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
 from presenced.pa.agent import closed_doc, entity_of
 from presenced.pa.model import PresenceDoc
+from presenced.pa.records import Subscription
 from presenced.services.presence import PresenceService
 from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import Request, make_response
-from presenced.storage.base import Subscription
 
 __all__ = ["PART", "SOURCE", "JabberGateway", "Refusal"]
 

@@ -19,6 +19,7 @@ from typing import Protocol
 
 from presenced.pa.agent import presentity_tuple_id
 from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.records import Binding
 from presenced.pa.timers import DeadlineHeap
 from presenced.registrar.bindings import (
     RegistrarPolicy,
@@ -29,7 +30,7 @@ from presenced.services.alarm import Alarm, Background
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
-from presenced.storage.base import Binding, Storage
+from presenced.storage.base import Storage
 from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.registrar")

@@ -1,4 +1,4 @@
-"""Records and the storage protocol shared by every backend.
+"""The storage protocol every backend implements (the records it stores are `pa.records`).
 
 The registrar and the presence agent keep their working set in memory and write through to a
 `Storage`; a write is awaited (committed) before the SIP answer that reports it goes out, so state
@@ -9,57 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-import msgspec
+from presenced.pa.records import Binding, Publication, Subscription
 
-
-class Binding(msgspec.Struct, frozen=True):
-    """One registered contact of an address-of-record (RFC 3261 §10)."""
-
-    aor: str  # "alice@example.com"
-    contact: str  # the Contact URI as registered, e.g. "sip:alice@127.0.0.1:5070;transport=udp"
-    expires_at: float  # wall-clock epoch seconds
-    call_id: str
-    cseq: int
-    q: float | None = None
-    peer: str = ""  # where the REGISTER came from: "udp:127.0.0.1:5070"
-    instance: str | None = None  # +sip.instance (RFC 5626)
-    user_agent: str | None = None
-
-
-class Subscription(msgspec.Struct, frozen=True):
-    """One subscription dialog (RFC 6665 §4) as the presence agent persists it."""
-
-    id: str  # dialog id: "<call-id>;<local tag>;<remote tag>"
-    presentity: str  # "alice@example.com"
-    event: str  # "presence"
-    source: str  # "registrar" | "jabber"
-    call_id: str
-    local_tag: str  # our To-tag
-    remote_tag: str  # the watcher's From-tag
-    local_uri: str  # To URI of the SUBSCRIBE
-    remote_uri: str  # From URI of the SUBSCRIBE (the watcher)
-    watcher: str  # watcher AOR "bob@example.com"
-    remote_target: str  # the watcher's Contact URI
-    route_set: tuple[str, ...]  # from Record-Route, in the order NOTIFYs use it
-    local_cseq: int  # CSeq of our last NOTIFY
-    remote_cseq: int  # CSeq of the watcher's last SUBSCRIBE
-    expires_at: float  # wall-clock epoch seconds
-    content_type: str  # negotiated body format, e.g. "application/pidf+xml"
-    peer: str  # transport and address the SUBSCRIBE came from: "udp:127.0.0.1:5070"
-    state: str = "active"  # "active" | "pending"
-    event_id: str | None = None  # Event header id parameter
-    version: int = 0
-
-
-class Publication(msgspec.Struct, frozen=True):
-    """One event state publication (RFC 3903 §4)."""
-
-    etag: str
-    presentity: str
-    event: str
-    expires_at: float
-    content_type: str
-    body: bytes
+__all__ = ["Binding", "Publication", "Storage", "Subscription"]
 
 
 class Storage(Protocol):

@@ -6,8 +6,8 @@ safe; `load_*` returns a fresh list so callers never see later writes through it
 
 from __future__ import annotations
 
+from presenced.pa.records import Binding, Publication, Subscription
 from presenced.storage import StorageClosedError, StorageError
-from presenced.storage.base import Binding, Publication, Subscription
 
 
 class MemoryStorage:

@@ -39,8 +39,8 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
+from presenced.pa.records import Binding, Publication, Subscription
 from presenced.storage import StorageClosedError, StorageError
-from presenced.storage.base import Binding, Publication, Subscription
 
 DEFAULT_PREFIX = "presenced:"
 

@@ -35,8 +35,8 @@ from typing import Any
 
 import msgspec
 
+from presenced.pa.records import Binding, Publication, Subscription
 from presenced.storage import StorageClosedError, StorageError
-from presenced.storage.base import Binding, Publication, Subscription
 
 log = logging.getLogger(__name__)
 
