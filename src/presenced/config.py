@@ -208,6 +208,8 @@ class PaConfig(_Section, frozen=True):
     max_publications: PosInt = 100_000  # live publications in the whole process (503 beyond)
     max_publication_bytes: PosInt = 64 * 1024 * 1024  # their bodies' total bytes (503 beyond)
     max_presentity_bytes: PosInt = 64 * 1024  # one presentity's live bodies' total (413 beyond)
+    # How a registration counts for presence beside publications (docs/presence.md).
+    registrar_presence: Literal["until-published", "fallback", "always", "never"] = "until-published"
     max_subscriptions: PosInt = 500_000  # in this process; beyond: 503 with Retry-After
     max_presentities: PosInt = 100_000  # watched or with parts, in memory; beyond: 503
 

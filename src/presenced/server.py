@@ -22,13 +22,16 @@ from pathlib import Path
 from urllib.parse import quote
 
 from presenced.config import Config, exposed_without_auth
-from presenced.pa.agent import PaPolicy, PresenceAgent
+from presenced.pa.model import PresenceDoc
+from presenced.pa.packages import registry
+from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
 from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
+from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
 from presenced.services.dispatch import Dispatcher
 from presenced.services.jabber import JabberGateway
-from presenced.services.presence import PresenceService
+from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
 from presenced.sip.auth import (
@@ -121,6 +124,7 @@ class Server:
         domains = frozenset(cfg.server.domains)
         if cfg.jabber is not None:
             domains |= {cfg.jabber.gateway_domain.lower()}
+        packages = registry(cfg.pa.registrar_presence)
         lim = cfg.limits
         # Trusted proxies speak for many users: they are never rate-limited.
         rate_limits = RateLimits(
@@ -136,8 +140,9 @@ class Server:
             EndpointConfig(
                 domains=domains,
                 local_hosts=frozenset(local_hosts),
-                allow_events=("presence",),
-                accept=("application/pidf+xml", "application/cpim-pidf+xml"),
+                allow_events=tuple(packages),
+                # What we read in request bodies: the formats PUBLISH takes.
+                accept=tuple(dict.fromkeys(f for p in packages.values() for f in p.publish_formats)),
                 user_agent="presenced",
                 # A body is bounded by the message size here; each body's consumer has its own
                 # cap (PUBLISH documents: 64 KiB, answered 400 beyond it).
@@ -161,28 +166,30 @@ class Server:
 
         pa = cfg.pa
         trusted = trusted_predicate(cfg.server.trusted_proxies)
-        self.agent = PresenceAgent(
+        self.notifier = Notifier(
             PaPolicy(pa.default_expires, pa.min_expires, pa.max_expires, pa.max_subscriptions_per_watcher,
                      max_subscriptions=pa.max_subscriptions, max_presentities=pa.max_presentities,
                      max_notify_size=cfg.server.max_message_size),
             make_token,
             contact_for,
             trusted,
+            packages,
         )
-        self.presence = PresenceService(self.agent, self.driver, self.storage)
-        self.presence.may_connect = trusted
+        self.notifications = NotifierService(self.notifier, self.driver, self.storage)
+        self.notifications.may_connect = trusted
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
             self.driver, self.storage, frozenset(cfg.server.domains), max_bindings=reg.max_bindings,
         )
-        self.registrar.presence = self.presence
+        self.registrar.notifier = self.notifications
         self.publish = PublishService(
             Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires,
                                        max_presentity_bytes=pa.max_presentity_bytes,
                                        max_publications=pa.max_publications,
-                                       max_total_bytes=pa.max_publication_bytes), make_token),
-            self.driver, self.storage, self.presence, frozenset(cfg.server.domains),
+                                       max_total_bytes=pa.max_publication_bytes), make_token,
+                         packages=packages),
+            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
         )
 
         script = None
@@ -210,27 +217,32 @@ class Server:
         self.dispatcher = Dispatcher(self.driver, router, auth, throttle, trusted)
         self.dispatcher.handlers["REGISTER"] = self.registrar.register
         self.dispatcher.handlers["PUBLISH"] = self.publish.publish
-        self.dispatcher.sources["registrar"] = self.presence.subscribe
-        self.dispatcher.notify_results = self.presence.on_notify_result
+        self.dispatcher.sources["registrar"] = self.notifications.subscribe
+        self.dispatcher.notify_results = self.notifications.on_notify_result
         self.driver.app = self.dispatcher
 
         # --- jabber gateway (begin) ---
         # Built before state loads so the loaded subscriptions' WatchStarted reach it.
         if cfg.jabber is not None:
-            self.jabber = JabberGateway.from_config(cfg.jabber, self.presence, cfg.server.domains,
+            self.jabber = JabberGateway.from_config(cfg.jabber, self.notifications, cfg.server.domains,
                                                     authenticated=cfg.auth is not None)
             # The gateway admits (caps, rate, faithful addresses) before the presence service.
             self.dispatcher.sources["jabber"] = self.jabber.subscribe
         # --- jabber gateway (end) ---
 
         # State first, network second, owed notifications last.
-        effects = self.agent.load(await self.storage.load_subscriptions(), self.presence.clock())
-        closed = await self.registrar.load()
+        effects = self.notifier.load(await self.storage.load_subscriptions(),
+                                     self.notifications.clock())
+        closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
         for aor in self.registrar.bindings:
-            self.agent.seed_part(aor, "registrar", self.registrar.part(aor))
+            self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
+            self.notifier.seed_part(aor, "registrar", self.registrar.reg_part(aor), "reg")
         published, unpublished = await self.publish.load()
-        for presentity in published:
-            self.agent.seed_part(presentity, "publish", self.publish.part(presentity))
+        for event, presentity in published:
+            part = self.publish.part(presentity, event)
+            self.notifier.seed_part(presentity, "publish", part, event)
+            if isinstance(part, PresenceDoc) and part.tuples:
+                self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
         closed |= unpublished
 
         for a in addresses:
@@ -253,10 +265,10 @@ class Server:
             await self.jabber.start()  # connects in the background, re-announces on Connected
         # --- jabber gateway start (end) ---
         log.info("serving domains %s with %d subscriptions and %d registered AORs",
-                 ", ".join(sorted(domains)), len(self.agent.dialogs), len(self.registrar.bindings))
-        await self.presence.run(effects)
-        for presentity in closed:  # their state changed while we were down
-            await self.presence.renotify(presentity)
+                 ", ".join(sorted(domains)), len(self.notifier.dialogs), len(self.registrar.bindings))
+        await self.notifications.run(effects)
+        for event, presentity in closed:  # their state changed while we were down
+            await self.notifications.renotify(presentity, event)
         # The loaded state lives as long as the process: keep it out of the cyclic collector,
         # and collect young objects less often. Every SIP message allocates many short-lived
         # objects; with the default thresholds the collector took ~15% of CPU under load
@@ -275,7 +287,7 @@ class Server:
         for t in self.transports:
             await t.stop()
         self.driver.close()
-        self.presence.close()
+        self.notifications.close()
         self.registrar.close()
         self.publish.close()
         await self.storage.close()

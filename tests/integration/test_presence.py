@@ -224,7 +224,7 @@ def test_one_shot_fetch_gets_one_notify_and_no_dialog(sip_client: Client) -> Non
 @pytest.mark.parametrize(
     ("headers", "status"),
     [
-        pytest.param({"Event": "dialog"}, 489, id="event-dialog"),
+        pytest.param({"Event": "conference"}, 489, id="event-unknown"),
         pytest.param({"Event": None}, 489, id="no-event"),
         pytest.param({"Expires": "5"}, 423, id="expires-below-min"),
         pytest.param({"Accept": "text/html"}, 406, id="accept-html"),
@@ -260,7 +260,7 @@ def test_in_dialog_subscribe_for_an_unknown_dialog_gets_481(sip_client: Client) 
 def test_subscribe_error_responses_carry_a_to_tag(sip_client: Client) -> None:
     # RFC 3261 §8.2.6.2: the UAS MUST add a To-tag when the request had none.
     w = sip_client(user="bob")
-    r = w.request("SUBSCRIBE", ALICE, headers={"Event": "dialog", "Expires": "600"})
+    r = w.request("SUBSCRIBE", ALICE, headers={"Event": "conference", "Expires": "600"})
     assert r.status == 489 and r.to.tag
 
 

@@ -162,9 +162,11 @@ def test_modify_notifies_watchers(sip_client: Client) -> None:
     assert ("gone fishing", None) in doc.notes
 
 
-def test_published_closed_wins_over_registration_and_removal_brings_it_back(
+def test_published_closed_wins_over_registration_and_a_withdrawn_publication_stays_offline(
     sip_client: Client,
 ) -> None:
+    """The default registrar policy, "until-published" (docs/presence.md): liblinphone goes
+    offline by withdrawing its PUBLISH and stays registered; its watchers must see offline."""
     alice = sip_client()
     assert register(alice, expires=600).status == 200
     w = sip_client(user="bob")
@@ -176,8 +178,28 @@ def test_published_closed_wins_over_registration_and_removal_brings_it_back(
     r = publish(alice, etag=etag, expires=0)  # §4.5: remove
     assert r.status == 200 and r.headers.get("Expires") == "0"
     doc = parse_pidf(w.expect_request("NOTIFY").body)
-    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]  # the registrar's again
+    assert doc.basics == ["closed"] and doc.contacts == []  # not the registration's device
     assert publish(alice, etag=etag).status == 412  # nothing left to refresh
+    # A new registration starts afresh: the registration counts again.
+    assert register(alice, expires=0).status == 200
+    assert register(alice, expires=600).status == 200
+    assert parse_pidf(w.expect_request(
+        "NOTIFY", where=lambda r: b"<basic>open</basic>" in r.body).body).basics == ["open"]
+
+
+def test_fallback_policy_brings_the_registration_back_when_the_publication_goes(
+    server_factory: Factory, sip_client: Client,
+) -> None:
+    srv = server_factory(sections={"pa": {"registrar_presence": "fallback"}})
+    alice = sip_client(server=srv)
+    assert register(alice, expires=600).status == 200
+    w = sip_client(server=srv, user="bob")
+    assert parse_pidf(watch(w).body).basics == ["open"]
+    etag = etag_of(publish(alice, pidf("closed", "do not disturb")))
+    assert parse_pidf(w.expect_request("NOTIFY").body).basics == ["closed"]
+    assert publish(alice, etag=etag, expires=0).status == 200
+    doc = parse_pidf(w.expect_request("NOTIFY").body)
+    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]  # the registrar's again
 
 
 def test_publication_expires_on_time(server_factory: Factory, sip_client: Client) -> None:
@@ -229,7 +251,7 @@ def test_expires_below_min_gets_423_with_min_expires(sip_client: Client) -> None
     assert r.headers.get("Min-Expires") == "60"
 
 
-@pytest.mark.parametrize("event", ["dialog", None])
+@pytest.mark.parametrize("event", ["reg", "conference", None])
 def test_event_other_than_presence_gets_489(sip_client: Client, event: str | None) -> None:
     r = publish(sip_client(), pidf("open"), headers={"Event": event})
     assert r.status == 489  # §6 step 2

@@ -13,9 +13,9 @@ import pytest
 
 from presenced.jabber.addressing import Addressing
 from presenced.jabber.component import XmppComponent
-from presenced.pa.agent import PaPolicy, PresenceAgent
+from presenced.pa.subscription import Notifier, PaPolicy
 from presenced.services.jabber import JabberGateway, _Remote
-from presenced.services.presence import PresenceService
+from presenced.services.notifier import NotifierService
 from presenced.sip.endpoint import Endpoint, EndpointConfig
 from presenced.sip.message import Request, parse_message
 from presenced.storage.memory import MemoryStorage
@@ -63,8 +63,8 @@ def clock() -> Clock:
 
 def _gateway(clock: Clock, **kw: Any) -> JabberGateway:
     endpoint = Endpoint(EndpointConfig(domains=frozenset({"example.com", GW})), lambda: "t")
-    agent = PresenceAgent(PaPolicy(), lambda: "t", lambda p, t: f"sip:{p}")
-    presence = PresenceService(agent, Driver(endpoint), MemoryStorage())
+    agent = Notifier(PaPolicy(), lambda: "t", lambda p, t: f"sip:{p}")
+    presence = NotifierService(agent, Driver(endpoint), MemoryStorage())
     addressing = Addressing(GW, COMP)
     component = XmppComponent(COMP, "secret", "127.0.0.1", 5347, lambda e: None)
     return JabberGateway(presence, addressing, component, ["example.com"], clock=clock, **kw)
@@ -110,7 +110,7 @@ async def test_per_user_cap_refuses_a_new_contact_but_not_one_already_watched(cl
     # The dialogs named above do not exist in the agent: the cap check prunes them.
     assert _check(gw, "u2*jabber.test", "k") is None
     gw._owned["k"] = {"u0@jabber.test": {"x"}, "u1@jabber.test": {"y"}}
-    gw.presence.agent.dialogs.update({"x": object(), "y": object()})  # type: ignore[dict-item]
+    gw.presence.notifier.dialogs.update({"x": object(), "y": object()})  # type: ignore[dict-item]
     refusal = _check(gw, "u2*jabber.test", "k")
     assert refusal is not None and refusal.status == 403
     assert refusal.reason == "Forbidden (too many XMPP contacts)"

@@ -79,8 +79,8 @@ def test_every_layer_on_disk_is_in_the_matrix() -> None:
 
 def test_the_matrix_catches_an_upward_import(tmp_path: Path) -> None:
     bad = tmp_path / "x.py"
-    bad.write_text("from presenced.services.presence import PresenceService\n")
-    assert imports_of(bad) == [(1, "presenced.services.presence")]
-    assert layer_of("presenced.services.presence") not in ALLOWED["pa"]
+    bad.write_text("from presenced.services.notifier import NotifierService\n")
+    assert imports_of(bad) == [(1, "presenced.services.notifier")]
+    assert layer_of("presenced.services.notifier") not in ALLOWED["pa"]
     assert layer_of("presenced.jabber.component") == "jabber.component"
     assert "transport" not in ALLOWED["storage"] and "storage" not in ALLOWED["transport"]

@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from test_agent import (
+from test_notifier import (
     ALICE,
     PIDF,
     T0,
@@ -21,18 +21,18 @@ from test_agent import (
 )
 
 from presenced.config import ConfigError, parse_config
-from presenced.pa.agent import (
-    TOO_BIG_STATE,
-    Forget,
-    PaPolicy,
-    Persist,
-    PresenceAgent,
-    SendNotify,
-    hop_of,
-)
 from presenced.pa.documents.pidf import decode_pidf, encode_pidf
 from presenced.pa.model import Note, Person, PresenceDoc, Tuple
+from presenced.pa.subscription import (
+    TOO_BIG_STATE,
+    Forget,
+    Notifier,
+    PaPolicy,
+    Persist,
+    SendNotify,
+)
 from presenced.server import trusted_predicate
+from presenced.sip.dialog import hop_of
 from presenced.sip.endpoint import Peer
 from presenced.sip.errors import ParseError, UnsafeHeaderError
 from presenced.sip.headers import Headers
@@ -46,8 +46,8 @@ VICTIM_CONTACT = "<sip:bob@198.51.100.7:9999>"
 RR = ("<sip:198.51.100.8:7777;lr>",)
 
 
-def agent_trusting(*hosts: str, **policy: int) -> PresenceAgent:
-    return PresenceAgent(PaPolicy(**policy), counter("lt"), contact_for, lambda h: h in hosts)
+def agent_trusting(*hosts: str, **policy: int) -> Notifier:
+    return Notifier(PaPolicy(**policy), counter("lt"), contact_for, lambda h: h in hosts)
 
 
 # --- where NOTIFYs go ----------------------------------------------------------------------
@@ -282,7 +282,7 @@ def test_pidf_note_line_breaks_are_character_references() -> None:
 
 def test_notify_to_escaped_presentity_encodes() -> None:
     """A presentity user with characters that need escaping gives a well-formed NOTIFY."""
-    agent = PresenceAgent(PaPolicy(), counter("lt"), lambda p, t: "sip:pa@192.0.2.1")
+    agent = Notifier(PaPolicy(), counter("lt"), lambda p, t: "sip:pa@192.0.2.1")
     req = subscribe_req(to_user="a%20b")
     out = agent.subscribe(req, "a b@example.com", "registrar", SRC, T0)
     n = notify(out).request

@@ -269,18 +269,18 @@ def test_unparseable_expires_gets_400(pubs: Publications) -> None:
 # --- rejections (RFC 3903 §6 steps 2, 3, 5) ---------------------------------------------------
 
 
-@pytest.mark.parametrize("event", ["dialog", "message-summary", "presence.winfo"])
+@pytest.mark.parametrize("event", ["reg", "presence.winfo", "conference"])
 def test_other_event_packages_get_489_with_allow_events(pubs: Publications, event: str) -> None:
     out = pubs.handle(publish(pidf(), event=event), ALICE, T0)
     assert_status(out.response, 489, "Bad Event")
-    assert out.response.headers.get("Allow-Events") == "presence"
+    assert out.response.headers.get("Allow-Events") == "presence, dialog, message-summary"
     assert_nothing_to_persist(out)
 
 
 def test_missing_event_gets_489(pubs: Publications) -> None:
     out = pubs.handle(publish(pidf(), event=None), ALICE, T0)
     assert_status(out.response, 489)
-    assert out.response.headers.get("Allow-Events") == "presence"
+    assert out.response.headers.get("Allow-Events") == "presence, dialog, message-summary"
 
 
 def test_event_is_case_insensitive_and_may_carry_params(pubs: Publications) -> None:
@@ -510,7 +510,7 @@ def test_publication_expires_at_its_deadline(pubs: Publications) -> None:
     assert pubs.next_deadline() == T0 + 120
     assert pubs.expire(T0 + 119.999) == set()
     assert len(pubs) == 1
-    assert pubs.expire(T0 + 120) == {ALICE}
+    assert pubs.expire(T0 + 120) == {("presence", ALICE)}
     assert len(pubs) == 0 and pubs.docs_for(ALICE) == []
     assert pubs.take_expired() == ["e1"]
     assert pubs.take_expired() == []
@@ -523,7 +523,7 @@ def test_refresh_moves_the_deadline(pubs: Publications) -> None:
     assert pubs.next_deadline() == T0 + 400
     assert pubs.expire(T0 + 120) == set()
     assert pubs.get("e2") is not None
-    assert pubs.expire(T0 + 400) == {ALICE}
+    assert pubs.expire(T0 + 400) == {("presence", ALICE)}
     assert pubs.take_expired() == ["e2"]
 
 
@@ -533,7 +533,7 @@ def test_expire_reports_each_presentity_once(pubs: Publications) -> None:
     pubs.handle(publish(pidf(), expires=80, user="bob"), BOB, T0)
     pubs.handle(publish(pidf(), expires=500, user="bob"), BOB, T0)
     assert pubs.next_deadline() == T0 + 60
-    assert pubs.expire(T0 + 100) == {ALICE, BOB}
+    assert pubs.expire(T0 + 100) == {("presence", ALICE), ("presence", BOB)}
     assert sorted(pubs.take_expired()) == ["e1", "e2", "e3"]
     assert len(pubs) == 1 and pubs.next_deadline() == T0 + 500
 
@@ -577,7 +577,7 @@ def test_load_keeps_live_publications_and_returns_stale_ones_to_delete(pubs: Pub
     assert pubs.get("live1") is not None and pubs.get("old") is None
     assert [d.tuples[0].id for d in pubs.docs_for(ALICE)] == ["live1"]
     assert pubs.next_deadline() == T0 + 50
-    assert pubs.expire(T0 + 50) == {BOB}
+    assert pubs.expire(T0 + 50) == {("presence", BOB)}
 
 
 def test_loaded_publications_can_be_refreshed_and_expire(pubs: Publications) -> None:
@@ -587,7 +587,7 @@ def test_loaded_publications_can_be_refreshed_and_expire(pubs: Publications) -> 
     assert out.delete_etag == "before-restart"
     assert out.changed == set()
     assert pubs.expire(T0 + 100) == set()
-    assert pubs.expire(T0 + 610) == {ALICE}
+    assert pubs.expire(T0 + 610) == {("presence", ALICE)}
 
 
 def test_load_round_trips_what_handle_produced(pubs: Publications) -> None:

@@ -2,25 +2,28 @@
 
 Theory of operation
 -------------------
-`Publications` is the authoritative state of every live presence publication of the process.
-`handle(req, presentity, now)` runs RFC 3903 §6 steps 2-6 on one PUBLISH and returns a
+`Publications` is the authoritative state of every live publication of the process, for every
+event package that takes publications (presence, dialog, message-summary: the package decodes
+and composes, this module keeps entity-tags, expiry and caps). A publication belongs to one
+resource, (event, presentity). `handle(req, presentity, now)` runs RFC 3903 §6 steps 2-6 on one
+PUBLISH and returns a
 `PublishOutcome`: the response to send, plus what the caller must persist *before* sending it
 (`put` / `delete_etag`, written as `Storage.put_publication(put, replaces=delete_etag)`, or
 `Storage.delete_publication(delete_etag)` when there is nothing to put) and the presentities
-whose composed state changed. If that write fails, `revert(outcome)` undoes the change in memory
+(of the PUBLISH's event) whose composed state changed. If that write fails, `revert(outcome)` undoes the change in memory
 and the caller answers 500 instead (§6: a PUBLISH is processed completely or not at all).
 
 The checks run in the order of §6, each answering at once:
 
-    Event missing or not "presence"                  489, Allow-Events: presence   (step 2)
+    Event missing or no package takes publications   489, Allow-Events: those that do (step 2)
     SIP-If-Match repeated or not one entity-tag       400                           (step 3)
-    SIP-If-Match unknown, expired, other presentity   412                           (step 3)
+    SIP-If-Match unknown, expired, other resource    412                           (step 3)
     Expires unparseable / 0 < Expires < min_expires   400 / 423, Min-Expires        (step 4)
     body of a type we do not read                     415, Accept                   (step 5)
-    body too big, hostile or not a presence document  400, reason names the problem (step 5)
+    body too big, hostile, not a document of the event  400, reason names the problem (step 5)
     no body and no SIP-If-Match                       400                           (step 5)
     max_per_presentity publications already           403                           (step 5)
-    presentity's live bodies would pass max_presentity_bytes  413                   (step 5)
+    the resource's live bodies would pass max_presentity_bytes  413                 (step 5)
     max_publications or max_total_bytes reached        503, Retry-After              (step 5)
 
 and the four operations of §4 (Table 1) follow:
@@ -42,7 +45,7 @@ sent along is still checked, then ignored); without one it is an initial publica
 dropped at once. Either way the 200 carries Expires: 0 and no SIP-ETag, as no event state is
 left for a tag to name.
 
-Composition order: `docs_for` returns a presentity's documents in the order their content last
+Composition order: `docs_for` returns a resource's decoded documents in the order their content last
 changed (a refresh does not move a publication), so with `compose` the newest content wins where
 tuple ids coincide. Tuple ids are kept exactly as published: a client re-publishing the same
 tuple id (say after a 412 left its old publication alive until expiry) replaces its old tuple
@@ -56,19 +59,15 @@ from dataclasses import dataclass
 
 import msgspec
 
-from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.documents.xml import DocumentError
-from presenced.pa.model import PresenceDoc
+from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.records import Publication
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.errors import LocalError, ParseError
 from presenced.sip.headers import is_token
 from presenced.sip.message import Request, Response, make_response
 
-EVENT = "presence"
-# decode_pidf reads both: RFC 3863 PIDF and the pre-RFC cpim-pidf namespace old clients publish.
-ACCEPTED_TYPES = frozenset({"application/pidf+xml", "application/cpim-pidf+xml"})
-_ACCEPT = "application/pidf+xml, application/cpim-pidf+xml"
+PRESENCE = "presence"
 _MAX_REASON = 120
 _ETAG_ATTEMPTS = 16
 _NO_CHANGE: frozenset[str] = frozenset()
@@ -97,14 +96,15 @@ class PublishOutcome:
     delete_etag: str | None = None
     changed: frozenset[str] = _NO_CHANGE  # presentities whose composed state changed
     replaced: Publication | None = None  # the publication refreshed, modified or removed
+    event: str = PRESENCE  # the package of the publication (and of `changed`)
 
 
 class _Entry:
     __slots__ = ("doc", "pub", "serial")
 
-    def __init__(self, pub: Publication, doc: PresenceDoc, serial: int) -> None:
+    def __init__(self, pub: Publication, doc: object, serial: int) -> None:
         self.pub = pub
-        self.doc = doc  # decoded once; NOTIFYs compose from this
+        self.doc = doc  # decoded once by the package; NOTIFYs compose from this
         self.serial = serial  # position among the presentity's publications
 
 
@@ -114,8 +114,11 @@ def _reason(text: str) -> str:
     return clean if len(clean) <= _MAX_REASON else clean[: _MAX_REASON - 3] + "..."
 
 
+Resource = tuple[str, str]  # (event, presentity)
+
+
 class Publications:
-    """All live presence publications of one process (RFC 3903 §6), keyed by entity-tag."""
+    """All live publications of one process (RFC 3903 §6), keyed by entity-tag."""
 
     __slots__ = (
         "_by_etag",
@@ -124,6 +127,7 @@ class Publications:
         "_expired",
         "_make_etag",
         "_make_tag",
+        "_packages",
         "_presentity_bytes",
         "_serial",
         "_timers",
@@ -135,44 +139,64 @@ class Publications:
         policy: PublishPolicy,
         make_etag: Callable[[], str],
         make_tag: Callable[[], str] | None = None,
+        packages: Registry | None = None,
     ) -> None:
         self.policy = policy
+        self._packages: dict[str, EventPackage] = {
+            name: pkg for name, pkg in (packages if packages is not None else registry()).items()
+            if pkg.publish_formats
+        }
         self._make_etag = make_etag
         # To-tags for our responses (RFC 3261 §8.2.6.2); any token factory will do.
         self._make_tag = make_tag or make_etag
         self._by_etag: dict[str, _Entry] = {}
         # serial -> entry; dict order is the order content last changed (see module docstring)
-        self._by_presentity: dict[str, dict[int, _Entry]] = {}
+        self._by_presentity: dict[Resource, dict[int, _Entry]] = {}
         self._timers: DeadlineHeap[str] = DeadlineHeap()
         self._serial = 0
         self._expired: list[str] = []
         self._bytes = 0  # bodies of all live publications
-        self._presentity_bytes: dict[str, int] = {}
+        self._presentity_bytes: dict[Resource, int] = {}
 
     @property
     def total_bytes(self) -> int:
         return self._bytes
 
-    def presentity_bytes(self, presentity: str) -> int:
-        return self._presentity_bytes.get(presentity, 0)
+    @property
+    def events(self) -> tuple[str, ...]:
+        """The packages that take publications."""
+        return tuple(self._packages)
+
+    def presentity_bytes(self, presentity: str, event: str = PRESENCE) -> int:
+        return self._presentity_bytes.get((event, presentity), 0)
 
     # --- queries ---------------------------------------------------------------------------
 
     def __len__(self) -> int:
         return len(self._by_etag)
 
-    def presentities(self) -> set[str]:
-        """Every presentity with at least one live publication."""
-        return {entry.pub.presentity for entry in self._by_etag.values()}
+    def presentities(self, event: str = PRESENCE) -> set[str]:
+        """Every presentity with at least one live publication of `event`."""
+        return {name for ev, name in self._by_presentity if ev == event}
+
+    def resources(self) -> set[Resource]:
+        """Every (event, presentity) with at least one live publication."""
+        return set(self._by_presentity)
 
     def get(self, etag: str) -> Publication | None:
         entry = self._by_etag.get(etag)
         return None if entry is None else entry.pub
 
-    def docs_for(self, presentity: str) -> list[PresenceDoc]:
-        """The decoded documents of `presentity`'s publications, oldest content first."""
-        entries = self._by_presentity.get(presentity)
+    def docs_for(self, presentity: str, event: str = PRESENCE) -> list[object]:
+        """The decoded documents of a resource's publications, oldest content first (presence:
+        `PresenceDoc`s)."""
+        entries = self._by_presentity.get((event, presentity))
         return [e.doc for e in entries.values()] if entries else []
+
+    def compose(self, presentity: str, event: str = PRESENCE) -> object | None:
+        """The resource's "publish" part: its publications composed by their package."""
+        docs = self.docs_for(presentity, event)
+        return self._packages[event].compose_publications(presentity, docs) if docs else None
 
     def next_deadline(self) -> float | None:
         return self._timers.next_deadline()
@@ -187,10 +211,12 @@ class Publications:
             event = req.event
         except ParseError as exc:
             return self._fail(req, 400, f"Bad Event header ({_reason(exc.reason)})")
-        if event is None or event.package != EVENT:
+        package = self._packages.get(event.package) if event is not None else None
+        if event is None or package is None:
             r = self._respond(req, 489)
-            r.headers.add("Allow-Events", EVENT)
+            r.headers.add("Allow-Events", ", ".join(self._packages))
             return PublishOutcome(r)
+        name = package.name
 
         # Step 3: the precondition. entity-tag = token (§11), and only one of them.
         entry: _Entry | None = None
@@ -200,8 +226,9 @@ class Publications:
             if len(if_match) > 1 or not is_token(tag):
                 return self._fail(req, 400, "SIP-If-Match must hold a single entity-tag")
             entry = self._by_etag.get(tag)
-            if entry is None or entry.pub.presentity != presentity or entry.pub.expires_at <= now:
-                return PublishOutcome(self._respond(req, 412))
+            if (entry is None or entry.pub.presentity != presentity or entry.pub.event != name
+                    or entry.pub.expires_at <= now):
+                return PublishOutcome(self._respond(req, 412), event=name)
 
         # Step 4: the expiration.
         try:
@@ -218,68 +245,71 @@ class Publications:
 
         # Step 5: the body.
         body = req.body
-        doc: PresenceDoc | None = None
+        doc: object | None = None
         content_type = ""
         if body:
             content_type = req.content_type or ""
-            if content_type not in ACCEPTED_TYPES:
+            if content_type not in package.publish_formats:
                 r = self._respond(req, 415)
-                r.headers.add("Accept", _ACCEPT)
+                r.headers.add("Accept", ", ".join(package.publish_formats))
                 return PublishOutcome(r)
             try:
-                doc = decode_pidf(body, max_size=policy.max_body_size)
+                doc = package.decode_publication(body, content_type, policy.max_body_size)
             except DocumentError as exc:
-                return self._fail(req, 400, f"Bad presence document: {_reason(exc.reason)}")
+                return self._fail(req, 400, f"Bad {name} document: {_reason(exc.reason)}")
         elif entry is None:
             return self._fail(req, 400, "Initial PUBLISH without a body")
 
         # Step 5 (storing) and step 6 (the answer).
         if granted == 0:
-            return self._remove(req, entry)
+            return self._remove(req, entry, name)
         if entry is None:
             assert doc is not None
-            return self._initial(req, presentity, doc, content_type, body, now + granted, granted)
+            return self._initial(req, name, presentity, doc, content_type, body, now + granted,
+                                 granted)
         return self._update(req, entry, doc, content_type, body, now + granted, granted)
 
     def _initial(
         self,
         req: Request,
+        event: str,
         presentity: str,
-        doc: PresenceDoc,
+        doc: object,
         content_type: str,
         body: bytes,
         expires_at: float,
         granted: int,
     ) -> PublishOutcome:
         policy = self.policy
-        if len(self._by_presentity.get(presentity, ())) >= policy.max_per_presentity:
+        if len(self._by_presentity.get((event, presentity), ())) >= policy.max_per_presentity:
             # A client that forgets its entity-tags must not pile up state (and NOTIFY bulk).
             return self._fail(req, 403, "Forbidden (too many publications for this presentity)")
-        refusal = self._check_bytes(req, presentity, len(body), new=True)
+        refusal = self._check_bytes(req, (event, presentity), len(body), new=True)
         if refusal is not None:
             return refusal
         etag = self._new_etag()
-        pub = Publication(etag, presentity, EVENT, expires_at, content_type, body)
+        pub = Publication(etag, presentity, event, expires_at, content_type, body)
         self._serial += 1
         self._insert(_Entry(pub, doc, self._serial))
         return PublishOutcome(
-            self._ok(req, etag, granted), put=pub, changed=frozenset((presentity,))
+            self._ok(req, etag, granted), put=pub, changed=frozenset((presentity,)), event=event
         )
 
     def _update(
         self,
         req: Request,
         entry: _Entry,
-        doc: PresenceDoc | None,
+        doc: object | None,
         content_type: str,
         body: bytes,
         expires_at: float,
         granted: int,
     ) -> PublishOutcome:
         old = entry.pub
+        resource = (old.event, old.presentity)
         grow = 0 if doc is None else len(body) - len(old.body)
         if grow > 0:
-            refusal = self._check_bytes(req, old.presentity, grow, new=False)
+            refusal = self._check_bytes(req, resource, grow, new=False)
             if refusal is not None:
                 return refusal
         etag = self._new_etag()
@@ -287,11 +317,11 @@ class Publications:
         if doc is None:  # refresh: same content under a new tag (§6 step 6)
             pub = msgspec.structs.replace(old, etag=etag, expires_at=expires_at)
         else:  # modify
-            pub = Publication(etag, old.presentity, EVENT, expires_at, content_type, body)
+            pub = Publication(etag, old.presentity, old.event, expires_at, content_type, body)
             if doc != entry.doc:
                 changed = frozenset((old.presentity,))
                 # newest content last, so it wins where tuple ids coincide
-                entries = self._by_presentity[old.presentity]
+                entries = self._by_presentity[resource]
                 del entries[entry.serial]
                 self._serial += 1
                 entry.serial = self._serial
@@ -299,7 +329,7 @@ class Publications:
             entry.doc = doc
         del self._by_etag[old.etag]
         self._timers.discard(old.etag)
-        self._count_bytes(old.presentity, len(pub.body) - len(old.body))
+        self._count_bytes(resource, len(pub.body) - len(old.body))
         entry.pub = pub
         self._by_etag[etag] = entry
         self._timers.set(etag, expires_at)
@@ -309,17 +339,19 @@ class Publications:
             delete_etag=old.etag,
             changed=changed,
             replaced=old,
+            event=old.event,
         )
 
-    def _remove(self, req: Request, entry: _Entry | None) -> PublishOutcome:
+    def _remove(self, req: Request, entry: _Entry | None, event: str) -> PublishOutcome:
         r = self._respond(req, 200)
         r.headers.add("Expires", "0")
         if entry is None:  # initial PUBLISH with Expires: 0: nothing to store (§6 step 5)
-            return PublishOutcome(r)
+            return PublishOutcome(r, event=event)
         self._drop(entry)
         old = entry.pub
         return PublishOutcome(
-            r, delete_etag=old.etag, changed=frozenset((old.presentity,)), replaced=old
+            r, delete_etag=old.etag, changed=frozenset((old.presentity,)), replaced=old,
+            event=old.event,
         )
 
     def revert(self, outcome: PublishOutcome) -> frozenset[str]:
@@ -335,24 +367,26 @@ class Publications:
         old = outcome.replaced
         if old is not None and old.etag not in self._by_etag:
             self._serial += 1
-            self._insert(_Entry(old, decode_pidf(old.body), self._serial))
+            doc = self._packages[old.event].decode_publication(
+                old.body, old.content_type, max(self.policy.max_body_size, len(old.body)))
+            self._insert(_Entry(old, doc, self._serial))
         return outcome.changed
 
     # --- expiry and restart ----------------------------------------------------------------
 
-    def expire(self, now: float) -> set[str]:
-        """Drop publications whose time is up; returns the presentities that changed.
+    def expire(self, now: float) -> set[Resource]:
+        """Drop publications whose time is up; returns the resources that changed.
 
         The dropped tags are kept for `take_expired()`, so the caller can delete them from
         storage.
         """
-        changed: set[str] = set()
+        changed: set[Resource] = set()
         for etag in self._timers.pop_due(now):
             entry = self._by_etag.get(etag)
             if entry is not None:
                 self._drop(entry)
                 self._expired.append(etag)
-                changed.add(entry.pub.presentity)
+                changed.add((entry.pub.event, entry.pub.presentity))
         return changed
 
     def take_expired(self) -> list[str]:
@@ -364,19 +398,21 @@ class Publications:
         """Take over persisted publications after a restart, in the order given.
 
         Returns the entity-tags to delete from storage: publications already expired, and any
-        that are not a presence publication this version can read.
+        that are not a publication this version can read.
         """
         stale: list[str] = []
         for pub in pubs:
+            package = self._packages.get(pub.event)
             if (
                 pub.expires_at <= now
-                or pub.event != EVENT
-                or pub.content_type not in ACCEPTED_TYPES
+                or package is None
+                or pub.content_type not in package.publish_formats
             ):
                 stale.append(pub.etag)
                 continue
             try:
-                doc = decode_pidf(pub.body, max_size=max(self.policy.max_body_size, len(pub.body)))
+                doc = package.decode_publication(
+                    pub.body, pub.content_type, max(self.policy.max_body_size, len(pub.body)))
             except DocumentError:
                 stale.append(pub.etag)
                 continue
@@ -389,10 +425,11 @@ class Publications:
 
     # --- helpers ---------------------------------------------------------------------------
 
-    def _check_bytes(self, req: Request, presentity: str, grow: int, new: bool) -> PublishOutcome | None:
+    def _check_bytes(self, req: Request, resource: Resource, grow: int,
+                     new: bool) -> PublishOutcome | None:
         """The caps a PUBLISH that adds `grow` body bytes (and maybe a publication) must pass."""
         policy = self.policy
-        if self.presentity_bytes(presentity) + grow > policy.max_presentity_bytes:
+        if self._presentity_bytes.get(resource, 0) + grow > policy.max_presentity_bytes:
             return self._fail(req, 413, "Request Entity Too Large (presentity's published state is full)")
         if (new and len(self._by_etag) >= policy.max_publications) or (
             self._bytes + grow > policy.max_total_bytes
@@ -403,33 +440,35 @@ class Publications:
             return PublishOutcome(r)
         return None
 
-    def _count_bytes(self, presentity: str, delta: int) -> None:
+    def _count_bytes(self, resource: Resource, delta: int) -> None:
         self._bytes += delta
-        left = self._presentity_bytes.get(presentity, 0) + delta
+        left = self._presentity_bytes.get(resource, 0) + delta
         if left > 0:
-            self._presentity_bytes[presentity] = left
+            self._presentity_bytes[resource] = left
         else:
-            self._presentity_bytes.pop(presentity, None)
+            self._presentity_bytes.pop(resource, None)
 
     def _insert(self, entry: _Entry) -> None:
         pub = entry.pub
+        resource = (pub.event, pub.presentity)
         self._by_etag[pub.etag] = entry
-        entries = self._by_presentity.get(pub.presentity)
+        entries = self._by_presentity.get(resource)
         if entries is None:
-            entries = self._by_presentity[pub.presentity] = {}
+            entries = self._by_presentity[resource] = {}
         entries[entry.serial] = entry
         self._timers.set(pub.etag, pub.expires_at)
-        self._count_bytes(pub.presentity, len(pub.body))
+        self._count_bytes(resource, len(pub.body))
 
     def _drop(self, entry: _Entry) -> None:
         pub = entry.pub
+        resource = (pub.event, pub.presentity)
         del self._by_etag[pub.etag]
         self._timers.discard(pub.etag)
-        self._count_bytes(pub.presentity, -len(pub.body))
-        entries = self._by_presentity[pub.presentity]
+        self._count_bytes(resource, -len(pub.body))
+        entries = self._by_presentity[resource]
         del entries[entry.serial]
         if not entries:
-            del self._by_presentity[pub.presentity]
+            del self._by_presentity[resource]
 
     def _new_etag(self) -> str:
         # Unique among live tags (§6 step 6). A tag being replaced is still registered when this

@@ -129,6 +129,12 @@ class Dispatcher:
         if handler is None:
             self.driver.respond(event, make_response(req, 404, f"No {route.source} Source"))
             return
+        if route.source == "jabber" and (req.event is None or req.event.package != "presence"):
+            # The XMPP gateway serves presence only (RFC 6665 §4.1.2.1: 489 names what it does).
+            refusal = make_response(req, 489)
+            refusal.headers.add("Allow-Events", "presence")
+            self.driver.respond(event, refusal)
+            return
         # No known-user check: with [auth], a 404 for unknown users and a 200 for known ones
         # would let any user enumerate accounts. An unknown presentity of a served domain
         # gets what an offline known one gets: 200 and a closed document.

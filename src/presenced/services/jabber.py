@@ -19,7 +19,7 @@ SIP -> XMPP (a SIP user watches ``sip:juliet*jabber.test@<gateway_domain>``)
 
 Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscription requests)
     The dispatcher hands an initial SUBSCRIBE for source "jabber" to `JabberGateway.subscribe`
-    (not straight to `PresenceService.subscribe`), which refuses it before any 200 and before
+    (not straight to `NotifierService.subscribe`), which refuses it before any 200 and before
     anything reaches XMPP when: the address has no faithful JID (`Addressing.presentity_to_jid`:
     400 malformed / control characters, 404 upper case or characters a JID cannot hold); the
     XMPP domain is not in ``allowed_domains`` (403); the watcher already watches
@@ -34,7 +34,7 @@ Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscripti
 XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
     Policy: subscriptions to users of served SIP domains are approved at once, others refused.
     The approved subscriber gets alice's current presence (`pidf_to_xmpp` of the agent's
-    document) and a new one whenever it changes (`PresenceService.change_listeners` fire on every
+    document) and a new one whenever it changes (`NotifierService.change_listeners` fire on every
     `set_part`, with or without SIP watchers; an unchanged mapping is not re-sent). Probes are
     answered with the current presence. Subscribers live in memory only: after a presenced
     restart a subscriber is re-learnt from its server's next probe (sent when the XMPP user logs
@@ -78,10 +78,10 @@ from presenced.jabber.component import (
     XmppEvent,
 )
 from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
-from presenced.pa.agent import closed_doc, entity_of
 from presenced.pa.model import PresenceDoc
+from presenced.pa.packages.presence import closed_doc, entity_of
 from presenced.pa.records import Subscription
-from presenced.services.presence import PresenceService
+from presenced.services.notifier import NotifierService
 from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import Request, make_response
 
@@ -133,7 +133,7 @@ class _Contact:
 
 
 class JabberGateway:
-    """Bridges one `XmppComponent` and the `PresenceService` (policies in the module docstring).
+    """Bridges one `XmppComponent` and the `NotifierService` (policies in the module docstring).
 
     Registers itself as the component's ``on_event`` and as a watch and change listener of the
     presence service at construction, so no `WatchStarted` emitted before `start` is missed.
@@ -141,7 +141,7 @@ class JabberGateway:
 
     def __init__(
         self,
-        presence: PresenceService,
+        presence: NotifierService,
         addressing: Addressing,
         component: XmppComponent,
         served_domains: Iterable[str],
@@ -192,7 +192,7 @@ class JabberGateway:
     def from_config(
         cls,
         cfg: JabberConfig,
-        presence: PresenceService,
+        presence: NotifierService,
         served_domains: Iterable[str],
         *,
         authenticated: bool = False,
@@ -219,7 +219,7 @@ class JabberGateway:
                         identity: str | None = None) -> None:
         """The dispatcher's handler for source "jabber": `check`, then the presence service.
 
-        Same signature as `PresenceService.subscribe`; only initial SUBSCRIBEs come here (the
+        Same signature as `NotifierService.subscribe`; only initial SUBSCRIBEs come here (the
         dispatcher sends in-dialog ones to the dialog's own service). `identity` is the
         authenticated user@domain (None without [auth]): the watcher the caps count.
         """
@@ -313,7 +313,7 @@ class JabberGateway:
     def _dialog_of(self, req: Request) -> str | None:
         """The dialog id the agent created for initial SUBSCRIBE `req`, if it created one."""
         call_id, tag = req.call_id, req.from_.tag
-        dialogs = self.presence.agent.dialogs
+        dialogs = self.presence.notifier.dialogs
         for n, sub_id in enumerate(reversed(dialogs)):
             if n >= _FIND_DIALOG:
                 break
@@ -323,7 +323,7 @@ class JabberGateway:
         return None
 
     def _prune(self, key: str, mine: dict[str, set[str]]) -> None:
-        dialogs = self.presence.agent.dialogs
+        dialogs = self.presence.notifier.dialogs
         for jid in list(mine):
             subs = mine[jid]
             subs.intersection_update(s for s in list(subs) if s in dialogs)
@@ -354,7 +354,7 @@ class JabberGateway:
 
     def _rebuild_owners(self) -> None:
         """Who watches which XMPP user, from the dialogs loaded at start-up."""
-        for sub_id, dlg in self.presence.agent.dialogs.items():
+        for sub_id, dlg in self.presence.notifier.dialogs.items():
             record = dlg.record
             if record.source != SOURCE:
                 continue
@@ -435,7 +435,7 @@ class JabberGateway:
         self._mark(presentity)  # flushes part None: the presentity is forgotten
 
     def _on_change(self, presentity: str, doc: PresenceDoc) -> None:
-        # Runs inside PresenceService.set_part for every source change: must never raise.
+        # Runs inside NotifierService.set_part for every source change: must never raise.
         contact = self._contacts.get(presentity)
         if contact is None or not contact.subscribers:
             return
@@ -573,7 +573,7 @@ class JabberGateway:
 
     def _on_connected(self) -> None:
         # Presentities loaded from storage at start-up may predate our listener; take them in.
-        for presentity in self.presence.agent.watched(SOURCE):
+        for presentity in self.presence.notifier.watched(SOURCE):
             self._watch(presentity, announce=False)
         self._stop_announcing()
         # Only XMPP users still watched, and not those who refused; paced, not all at once.
@@ -659,7 +659,9 @@ class JabberGateway:
         return contact
 
     def _send_current(self, aor: str, contact: _Contact, to: str) -> None:
-        pres = pidf_to_xmpp(self.presence.agent.document(aor))
+        doc = self.presence.notifier.document(aor)
+        assert isinstance(doc, PresenceDoc)
+        pres = pidf_to_xmpp(doc)
         if self.component.send_presence(contact.jid, to, pres):
             contact.sent = pres
 

@@ -1,7 +1,7 @@
 """The publication service: PUBLISH (RFC 3903) against storage, expiry, and the "publish" part.
 
-A presentity's publications are composed into one part of its presence (key "publish"); the
-presence agent's composition policy decides how that part and the registrar's combine.
+A resource's publications are composed by its package into one part (key "publish"); the
+package's composition decides how that part and the other sources' combine.
 """
 
 from __future__ import annotations
@@ -10,11 +10,11 @@ import logging
 import time
 from collections.abc import Callable
 
-from presenced.pa.compose import compose
 from presenced.pa.model import PresenceDoc
-from presenced.pa.publish import Publications
+from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
+from presenced.pa.publish import PRESENCE, Publications
 from presenced.services.alarm import Alarm, Background
-from presenced.services.registrar import PresenceSink
+from presenced.services.registrar import PartSink
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.message import make_response
 from presenced.storage.base import Storage
@@ -26,33 +26,37 @@ PART = "publish"
 
 
 class PublishService:
-    def __init__(self, pubs: Publications, driver: Driver, storage: Storage, presence: PresenceSink,
+    """PUBLISH for every package that takes publications; each resource's publications form
+    its "publish" part in the notifier. A presence publication also sets the "published"
+    marker part, which the registrar clears with the AOR's last binding (the registrar
+    policy of the presence package, docs/presence.md)."""
+
+    def __init__(self, pubs: Publications, driver: Driver, storage: Storage, notifier: PartSink,
                  domains: frozenset[str], clock: Callable[[], float] = time.time) -> None:
         self.pubs = pubs
         self.driver = driver
         self.storage = storage
-        self.presence = presence
+        self.notifier = notifier
         self.domains = domains
         self.clock = clock
         self._alarm = Alarm(self._expire_due, Background(), clock)
 
-    def part(self, presentity: str) -> PresenceDoc | None:
-        docs = self.pubs.docs_for(presentity)
-        return compose(f"pres:{presentity}", docs) if docs else None
+    def part(self, presentity: str, event: str = PRESENCE) -> object | None:
+        return self.pubs.compose(presentity, event)
 
-    async def load(self) -> tuple[set[str], set[str]]:
+    async def load(self) -> tuple[set[tuple[str, str]], set[tuple[str, str]]]:
         """Take back persisted publications.
 
-        Returns the presentities that have live publications, and those that lost one while
-        we were down (their watchers are owed a NOTIFY)."""
+        Returns the (event, presentity) resources that have live publications, and those that
+        lost one while we were down (their watchers are owed a NOTIFY)."""
         records = await self.storage.load_publications()
         stale = set(self.pubs.load(records, self.clock()))
         for etag in stale:
             await self.storage.delete_publication(etag)
-        lost = {r.presentity for r in records if r.etag in stale}
+        lost = {(r.event, r.presentity) for r in records if r.etag in stale}
         log.info("loaded %d publications (%d expired while down)", len(self.pubs), len(stale))
         self._arm()
-        return self.pubs.presentities(), lost
+        return self.pubs.resources(), lost
 
     async def publish(self, event: RequestReceived) -> None:
         req = event.request
@@ -71,7 +75,12 @@ class PublishService:
         self.driver.respond(event, outcome.response)
         self._arm()
         for name in outcome.changed:
-            await self.presence.set_part(name, PART, self.part(name))
+            part = self.part(name, outcome.event)
+            await self.notifier.set_part(name, PART, part, outcome.event)
+            if isinstance(part, PresenceDoc) and part.tuples:
+                # It speaks for its own availability now: the registrar policy may stop
+                # counting the registration (after the part, so no NOTIFY in between).
+                await self.notifier.set_part(name, PUBLISHED, PUBLISHED_MARK, PRESENCE)
 
     def _arm(self) -> None:
         self._alarm.arm(self.pubs.next_deadline())
@@ -83,9 +92,9 @@ class PublishService:
                 await self.storage.delete_publication(etag)
             except Exception:
                 log.exception("storage delete of expired publication failed")
-        for name in changed:
-            log.info("publication for %s expired", name)
-            await self.presence.set_part(name, PART, self.part(name))
+        for event, name in changed:
+            log.info("%s publication for %s expired", event, name)
+            await self.notifier.set_part(name, PART, self.part(name, event), event)
         self._arm()
 
     def close(self) -> None:

@@ -17,8 +17,17 @@ from collections.abc import Callable
 from email.utils import formatdate
 from typing import Protocol
 
-from presenced.pa.agent import presentity_tuple_id
 from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.packages.presence import PUBLISHED, presentity_tuple_id
+from presenced.pa.packages.reginfo import (
+    REASON_EXPIRY,
+    REASON_REGISTER,
+    BindingView,
+    ContactInfo,
+    RegState,
+    contact_id,
+    diff_contacts,
+)
 from presenced.pa.records import Binding
 from presenced.pa.timers import DeadlineHeap
 from presenced.registrar.bindings import (
@@ -35,6 +44,8 @@ from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.registrar")
 
+REG = "reg"  # the event package the registrar feeds beside presence (RFC 3680)
+
 class RegistrarService:
     def __init__(self, policy: RegistrarPolicy, driver: Driver, storage: Storage,
                  domains: frozenset[str], clock: Callable[[], float] = time.time,
@@ -48,7 +59,9 @@ class RegistrarService:
         self.clock = clock
         self.bindings: dict[str, dict[str, Binding]] = {}
         self.expiry: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
-        self.presence: PresenceSink | None = None
+        self.notifier: PartSink | None = None
+        # reg (RFC 3680): per AOR with bindings, each contact's latest event, by contact id
+        self._reg: dict[str, dict[str, ContactInfo]] = {}
         self._alarm = Alarm(self._expire_due, Background(), clock)
 
     async def load(self) -> set[str]:
@@ -70,6 +83,9 @@ class RegistrarService:
         for b in stale:
             await self.storage.delete_binding(b.aor, b.contact)
         closed -= set(self.bindings)
+        for aor, table in self.bindings.items():  # reg watchers see them as registered
+            self._reg[aor] = {c.id: c for c in diff_contacts(
+                {}, _views(aor, table), now, REASON_REGISTER)}
         log.info("loaded %d bindings for %d AORs (%d expired while down)",
                  sum(len(v) for v in self.bindings.values()), len(self.bindings), len(stale))
         self._arm()
@@ -146,7 +162,7 @@ class RegistrarService:
         self.driver.respond(event, resp)
         self._arm()
         if was_open != bool(outcome.bindings) or outcome.puts or outcome.deletes:
-            await self._publish(aor)
+            await self._publish(aor, before, REASON_REGISTER, now)
 
     def _restore(self, aor: str, before: dict[str, Binding]) -> None:
         """Put an AOR's bindings back as they were (its REGISTER could not be stored)."""
@@ -161,34 +177,67 @@ class RegistrarService:
         else:
             self.bindings.pop(aor, None)
 
-    async def _publish(self, aor: str) -> None:
-        if self.presence is not None:
-            await self.presence.set_part(aor, "registrar", self.part(aor))
+    def reg_part(self, aor: str) -> RegState | None:
+        """The registrar's part of `aor`'s `reg` resource as it stands (for start-up)."""
+        known = self._reg.get(aor)
+        return RegState(tuple(known.values()), True) if known else None
+
+    async def _publish(self, aor: str, before: dict[str, Binding], reason: str,
+                       now: float) -> None:
+        """Tell the notifier: the presence part, and the reg part with this change's contact
+        events (RFC 3680 §5.2: a refresh is a `refreshed` event for reg watchers, and nothing
+        for presence watchers, whose document does not change)."""
+        if self.notifier is None:
+            return
+        after = self.bindings.get(aor, {})
+        await self.notifier.set_part(aor, "registrar", self.part(aor))
+        if not after:  # the registration is over: the presence package's marker goes too
+            await self.notifier.set_part(aor, PUBLISHED, None)
+        changes = diff_contacts(_views(aor, before), _views(aor, after), now, reason)
+        if not changes:
+            return
+        known = self._reg.setdefault(aor, {})
+        ended = []
+        for info in changes:
+            if info.state == "active":
+                known[info.id] = info
+            else:
+                known.pop(info.id, None)
+                ended.append(info)
+        state = RegState((*known.values(), *ended), ever_registered=True)
+        await self.notifier.set_part(aor, "registrar", state, REG)
+        if not known:
+            # Reported once; the AOR's reg resource keeps that last state for its watchers
+            # without holding memory for AORs nobody watches.
+            del self._reg[aor]
+            await self.notifier.set_part(aor, "registrar", None, REG, quiet=True)
 
     def _arm(self) -> None:
         self._alarm.arm(self.expiry.next_deadline())
 
     async def _expire_due(self) -> None:
         now = self.clock()
-        changed: set[str] = set()
+        changed: dict[str, dict[str, Binding]] = {}  # AOR -> its bindings before the sweep
         writes = []
         for aor, contact in self.expiry.pop_due(now):
             table = self.bindings.get(aor)
-            if table is None or table.pop(contact, None) is None:
+            if table is None or contact not in table:
                 continue
+            if aor not in changed:
+                changed[aor] = dict(table)
+            del table[contact]
             self.total -= 1
             if not table:
                 del self.bindings[aor]
-            changed.add(aor)
             writes.append(self.storage.delete_binding(aor, contact))
         if writes:
             try:
                 await asyncio.gather(*writes)
             except Exception:
                 log.exception("storage delete of expired bindings failed")
-        for aor in changed:
+        for aor, before in changed.items():
             log.info("binding of %s expired%s", aor, "" if aor in self.bindings else ": now closed")
-            await self._publish(aor)
+            await self._publish(aor, before, REASON_EXPIRY, now)
         self._arm()
 
     def close(self) -> None:
@@ -201,7 +250,18 @@ def _http_date(second: int) -> str:
     return formatdate(second, usegmt=True)
 
 
-class PresenceSink(Protocol):
-    """What the registrar needs of the presence service (kept narrow on purpose)."""
+def _views(aor: str, table: dict[str, Binding]) -> dict[str, BindingView]:
+    """Bindings as reginfo sees them, keyed by their stable contact id."""
+    return {
+        contact_id(aor, b.contact): BindingView(b.contact, b.expires_at, b.q, b.call_id, b.cseq,
+                                                b.instance)
+        for b in table.values()
+    }
 
-    async def set_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None: ...
+
+class PartSink(Protocol):
+    """What the registrar and the publication service need of the notifier service (kept
+    narrow on purpose)."""
+
+    async def set_part(self, presentity: str, key: str, part: object | None,
+                       event: str = "presence", quiet: bool = False) -> None: ...

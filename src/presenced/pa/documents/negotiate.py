@@ -31,7 +31,12 @@ LPIDF = "text/lpidf"
 SUPPORTED: tuple[str, ...] = (PIDF, CPIM_PIDF, XPIDF, LPIDF)
 DEFAULT = PIDF
 
-_SPLIT = {t: tuple(t.split("/", 1)) for t in SUPPORTED}
+def _split(ctype: str) -> tuple[str, str]:
+    mtype, _, subtype = ctype.partition("/")
+    return mtype, subtype
+
+
+_SPLIT: dict[str, tuple[str, str]] = {t: _split(t) for t in SUPPORTED}
 
 
 def _parse_range(element: str) -> tuple[str, str, float] | None:
@@ -57,15 +62,21 @@ def _parse_range(element: str) -> tuple[str, str, float] | None:
     return mtype, subtype, q
 
 
-def choose_format(accept: list[str] | None) -> str | None:
-    """The content type to NOTIFY with, or None when no supported type is acceptable (406)."""
+def choose_format(accept: list[str] | None, supported: tuple[str, ...] = SUPPORTED) -> str | None:
+    """The content type to NOTIFY with, or None when no supported type is acceptable (406).
+
+    `supported` is the event package's formats in its order of preference; the first is the
+    default when there is no Accept (RFC 6665 §4.1.2: each package names its default)."""
     if accept is None:
-        return DEFAULT
+        return supported[0]
     ranges = [r for r in map(_parse_range, accept) if r is not None]
     best: str | None = None
     best_q = 0.0
-    for ctype in SUPPORTED:
-        mtype, subtype = _SPLIT[ctype]
+    for ctype in supported:
+        split = _SPLIT.get(ctype)
+        if split is None:
+            split = _SPLIT[ctype] = _split(ctype)
+        mtype, subtype = split
         q: float | None = None
         specificity = -1
         for rtype, rsub, rq in ranges:

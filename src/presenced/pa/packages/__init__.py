@@ -1,5 +1,30 @@
-"""Event packages beside presence: pure document logic (parse, compose, encode) per package.
+"""Event packages behind one interface (`base.EventPackage`) and their registry.
 
-dialog_info (RFC 4235, ``Event: dialog``), message_summary (RFC 3842, ``Event: message-summary``)
-and reginfo (RFC 3680, ``Event: reg``). Sans-IO like the rest of ``pa/``: bytes in, bytes out.
+`registry()` lists every package served: it feeds Allow-Events (OPTIONS, 489), the Accept
+negotiation and 406 of SUBSCRIBE, and the PUBLISH checks (489, 415). Adding a package is one
+module with one `EventPackage` subclass and one line here.
 """
+
+from __future__ import annotations
+
+from presenced.pa.packages.base import EventPackage
+from presenced.pa.packages.dialog_info import DialogPackage
+from presenced.pa.packages.message_summary import MessageSummaryPackage
+from presenced.pa.packages.presence import PresencePackage, RegistrarPolicy
+from presenced.pa.packages.reginfo import RegPackage
+
+Registry = dict[str, EventPackage]
+
+
+def registry(registrar_policy: RegistrarPolicy = "until-published") -> Registry:
+    """Every package we serve, by event name, in the order Allow-Events lists them."""
+    packages: list[EventPackage] = [
+        PresencePackage(registrar_policy),
+        DialogPackage(),
+        MessageSummaryPackage(),
+        RegPackage(),
+    ]
+    return {p.name: p for p in packages}
+
+
+__all__ = ["EventPackage", "Registry", "registry"]

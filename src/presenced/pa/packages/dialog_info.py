@@ -27,13 +27,14 @@ the redundant default-namespace declaration when it embeds the element.
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from lxml import etree
 
 from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml
+from presenced.pa.packages.base import EventPackage
 
 CONTENT_TYPE = "application/dialog-info+xml"
 NS = "urn:ietf:params:xml:ns:dialog-info"
@@ -297,3 +298,37 @@ def encode_dialog_info(
         raise ValueError("version must be non-negative")
     prefix, suffix = encode_dialog_info_template(entity, dialogs, state)
     return prefix + str(version).encode() + suffix
+
+
+# --- the event package ---------------------------------------------------------------------
+
+
+class DialogPackage(EventPackage):
+    """`Event: dialog` (RFC 4235): busy-lamp fields. PUBLISHed dialog-info (from a proxy's
+    pua_dialoginfo or a PBX) is composed per AOR; every watcher gets the full document with
+    its own version. State: the AOR's dialogs (a tuple), empty when nothing is published."""
+
+    name = "dialog"
+    formats = (CONTENT_TYPE,)
+    publish_formats = (CONTENT_TYPE,)
+    versioned = True
+
+    def empty(self, resource: str) -> tuple[Dialog, ...]:
+        return ()
+
+    def compose(self, resource: str, parts: Mapping[str, object]) -> tuple[Dialog, ...]:
+        published = parts.get("publish")
+        return published if isinstance(published, tuple) else ()
+
+    def decode_publication(self, body: bytes, content_type: str, max_size: int) -> DialogInfo:
+        return parse_dialog_info(body, max_size=max_size)
+
+    def compose_publications(self, resource: str,
+                             publications: Sequence[object]) -> tuple[Dialog, ...] | None:
+        infos = [p for p in publications if isinstance(p, DialogInfo)]
+        return compose_dialogs(infos) if infos else None
+
+    def template(self, resource: str, state: object, content_type: str,
+                 now: float) -> tuple[bytes, bytes]:
+        assert isinstance(state, tuple)
+        return encode_dialog_info_template(f"sip:{resource}", state, "full")

@@ -29,9 +29,11 @@ class with counts, a duplicate class, a count over 2^32-1, an extension line tha
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from presenced.pa.documents.xml import DocumentError
+from presenced.pa.packages.base import EventPackage
 
 CONTENT_TYPE = "application/simple-message-summary"
 DEFAULT_MAX_SIZE = 8192
@@ -166,3 +168,37 @@ def encode_message_summary(summary: MessageSummary | None, account: str) -> byte
         return summary.body
     status, rest = summary.body.split(b"\r\n", 1)
     return status + b"\r\nMessage-Account: " + safe.encode("utf-8") + b"\r\n" + rest
+
+
+# --- the event package ---------------------------------------------------------------------
+
+
+class MessageSummaryPackage(EventPackage):
+    """`Event: message-summary` (RFC 3842): voicemail lamps. A voicemail system PUBLISHes the
+    summary; watchers get the newest live one verbatim (counts and extension lines kept), or
+    "Messages-Waiting: no" for the AOR while nothing is published. State: the newest
+    `MessageSummary`, or None."""
+
+    name = "message-summary"
+    formats = (CONTENT_TYPE,)
+    publish_formats = (CONTENT_TYPE,)
+
+    def empty(self, resource: str) -> None:
+        return None
+
+    def compose(self, resource: str, parts: Mapping[str, object]) -> MessageSummary | None:
+        published = parts.get("publish")
+        return published if isinstance(published, MessageSummary) else None
+
+    def decode_publication(self, body: bytes, content_type: str,
+                           max_size: int) -> MessageSummary:
+        return parse_message_summary(body, max_size=min(max_size, DEFAULT_MAX_SIZE))
+
+    def compose_publications(self, resource: str,
+                             publications: Sequence[object]) -> MessageSummary | None:
+        summaries = [p for p in publications if isinstance(p, MessageSummary)]
+        return summaries[-1] if summaries else None  # the newest content wins
+
+    def encode(self, resource: str, state: object, content_type: str, now: float) -> bytes:
+        return encode_message_summary(state if isinstance(state, MessageSummary) else None,
+                                      f"sip:{resource}")

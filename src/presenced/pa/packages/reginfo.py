@@ -30,6 +30,7 @@ from typing import Any
 from lxml import etree
 
 from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml
+from presenced.pa.packages.base import EventPackage
 
 CONTENT_TYPE = "application/reginfo+xml"
 NS = "urn:ietf:params:xml:ns:reginfo"
@@ -352,3 +353,44 @@ def parse_reginfo(
         )
         registrations.append(Registration(aor, rid, rstate, contacts))
     return version, state, tuple(registrations)
+
+
+# --- the event package ---------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class RegState:
+    """An AOR's registration as reg watchers see it: its active contacts with their latest
+    event, then the contacts its latest change ended (state terminated), once."""
+
+    contacts: tuple[ContactInfo, ...] = ()
+    ever_registered: bool = False
+
+
+class RegPackage(EventPackage):
+    """`Event: reg` (RFC 3680), straight from our own registrar: every REGISTER, un-REGISTER and
+    binding expiry is one document (full state, the watcher's own version). A registration
+    lists the user's devices, so with authentication only the AOR's own user may watch it."""
+
+    name = "reg"
+    formats = (CONTENT_TYPE,)
+    owner_only = True
+    versioned = True
+
+    def empty(self, resource: str) -> RegState:
+        return RegState()
+
+    def compose(self, resource: str, parts: Mapping[str, object]) -> RegState:
+        part = parts.get("registrar")
+        return part if isinstance(part, RegState) else RegState()
+
+    def template(self, resource: str, state: object, content_type: str,
+                 now: float) -> tuple[bytes, bytes]:
+        assert isinstance(state, RegState)
+        reg = Registration(
+            aor=f"sip:{resource}",
+            id=registration_id(resource),
+            state=registration_state(state.contacts, ever_registered=state.ever_registered),
+            contacts=state.contacts,
+        )
+        return encode_reginfo_template([reg], "full")

@@ -1,9 +1,10 @@
-"""The presence service: runs the presence agent's effects against storage and the network.
+"""The notifier service: runs the notifier's effects against storage and the network, for
+every event package.
 
 Rule for every effect list: all storage writes commit before any SIP message of the list goes
 out (a 200 is never sent for a subscription that would not survive a `kill -9`), then the
 messages go out in order. Expiry of every subscription is driven by one timer, re-armed to the
-agent's next deadline.
+notifier's next deadline.
 """
 
 from __future__ import annotations
@@ -14,18 +15,19 @@ import logging
 import time
 from collections.abc import Callable, Sequence
 
-from presenced.pa.agent import (
+from presenced.pa.model import PresenceDoc
+from presenced.pa.subscription import (
     FLOW_FAILED,
+    PRESENCE,
     Effect,
     Forget,
+    Notifier,
     Persist,
-    PresenceAgent,
     Reply,
     SendNotify,
     WatchStarted,
     WatchStopped,
 )
-from presenced.pa.model import PresenceDoc
 from presenced.services.alarm import Alarm, Background
 from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
 from presenced.sip.message import make_response
@@ -36,14 +38,15 @@ log = logging.getLogger("presenced.pa")
 
 NOTIFY_BURST = 200  # NOTIFYs sent before the fan-out yields to the loop
 
+# Presence only: the XMPP gateway, the one source that fetches on demand, serves presence.
 WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started)
 ChangeListener = Callable[[str, PresenceDoc], None]
 
 
-class PresenceService:
-    def __init__(self, agent: PresenceAgent, driver: Driver, storage: Storage,
+class NotifierService:
+    def __init__(self, notifier: Notifier, driver: Driver, storage: Storage,
                  clock: Callable[[], float] = time.time) -> None:
-        self.agent = agent
+        self.notifier = notifier
         self.driver = driver
         self.storage = storage
         self.clock = clock
@@ -59,7 +62,7 @@ class PresenceService:
 
     async def load(self) -> None:
         records = await self.storage.load_subscriptions()
-        effects = self.agent.load(records, self.clock())
+        effects = self.notifier.load(records, self.clock())
         log.info("loaded %d subscriptions", len(records))
         await self.run(effects)
 
@@ -71,27 +74,30 @@ class PresenceService:
         req = event.request
         now = self.clock()
         if req.to.tag:
-            effects = self.agent.resubscribe(req, now, event.peer)
+            effects = self.notifier.resubscribe(req, now, event.peer)
         else:
-            effects = self.agent.subscribe(req, presentity, source, event.peer, now, identity)
+            effects = self.notifier.subscribe(req, presentity, source, event.peer, now, identity)
         await self.run(effects, event)
 
-    async def set_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None:
-        effects = self.agent.set_part(presentity, key, part, self.clock())
-        if self.change_listeners:
-            doc = self.agent.document(presentity)
+    async def set_part(self, presentity: str, key: str, part: object | None,
+                       event: str = PRESENCE, quiet: bool = False) -> None:
+        """A source's part of a resource changed (see `Notifier.set_part`)."""
+        effects = self.notifier.set_part(presentity, key, part, self.clock(), event, quiet)
+        if self.change_listeners and event == PRESENCE:
+            doc = self.notifier.document(presentity)
+            assert isinstance(doc, PresenceDoc)
             for listener in self.change_listeners:
                 listener(presentity, doc)
         await self.run(effects)
 
-    async def renotify(self, presentity: str) -> None:
-        await self.run(self.agent.renotify(presentity, self.clock()))
+    async def renotify(self, presentity: str, event: str = PRESENCE) -> None:
+        await self.run(self.notifier.renotify(presentity, self.clock(), event))
 
     def on_notify_result(self, sub_id: str, status: int) -> None:
         if status >= 300:
             self.notify_failures += 1
             log.info("NOTIFY for %s answered %d", sub_id, status)
-        effects = self.agent.notify_result(sub_id, status, self.clock())
+        effects = self.notifier.notify_result(sub_id, status, self.clock())
         if effects:
             self.background.spawn(self.run(effects))
 
@@ -120,7 +126,7 @@ class PresenceService:
                 log.exception("storage write failed")
                 if event is not None:
                     # Nothing of this SUBSCRIBE happened: undo it in memory, answer 500.
-                    self.agent.rollback(effects, initial=not event.request.to.tag)
+                    self.notifier.rollback(effects, initial=not event.request.to.tag)
                     self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
                     return
         sent = 0
@@ -135,7 +141,7 @@ class PresenceService:
                     # A fan-out to thousands of watchers: let the loop read their 200s now,
                     # before the socket's receive buffer overflows and they are retransmitted.
                     await asyncio.sleep(0)
-            elif isinstance(eff, WatchStarted | WatchStopped):
+            elif isinstance(eff, WatchStarted | WatchStopped) and eff.event == PRESENCE:
                 started = isinstance(eff, WatchStarted)
                 for listener in self.watch_listeners:
                     try:
@@ -145,7 +151,7 @@ class PresenceService:
         self._arm()
 
     def _send_notify(self, eff: SendNotify) -> None:
-        # The agent chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
+        # The notifier chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
         # peer keeps the TCP connection id of the SUBSCRIBE's flow.
         peer = eff.dest if eff.dest is not None else _parsed_peer(eff.peer)
         if peer.reliable and not self.driver_has_flow(peer) and not self.may_connect(peer.host):
@@ -169,10 +175,10 @@ class PresenceService:
         return by_addr is not None and (peer.host, peer.port) in by_addr
 
     def _arm(self) -> None:
-        self._alarm.arm(self.agent.next_deadline())
+        self._alarm.arm(self.notifier.next_deadline())
 
     async def _expire(self) -> None:
-        await self.run(self.agent.expire(self.clock()))
+        await self.run(self.notifier.expire(self.clock()))
 
     def close(self) -> None:
         self._alarm.cancel()

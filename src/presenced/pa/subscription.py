@@ -1,10 +1,14 @@
-"""The presence agent: SUBSCRIBE and source changes in, effects out (RFC 6665, RFC 3856).
+"""The notifier (RFC 6665): SUBSCRIBE and source changes in, effects out, for every package.
 
 Theory of operation
 -------------------
-The agent holds every subscription dialog and the composed presence of every watched
-presentity in memory. Each entry point takes `now` (wall-clock epoch seconds) and returns a
-list of effects, which the presence service executes *in order*:
+The notifier holds every subscription dialog and the composed state of every watched resource
+in memory. A resource is an (event package, AOR) pair: `presence` of alice and `dialog` of
+alice are two resources with their own watchers. What a state is, how the sources' parts
+compose into it and how it is written into a body belongs to the event package
+(`pa/packages/`); the notifier knows dialogs, the NOTIFY discipline, expiry and restart. Each
+entry point takes `now` (wall-clock epoch seconds) and returns a list of effects, which the
+notifier service executes *in order*:
 
 - `Persist(sub)` / `Forget(sub_id)`: write to storage; awaited before anything after it;
 - `Reply(response)`: answer the SUBSCRIBE being handled;
@@ -12,6 +16,22 @@ list of effects, which the presence service executes *in order*:
   client transaction and report its final response (or timeout) with `notify_result()`;
 - `WatchStarted` / `WatchStopped`: the first watcher of a presentity arrived / the last one
   left, so a source that must fetch presence on demand (the XMPP gateway) can start or stop.
+
+Subscription states (RFC 6665 §4.1.2, §4.2.2) move only as `TRANSITIONS` says: a table of
+(state, input) -> (next state, reason), in the style of `sip/transaction.py`. Anything not in
+the table is a programming error (`LocalError`). "terminated" is final: the dialog then sends at
+most its final NOTIFY and is gone.
+
+    state       input          next         reason (RFC 6665 §4.1.3)
+    -           subscribe      active       (pending when not yet authorized)
+    pending     authorize      active
+    pending/active  refresh    (same)
+    pending/active  unsubscribe   terminated   -
+    pending/active  expire     terminated   timeout
+    pending/active  deauthorize  terminated   rejected
+    pending/active  too_big    terminated   probation   (no document fits a NOTIFY)
+    pending/active  giveup     terminated   giveup      (the resource went away: terminate_all)
+    pending/active  notify_failed  terminated   -       (481/408/timeout: no final NOTIFY)
 
 NOTIFY discipline (RFC 6665 §4.2.2): at most one NOTIFY is outstanding per dialog. A change
 while one is outstanding only marks the dialog dirty; when the answer arrives the agent sends
@@ -28,9 +48,15 @@ retransmissions, at any address (reflection, SSRF). Trust is re-derived from the
 when subscriptions load, so removing a proxy from the list takes effect at the next start.
 
 Size: no NOTIFY exceeds `max_notify_size` (and a UDP datagram's limit). Each body format is
-encoded once per document; when it does not fit a watcher's NOTIFY, a summary (the tuples'
-basic status only) is sent instead, and when even that does not fit, the subscription ends
-with `probation` (RFC 6665 §4.1.3: the state may shrink, so a retry later may succeed).
+encoded once per state (versioned packages: a template per state, the watcher's version
+written in); when it does not fit a watcher's NOTIFY, the package's summary is sent instead
+(presence: the tuples' basic status only), and when even that does not fit, the subscription
+ends with `probation` (RFC 6665 §4.1.3: the state may shrink, so a retry later may succeed).
+
+Versions (RFC 4235 §4.1, RFC 3680 §5.1): a versioned package's document carries the
+watcher's own counter. It is the NOTIFY's CSeq minus one: 0 for the first document, +1 for each
+next one, kept increasing across restarts by the CSeq lease below (a restart may skip numbers,
+which full-state documents allow).
 
 CSeq across restarts: a NOTIFY's CSeq must keep increasing even after a crash, but writing
 every NOTIFY to storage would cost a write per watcher per change. So the persisted
@@ -41,26 +67,45 @@ counter resumes from the lease, which is never below a CSeq already sent.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 import msgspec
 
-from presenced.pa.compose import compose
-from presenced.pa.documents.negotiate import choose_format, encode
-from presenced.pa.documents.pidf import stable_id
-from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
+from presenced.sip.dialog import hop_of, in_dialog_route
 from presenced.sip.endpoint import Peer, parse_peer
-from presenced.sip.errors import ParseError
+from presenced.sip.errors import LocalError, ParseError
 from presenced.sip.headers import Headers, NameAddr, parse_name_addr
 from presenced.sip.message import Request, Response, make_response
-from presenced.sip.uri import parse_uri
 
 CSEQ_LEASE = 64
-EVENT_PACKAGES = ("presence",)
+PRESENCE = "presence"
+
+# --- the subscription state machine (see the module docstring) -----------------------------
+
+TRANSITIONS: dict[tuple[str, str], tuple[str, str | None]] = {
+    ("pending", "authorize"): ("active", None),
+    ("pending", "refresh"): ("pending", None),
+    ("active", "refresh"): ("active", None),
+    **{(state, "unsubscribe"): ("terminated", None) for state in ("pending", "active")},
+    **{(state, "expire"): ("terminated", "timeout") for state in ("pending", "active")},
+    **{(state, "deauthorize"): ("terminated", "rejected") for state in ("pending", "active")},
+    **{(state, "too_big"): ("terminated", "probation") for state in ("pending", "active")},
+    **{(state, "giveup"): ("terminated", "giveup") for state in ("pending", "active")},
+    **{(state, "notify_failed"): ("terminated", None) for state in ("pending", "active")},
+}
+
+
+def transition(state: str, event: str) -> tuple[str, str | None]:
+    """The next state and the reason for it; LocalError when the table has no such move."""
+    try:
+        return TRANSITIONS[(state, event)]
+    except KeyError:
+        raise LocalError(f"subscription in state {state!r} cannot take {event!r}") from None
+
 # NOTIFY failures that do NOT end the subscription: the watcher may accept a later NOTIFY
 # (authentication, glare, overload). Every other final failure ends it (RFC 6665 §4.2.2).
 TRANSIENT_NOTIFY_STATUSES = frozenset({401, 407, 491, 500, 503})
@@ -134,12 +179,14 @@ class SendNotify:
 class WatchStarted:
     presentity: str
     source: str
+    event: str = PRESENCE
 
 
 @dataclass(frozen=True, slots=True)
 class WatchStopped:
     presentity: str
     source: str
+    event: str = PRESENCE
 
 
 Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped
@@ -173,66 +220,30 @@ class _Dialog:
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
 
 
-class _Presentity:
-    __slots__ = ("bodies", "doc", "parts", "summaries", "watchers")
+ResourceKey = tuple[str, str]  # (event package, AOR)
 
-    def __init__(self, presentity: str) -> None:
-        self.parts: dict[str, PresenceDoc] = {}
-        self.doc = closed_doc(presentity)
-        self.bodies: dict[str, bytes] = {}  # content type -> body of the current doc
-        self.summaries: dict[str, bytes] = {}  # content type -> basic-status-only body
+
+class _Resource:
+    """One (package, AOR): its sources' parts, the composed state, its watchers."""
+
+    __slots__ = ("bodies", "package", "parts", "state", "summaries", "watchers")
+
+    def __init__(self, package: EventPackage, name: str) -> None:
+        self.package = package
+        self.parts: dict[str, object] = {}
+        self.state: object = package.empty(name)
+        # content type -> body of the current state, or (prefix, suffix) of a versioned one
+        self.bodies: dict[str, bytes | tuple[bytes, bytes]] = {}
+        self.summaries: dict[str, bytes | tuple[bytes, bytes] | None] = {}
         self.watchers: set[str] = set()
+
+    def reset_bodies(self) -> None:
+        self.bodies = {}
+        self.summaries = {}
 
 
 def dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
     return f"{call_id};{local_tag};{remote_tag}"
-
-
-def entity_of(presentity: str) -> str:
-    return f"pres:{presentity}"
-
-
-def presentity_tuple_id(presentity: str) -> str:
-    """The id of a presentity's main tuple: the registrar's tuple and the closed default share
-    it, so a watcher sees one service going open and closed (RFC 3863 §4.1.2)."""
-    return stable_id(presentity)
-
-
-def closed_doc(presentity: str) -> PresenceDoc:
-    """What a user with no registration and no publication is: one closed tuple."""
-    return PresenceDoc(entity_of(presentity), (Tuple(presentity_tuple_id(presentity), "closed"),))
-
-
-def summary_doc(doc: PresenceDoc) -> PresenceDoc:
-    """The smaller document sent when the whole one does not fit a NOTIFY: each tuple's id and
-    basic status, no contacts, notes, activities or person elements."""
-    return PresenceDoc(doc.entity, tuple(Tuple(t.id, t.basic) for t in doc.tuples))
-
-
-def hop_of(uri_text: str, flow: Peer) -> Peer:
-    """The address a URI names (RFC 3263 without DNS: an IP literal, port 5060 by default, the
-    transport parameter or the flow's); `flow` itself when it names the same address (its TCP
-    connection is reused), or when it names no IP address (no DNS lookups here)."""
-    try:
-        uri = parse_uri(uri_text)
-    except ParseError:
-        return flow
-    host = uri.host.strip("[]")
-    if not host or not _is_ip(host):
-        return flow
-    transport = (uri.params.get("transport") or flow.transport).lower()
-    port = uri.port or (5061 if uri.scheme == "sips" else 5060)
-    if transport == flow.transport and host == flow.host and port == flow.port:
-        return flow
-    return Peer(transport, host, port)
-
-
-def _is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 def _as_peer(peer: Peer | str) -> Peer:
@@ -243,135 +254,150 @@ def _never(host: str) -> bool:
     return False
 
 
-class PresenceAgent:
+def _body(encoded: bytes | tuple[bytes, bytes], version: int) -> bytes:
+    if isinstance(encoded, bytes):
+        return encoded
+    prefix, suffix = encoded
+    return b"%s%d%s" % (prefix, version, suffix)
+
+
+class Notifier:
     def __init__(
         self,
         policy: PaPolicy,
         make_token: Callable[[], str],
         contact_for: Callable[[str, str], str],
         trusted: Callable[[str], bool] = _never,
+        packages: Registry | None = None,
     ) -> None:
         """`contact_for(presentity, transport)` gives our Contact URI for a dialog;
         `trusted(ip)` says whether a SUBSCRIBE from that address came through a trusted proxy
-        (`[server] trusted_proxies`), whose Record-Route and Contact may choose addresses."""
+        (`[server] trusted_proxies`), whose Record-Route and Contact may choose addresses;
+        `packages` are the event packages served (`pa.packages.registry()` by default)."""
         self.policy = policy
         self.make_token = make_token
         self.contact_for = contact_for
         self.trusted = trusted
+        self.packages = packages if packages is not None else registry()
+        self.allow_events = ", ".join(self.packages)
         self.dialogs: dict[str, _Dialog] = {}
-        self.presentities: dict[str, _Presentity] = {}
+        self.resources: dict[ResourceKey, _Resource] = {}
         self.per_watcher: dict[str, int] = {}
         self.expiry: DeadlineHeap[str] = DeadlineHeap()
 
-    # --- presence state ----------------------------------------------------------------------
+    # --- resource state --------------------------------------------------------------------
 
-    def _presentity(self, presentity: str) -> _Presentity:
-        p = self.presentities.get(presentity)
-        if p is None:
-            p = self.presentities[presentity] = _Presentity(presentity)
-        return p
+    def _resource(self, event: str, name: str) -> _Resource:
+        key = (event, name)
+        res = self.resources.get(key)
+        if res is None:
+            res = self.resources[key] = _Resource(self.packages[event], name)
+        return res
 
-    def document(self, presentity: str) -> PresenceDoc:
-        p = self.presentities.get(presentity)
-        return p.doc if p is not None else closed_doc(presentity)
+    def document(self, presentity: str, event: str = PRESENCE) -> object:
+        """The composed state of a resource (presence: a `PresenceDoc`)."""
+        res = self.resources.get((event, presentity))
+        return res.state if res is not None else self.packages[event].empty(presentity)
 
-    def set_part(self, presentity: str, key: str, part: PresenceDoc | None, now: float) -> list[Effect]:
-        """A source's contribution to `presentity` changed (None removes it). Notifies watchers."""
-        p = self._presentity(presentity)
+    def set_part(self, presentity: str, key: str, part: object | None, now: float,
+                 event: str = PRESENCE, quiet: bool = False) -> list[Effect]:
+        """A source's contribution to a resource changed (None removes it); its watchers are
+        notified when the composed state changes. `quiet` drops a part without composing again
+        or notifying: the state watchers saw stays until the next change (the registrar uses
+        it after reporting a registration's end)."""
+        res = self._resource(event, presentity)
         if part is None:
-            if p.parts.pop(key, None) is None:
+            if res.parts.pop(key, None) is None:
+                self._forget_if_idle(event, presentity, res)
                 return []
         else:
-            if p.parts.get(key) == part:
+            if res.parts.get(key) == part:
                 return []
-            p.parts[key] = part
-        doc = self._compose(presentity, p)
-        if not p.parts and not p.watchers:
-            del self.presentities[presentity]
+            res.parts[key] = part
+        if quiet:
+            self._forget_if_idle(event, presentity, res)
             return []
-        if doc == p.doc:
+        state = res.package.compose(presentity, res.parts)
+        if self._forget_if_idle(event, presentity, res) or state == res.state:
             return []
-        p.doc = doc
-        p.bodies = {}
-        p.summaries = {}
+        res.state = state
+        res.reset_bodies()
         effects: list[Effect] = []
-        for sub_id in list(p.watchers):  # a NOTIFY too big ends its dialog: copy the set
+        for sub_id in list(res.watchers):  # a NOTIFY too big ends its dialog: copy the set
             self._notify(self.dialogs[sub_id], now, effects)
         return effects
 
-    def seed_part(self, presentity: str, key: str, part: PresenceDoc | None) -> None:
+    def _forget_if_idle(self, event: str, name: str, res: _Resource) -> bool:
+        if res.parts or res.watchers:
+            return False
+        del self.resources[(event, name)]
+        return True
+
+    def seed_part(self, presentity: str, key: str, part: object | None,
+                  event: str = PRESENCE) -> None:
         """Set a source's part without notifying anyone (restoring state at start-up)."""
         if part is None:
             return
-        p = self._presentity(presentity)
-        p.parts[key] = part
-        p.doc = self._compose(presentity, p)
-        p.bodies = {}
-        p.summaries = {}
+        res = self._resource(event, presentity)
+        res.parts[key] = part
+        res.state = res.package.compose(presentity, res.parts)
+        res.reset_bodies()
 
-    @staticmethod
-    def _compose(presentity: str, p: _Presentity) -> PresenceDoc:
-        """Merge the sources' parts (policy: docs/presence.md).
-
-        Publications are authoritative: while a presentity has a live publication with a
-        tuple, the registrar's coarse open/closed tuple is left out, so a user who publishes
-        "closed" while registered shows closed. Without any tuple, the presentity is closed
-        (person elements and notes are kept).
-        """
-        parts = p.parts
-        published = parts.get("publish")
-        if "registrar" in parts and published is not None and published.tuples:
-            docs = [d for k, d in parts.items() if k != "registrar"]
-        else:
-            docs = list(parts.values())
-        doc = compose(entity_of(presentity), docs)
-        if doc.tuples:
-            return doc
-        return PresenceDoc(doc.entity, closed_doc(presentity).tuples, doc.persons, doc.notes)
-
-    def body(self, presentity: str, content_type: str, now: float) -> bytes:
-        p = self.presentities.get(presentity)
-        if p is None:
+    def body(self, presentity: str, content_type: str, now: float, event: str = PRESENCE,
+             version: int = 0) -> bytes:
+        """The body of a resource's current state for one watcher."""
+        res = self.resources.get((event, presentity))
+        if res is None:
             # A fetch or a final NOTIFY after the last watcher left: encode without creating an
             # entry, which nothing would ever delete again.
-            return encode(closed_doc(presentity), content_type, now)
-        b = p.bodies.get(content_type)
-        if b is None:
-            try:
-                b = encode(p.doc, content_type, now)
-            except ValueError:
-                # A document we accepted but cannot write must not take the presentity (or a
-                # restart) down with it: say closed rather than nothing.
-                b = encode(closed_doc(presentity), content_type, now)
-            p.bodies[content_type] = b
-        return b
+            pkg = self.packages[event]
+            return _body(self._encode(pkg, presentity, pkg.empty(presentity), content_type, now),
+                         version)
+        encoded = res.bodies.get(content_type)
+        if encoded is None:
+            encoded = res.bodies[content_type] = self._encode(
+                res.package, presentity, res.state, content_type, now)
+        return _body(encoded, version)
 
-    def fitting_body(self, presentity: str, content_type: str, budget: int, now: float) -> bytes | None:
-        """The current body, or its summary when the body exceeds `budget` bytes; None when
-        neither fits. Each is encoded once per document and format, whatever the watchers."""
-        b = self.body(presentity, content_type, now)
+    @staticmethod
+    def _encode(pkg: EventPackage, name: str, state: object, content_type: str,
+                now: float) -> bytes | tuple[bytes, bytes]:
+        if pkg.versioned:
+            return pkg.template(name, state, content_type, now)
+        return pkg.encode(name, state, content_type, now)
+
+    def fitting_body(self, presentity: str, content_type: str, budget: int, now: float,
+                     event: str = PRESENCE, version: int = 0) -> bytes | None:
+        """The current body, or the package's summary when the body exceeds `budget` bytes;
+        None when neither fits. Each is encoded once per state and format."""
+        b = self.body(presentity, content_type, now, event, version)
         if len(b) <= budget:
             return b
-        p = self.presentities.get(presentity)
-        if p is None:
+        res = self.resources.get((event, presentity))
+        if res is None:
             return None
-        small = p.summaries.get(content_type)
+        if content_type in res.summaries:
+            small = res.summaries[content_type]
+        else:
+            summary = res.package.summary(presentity, res.state)
+            small = res.summaries[content_type] = (
+                None if summary is None
+                else self._encode(res.package, presentity, summary, content_type, now))
         if small is None:
-            try:
-                small = encode(summary_doc(p.doc), content_type, now)
-            except ValueError:
-                small = encode(closed_doc(presentity), content_type, now)
-            p.summaries[content_type] = small
-        return small if len(small) <= budget else None
+            return None
+        body = _body(small, version)
+        return body if len(body) <= budget else None
 
     # --- SUBSCRIBE -----------------------------------------------------------------------------
 
     def subscribe(self, req: Request, presentity: str, source: str, peer: Peer | str, now: float,
-                  identity: str | None = None) -> list[Effect]:
+                  identity: str | None = None, authorized: bool = True) -> list[Effect]:
         """An initial SUBSCRIBE (no To-tag): create a dialog, or answer a one-shot fetch.
 
         `peer` is the flow it came on; `identity` the authenticated "user@domain" (None
-        without authentication), which the per-watcher limit counts when given."""
+        without authentication), which the per-watcher limit counts when given. A subscription
+        not `authorized` starts pending (RFC 6665 §4.2.2: NOTIFYs without state) until
+        `authorize()` or `deauthorize()`."""
         flow = _as_peer(peer)
         # Every answer to a request without To-tag carries one, errors too (RFC 3261 §8.2.6.2).
         local_tag = self.make_token()
@@ -381,7 +407,11 @@ class PresenceAgent:
             return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})", local_tag))]
         if isinstance(checked, Response):
             return [Reply(checked)]
-        expires, content_type = checked
+        expires, content_type, package = checked
+        if package.owner_only and identity is not None and identity != presentity:
+            # e.g. reg (RFC 3680 §6): a registration lists the user's devices.
+            return [Reply(make_response(req, 403, "Forbidden (only the owner may watch this)",
+                                        local_tag))]
         try:
             remote = req.from_
             remote_tag = remote.tag
@@ -421,6 +451,7 @@ class PresenceAgent:
             expires_at=now + expires,
             content_type=content_type,
             peer=str(flow),
+            state="active" if authorized else "pending",
             event_id=event.id,
         )
         ok = self._ok(req, local_tag, expires, presentity, transport)
@@ -443,7 +474,8 @@ class PresenceAgent:
             busy = make_response(req, 503, "Too Many Subscriptions", to_tag=local_tag)
             busy.headers.add("Retry-After", "60")
             return [Reply(busy)]
-        if presentity not in self.presentities and len(self.presentities) >= self.policy.max_presentities:
+        key = (package.name, presentity)
+        if key not in self.resources and len(self.resources) >= self.policy.max_presentities:
             busy = make_response(req, 503, "Too Many Presentities", to_tag=local_tag)
             busy.headers.add("Retry-After", "60")
             return [Reply(busy)]
@@ -451,10 +483,10 @@ class PresenceAgent:
             return [Reply(make_response(req, 403, "Forbidden (too many subscriptions)", local_tag))]
         self.dialogs[record.id] = dlg
         self.per_watcher[limit_key] = self.per_watcher.get(limit_key, 0) + 1
-        p = self._presentity(presentity)
-        if not any(self.dialogs[s].record.source == source for s in p.watchers):
-            effects.append(WatchStarted(presentity, source))
-        p.watchers.add(record.id)
+        res = self._resource(package.name, presentity)
+        if not any(self.dialogs[s].record.source == source for s in res.watchers):
+            effects.append(WatchStarted(presentity, source, package.name))
+        res.watchers.add(record.id)
         self.expiry.set(record.id, record.expires_at)
         effects.insert(0, Persist(record))
         effects.insert(1, Reply(ok))
@@ -480,7 +512,7 @@ class PresenceAgent:
         if cseq <= record.remote_cseq:
             return [Reply(make_response(req, 500, "Out of Order"))]  # RFC 3261 §12.2.2
         event = req.event
-        if (event is not None and event.package in EVENT_PACKAGES
+        if (event is not None and event.package in self.packages
                 and (event.package != record.event or event.id != record.event_id)):
             # Another event package or id names another subscription (RFC 6665 §4.1.2, §8.2.1).
             return [Reply(make_response(req, 481, "Subscription Does Not Exist"))]
@@ -490,12 +522,12 @@ class PresenceAgent:
             return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
         if isinstance(checked, Response):
             return [Reply(checked)]
-        expires, content_type = checked
+        expires, content_type, _ = checked
         flow = dlg.flow if peer is None else _as_peer(peer)
         ok = self._ok(req, record.local_tag, expires, record.presentity, flow.transport)
         if expires == 0:
             effects: list[Effect] = []
-            self._end(dlg, "terminated", effects)
+            self._end(dlg, "unsubscribe", effects)
             effects.insert(1, Reply(ok))
             self._notify(dlg, now, effects)
             return effects
@@ -507,6 +539,7 @@ class PresenceAgent:
                 target = str(contacts[0].uri)
         except ParseError:
             pass
+        transition(record.state, "refresh")
         record = _replace(record, expires_at=now + expires, remote_cseq=cseq,
                           content_type=content_type, remote_target=target, local_cseq=dlg.lease,
                           peer=str(flow))
@@ -521,29 +554,30 @@ class PresenceAgent:
         self._notify(dlg, now, effects)
         return effects
 
-    def _check(self, req: Request, to_tag: str | None = None) -> tuple[int, str] | Response:
+    def _check(self, req: Request,
+               to_tag: str | None = None) -> tuple[int, str, EventPackage] | Response:
         """Event, Accept and Expires checks shared by initial and refreshing SUBSCRIBEs."""
         event = req.event
-        if event is None or event.package not in EVENT_PACKAGES:
+        package = self.packages.get(event.package) if event is not None else None
+        if package is None:
             # RFC 6665 §4.1.2.1 (and §8.2.1 for a missing Event)
             r = make_response(req, 489, to_tag=to_tag)
-            r.headers.add("Allow-Events", ", ".join(EVENT_PACKAGES))
+            r.headers.add("Allow-Events", self.allow_events)
             return r
         accept = req.headers.get_list("Accept") if "Accept" in req.headers else None
-        content_type = choose_format(accept)
+        content_type = package.choose_format(accept)
         if content_type is None:
             r = make_response(req, 406, to_tag=to_tag)
-            r.headers.add("Accept", "application/pidf+xml, application/cpim-pidf+xml, "
-                          "application/xpidf+xml, text/lpidf")
+            r.headers.add("Accept", ", ".join(package.formats))
             return r
         expires = req.expires
         if expires is None:
-            expires = self.policy.default_expires
+            expires = package.default_expires or self.policy.default_expires
         elif 0 < expires < self.policy.min_expires:
             r = make_response(req, 423, to_tag=to_tag)  # RFC 6665 §4.2.1.1
             r.headers.add("Min-Expires", str(self.policy.min_expires))
             return r
-        return min(expires, self.policy.max_expires), content_type
+        return min(expires, self.policy.max_expires), content_type, package
 
     def _ok(self, req: Request, local_tag: str, expires: int, presentity: str, transport: str) -> Response:
         ok = make_response(req, 200, to_tag=local_tag)
@@ -583,10 +617,19 @@ class PresenceAgent:
         validated = dlg.answered or dlg.trusted or dest.reliable
         if dest.transport == "udp":
             limit = min(limit, UDP_MAX_PAYLOAD if validated else UNVALIDATED_NOTIFY_SIZE)
-        body = self.fitting_body(record.presentity, record.content_type, limit - head_size, now)
-        # A shortened document to a watcher not yet proven: the full one follows its answer.
-        held_back = not validated and dlg.final is None and register and (
-            body is None or len(body) != len(self.body(record.presentity, record.content_type, now)))
+        event, presentity, ctype = record.event, record.presentity, record.content_type
+        version = dlg.cseq - 1  # the watcher's own document counter (module docstring)
+        if record.state == "pending" and dlg.final is None:
+            # No state until the subscription is authorized (RFC 6665 §4.2.2).
+            body: bytes | None = b""
+            held_back = False
+            static = tuple(e for e in static if e[0] != "content-type")
+        else:
+            body = self.fitting_body(presentity, ctype, limit - head_size, now, event, version)
+            # A shortened document to a watcher not yet proven: the full one follows its answer.
+            held_back = not validated and dlg.final is None and register and (
+                body is None
+                or len(body) != len(self.body(presentity, ctype, now, event, version)))
         if body is None and held_back:
             body = b""
             static = tuple(e for e in static if e[0] != "content-type")
@@ -595,7 +638,7 @@ class PresenceAgent:
                 # Not even the summary fits (RFC 6665 §4.1.3): end the dialog, say so without
                 # a body. Its Forget goes after any Persist of this list: the last write wins.
                 ended: list[Effect] = []
-                self._end(dlg, TOO_BIG_STATE, ended)
+                self._end(dlg, "too_big", ended)
                 effects.extend(ended)
             state = dlg.final or TOO_BIG_STATE
             body = b""
@@ -612,20 +655,12 @@ class PresenceAgent:
     def _notify_template(self, record: Subscription, dlg: _Dialog) -> _Template:
         """What every NOTIFY of a dialog shares, built once per version of its record."""
         h = Headers()
-        route = None
         target = record.remote_target
-        uri = target
-        if record.route_set:
-            first = parse_name_addr(record.route_set[0])
-            route = str(first.uri)
-            if "lr" in first.uri.params:
-                for r in record.route_set:
-                    h.add("Route", r)
-            else:  # strict router (RFC 3261 §12.2.1.1): it goes in the Request-URI
-                uri = route
-                for r in record.route_set[1:]:
-                    h.add("Route", r)
-                h.add("Route", f"<{target}>")
+        hops = in_dialog_route(record.route_set, target)  # RFC 3261 §12.2.1.1
+        uri = hops.request_uri
+        route = hops.next_hop if record.route_set else None
+        for r in hops.routes:
+            h.add("Route", r)
         h.add("From", f"<{record.local_uri}>;tag={record.local_tag}")
         h.add("To", f"<{record.remote_uri}>;tag={record.remote_tag}")
         h.add("Call-ID", record.call_id)
@@ -638,10 +673,7 @@ class PresenceAgent:
         # route set still goes in Route headers, so a record-routing proxy keeps working).
         # Trusted proxy: the next hop RFC 3261 §12.2.1.1 names, the first route (strict
         # routing: the Request-URI) or, without a route set, the remote target.
-        if dlg.trusted:
-            dest = hop_of(route if route is not None else target, dlg.flow)
-        else:
-            dest = dlg.flow
+        dest = hop_of(hops.next_hop, dlg.flow) if dlg.trusted else dlg.flow
         size = len(uri) + _HEAD_RESERVE
         for _, name, value in h._items:
             size += len(name) + 4 + (len(value) if value.isascii() else len(value.encode("utf-8", "replace")))
@@ -665,7 +697,7 @@ class PresenceAgent:
             self._send(dlg, now, effects, register=True)  # a final NOTIFY was waiting
             return effects
         if _fatal(status):
-            self._end(dlg, None, effects)
+            self._end(dlg, "notify_failed", effects)
             del self.dialogs[sub_id]
             return effects
         if dlg.dirty:
@@ -674,10 +706,18 @@ class PresenceAgent:
 
     # --- ending ----------------------------------------------------------------------------
 
-    def _end(self, dlg: _Dialog, final_state: str | None, effects: list[Effect]) -> None:
-        """Take a dialog out of service: storage, watcher sets, expiry. The final NOTIFY (if
-        any) is sent by the caller; `final_state` marks what it says."""
+    def _end(self, dlg: _Dialog, cause: str, effects: list[Effect],
+             reason: str | None = None) -> None:
+        """Take a dialog out of service: storage, watcher sets, expiry. `cause` is the input of
+        `TRANSITIONS` that ends it; its reason (or `reason`) goes in the final NOTIFY, which the
+        caller sends (if any)."""
         record = dlg.record
+        _, table_reason = transition(record.state, cause)
+        reason = reason or table_reason
+        if cause == "too_big":
+            dlg.final = TOO_BIG_STATE
+        else:
+            dlg.final = f"terminated;reason={reason}" if reason else "terminated"
         effects.insert(0, Forget(record.id))
         self.expiry.discard(record.id)
         key = dlg.limit_key
@@ -686,17 +726,19 @@ class PresenceAgent:
             self.per_watcher[key] = n
         else:
             self.per_watcher.pop(key, None)
-        p = self.presentities.get(record.presentity)
-        if p is not None and record.id in p.watchers:
-            p.watchers.discard(record.id)
-            if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
-                effects.append(WatchStopped(record.presentity, record.source))
-            if not p.watchers and not p.parts:
-                del self.presentities[record.presentity]
-        if final_state is not None:
-            dlg.final = final_state
-        else:
-            dlg.final = "terminated"
+        self._unwatch(record, effects)
+
+    def _unwatch(self, record: Subscription, effects: list[Effect] | None) -> None:
+        key = (record.event, record.presentity)
+        res = self.resources.get(key)
+        if res is None or record.id not in res.watchers:
+            return
+        res.watchers.discard(record.id)
+        if effects is not None and not any(
+                self.dialogs[s].record.source == record.source for s in res.watchers):
+            effects.append(WatchStopped(record.presentity, record.source, record.event))
+        if not res.watchers and not res.parts:
+            del self.resources[key]
 
     def rollback(self, effects: Sequence[Effect], initial: bool) -> None:
         """Undo a SUBSCRIBE whose storage write failed, so it leaves nothing behind.
@@ -715,7 +757,6 @@ class PresenceAgent:
         dlg = self.dialogs.pop(sub_id, None)
         if dlg is None:
             return
-        record = dlg.record
         self.expiry.discard(sub_id)
         key = dlg.limit_key
         n = self.per_watcher.get(key, 0) - 1
@@ -723,11 +764,7 @@ class PresenceAgent:
             self.per_watcher[key] = n
         else:
             self.per_watcher.pop(key, None)
-        p = self.presentities.get(record.presentity)
-        if p is not None:
-            p.watchers.discard(sub_id)
-            if not p.watchers and not p.parts:
-                del self.presentities[record.presentity]
+        self._unwatch(dlg.record, None)
 
     def next_deadline(self) -> float | None:
         return self.expiry.next_deadline()
@@ -739,30 +776,57 @@ class PresenceAgent:
             dlg = self.dialogs.get(sub_id)
             if dlg is None:
                 continue
-            self._end(dlg, "terminated;reason=timeout", effects)
+            self._end(dlg, "expire", effects)
             self._notify(dlg, now, effects)
         return effects
 
-    def terminate_all(self, presentity: str, reason: str, now: float) -> list[Effect]:
-        """End every subscription to `presentity` (e.g. the user was deleted)."""
+    # --- authorization (RFC 6665 §4.2.2 pending; the privacy policy decides) ------------------
+
+    def authorize(self, sub_id: str, now: float) -> list[Effect]:
+        """A pending subscription becomes active: its watcher gets the state at once."""
+        dlg = self.dialogs.get(sub_id)
+        if dlg is None or dlg.final is not None or dlg.record.state != "pending":
+            return []
+        state, _ = transition(dlg.record.state, "authorize")
+        dlg.record = _replace(dlg.record, state=state, local_cseq=dlg.lease)
+        effects: list[Effect] = [Persist(dlg.record)]
+        self._notify(dlg, now, effects)
+        return effects
+
+    def deauthorize(self, sub_id: str, now: float) -> list[Effect]:
+        """The watcher may no longer see the resource: terminated, reason=rejected."""
+        dlg = self.dialogs.get(sub_id)
+        if dlg is None or dlg.final is not None:
+            return []
         effects: list[Effect] = []
-        p = self.presentities.get(presentity)
-        if p is None:
-            return effects
-        for sub_id in list(p.watchers):
-            dlg = self.dialogs[sub_id]
-            self._end(dlg, f"terminated;reason={reason}", effects)
-            self._notify(dlg, now, effects)
+        self._end(dlg, "deauthorize", effects)
+        self._notify(dlg, now, effects)
+        return effects
+
+    def terminate_all(self, presentity: str, reason: str, now: float,
+                      event: str | None = None) -> list[Effect]:
+        """End every subscription to `presentity` (of `event`, or of every package), e.g. the
+        user was deleted; `reason` goes in the final NOTIFYs (RFC 6665 §4.1.3)."""
+        effects: list[Effect] = []
+        for (ev, name), res in list(self.resources.items()):
+            if name != presentity or (event is not None and ev != event):
+                continue
+            for sub_id in list(res.watchers):
+                dlg = self.dialogs[sub_id]
+                self._end(dlg, "giveup", effects, reason=reason)
+                self._notify(dlg, now, effects)
         return effects
 
     # --- restart -------------------------------------------------------------------------------
 
     def load(self, records: Iterable[Subscription], now: float) -> list[Effect]:
         """Take back persisted subscriptions; those that expired while we were down get their
-        final NOTIFY now."""
+        final NOTIFY now. Records of a package this version does not serve are skipped."""
         effects: list[Effect] = []
         expired: list[_Dialog] = []
         for record in records:
+            if record.event not in self.packages:
+                continue
             try:
                 flow = parse_peer(record.peer)
             except ValueError:
@@ -778,33 +842,34 @@ class PresenceAgent:
             dlg.answered = True
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
-            p = self._presentity(record.presentity)
-            if not any(self.dialogs[s].record.source == record.source for s in p.watchers):
-                effects.append(WatchStarted(record.presentity, record.source))
-            p.watchers.add(record.id)
+            res = self._resource(record.event, record.presentity)
+            if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
+                effects.append(WatchStarted(record.presentity, record.source, record.event))
+            res.watchers.add(record.id)
             if record.expires_at <= now:
                 expired.append(dlg)
             else:
                 self.expiry.set(record.id, record.expires_at)
         for dlg in expired:
-            self._end(dlg, "terminated;reason=timeout", effects)
+            self._end(dlg, "expire", effects)
             self._notify(dlg, now, effects)
         return effects
 
-    def renotify(self, presentity: str, now: float) -> list[Effect]:
-        """NOTIFY every watcher of `presentity` with the current state (after a restart)."""
+    def renotify(self, presentity: str, now: float, event: str = PRESENCE) -> list[Effect]:
+        """NOTIFY every watcher of a resource with its current state (after a restart)."""
         effects: list[Effect] = []
-        p = self.presentities.get(presentity)
-        if p is not None:
-            for sub_id in list(p.watchers):
+        res = self.resources.get((event, presentity))
+        if res is not None:
+            for sub_id in list(res.watchers):
                 self._notify(self.dialogs[sub_id], now, effects)
         return effects
 
-    def watched(self, source: str | None = None) -> list[str]:
-        """Presentities with at least one watcher (of `source`, when given)."""
+    def watched(self, source: str | None = None, event: str = PRESENCE) -> list[str]:
+        """AORs with at least one watcher of `event` (and of `source`, when given)."""
         return [
-            name for name, p in self.presentities.items()
-            if p.watchers and (source is None or any(self.dialogs[s].record.source == source for s in p.watchers))
+            name for (ev, name), res in self.resources.items()
+            if ev == event and res.watchers and (
+                source is None or any(self.dialogs[s].record.source == source for s in res.watchers))
         ]
 
 
@@ -813,6 +878,6 @@ def _replace(record: Subscription, **changes: object) -> Subscription:
 
 
 __all__ = [
-    "Effect", "Forget", "NameAddr", "PaPolicy", "Persist", "PresenceAgent", "Reply", "SendNotify",
-    "WatchStarted", "WatchStopped",
+    "TRANSITIONS", "Effect", "Forget", "NameAddr", "Notifier", "PaPolicy", "Persist", "Reply",
+    "SendNotify", "WatchStarted", "WatchStopped", "transition",
 ]

@@ -9,22 +9,22 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from presenced.pa.agent import (
+from presenced.pa.documents.pidf import decode_pidf
+from presenced.pa.model import Person, PresenceDoc, Tuple
+from presenced.pa.packages.presence import presentity_tuple_id
+from presenced.pa.records import Subscription
+from presenced.pa.subscription import (
     CSEQ_LEASE,
     Effect,
     Forget,
+    Notifier,
     PaPolicy,
     Persist,
-    PresenceAgent,
     Reply,
     SendNotify,
     WatchStarted,
     WatchStopped,
-    presentity_tuple_id,
 )
-from presenced.pa.documents.pidf import decode_pidf
-from presenced.pa.model import Person, PresenceDoc, Tuple
-from presenced.pa.records import Subscription
 from presenced.sip.headers import SubscriptionState, parse_name_addr, parse_subscription_state
 from presenced.sip.message import Request, Response, parse_message
 
@@ -44,8 +44,8 @@ def contact_for(presentity: str, transport: str) -> str:
     return f"sip:pa@192.0.2.1:5060;transport={transport}"
 
 
-def make_agent(**policy: int) -> PresenceAgent:
-    return PresenceAgent(PaPolicy(**policy), counter("lt"), contact_for)
+def make_agent(**policy: int) -> Notifier:
+    return Notifier(PaPolicy(**policy), counter("lt"), contact_for)
 
 
 def subscribe_req(
@@ -138,7 +138,7 @@ class Dialog:
         )
 
 
-def start(agent: PresenceAgent, now: float = T0, **kw: object) -> tuple[Dialog, list[Effect]]:
+def start(agent: Notifier, now: float = T0, **kw: object) -> tuple[Dialog, list[Effect]]:
     req = subscribe_req(**kw)  # type: ignore[arg-type]
     effects = agent.subscribe(req, ALICE, "registrar", PEER, now)
     return Dialog(req, effects), effects
@@ -270,14 +270,14 @@ def test_too_long_expires_is_capped() -> None:
     assert agent.next_deadline() == T0 + 7200
 
 
-@pytest.mark.parametrize("event", [None, "dialog", "presence.winfo"])
+@pytest.mark.parametrize("event", [None, "conference", "presence.winfo"])
 def test_other_or_missing_event_is_489_with_allow_events(event: str | None) -> None:
     # RFC 6665 §4.1.2.1 / §8.2.1
     agent = make_agent()
     effects = agent.subscribe(subscribe_req(event=event), ALICE, "registrar", PEER, T0)
     r = reply(effects)
     assert r.status == 489
-    assert r.headers.get_list("Allow-Events") == ["presence"]
+    assert r.headers.get_list("Allow-Events") == ["presence", "dialog", "message-summary", "reg"]
     assert len(effects) == 1 and not agent.dialogs
 
 
@@ -304,13 +304,13 @@ def test_broken_dialog_creation_is_400(kw: dict[str, object]) -> None:
     agent = make_agent()
     effects = agent.subscribe(subscribe_req(**kw), ALICE, "registrar", PEER, T0)  # type: ignore[arg-type]
     assert reply(effects).status == 400
-    assert len(effects) == 1 and not agent.dialogs and not agent.presentities
+    assert len(effects) == 1 and not agent.dialogs and not agent.resources
 
 
 @pytest.mark.parametrize(
     "kw",
     [
-        {"event": "dialog"},  # 489
+        {"event": "conference"},  # 489
         {"accept": "text/html"},  # 406
         {"expires": 1},  # 423
         {"from_tag": None},  # 400
@@ -327,7 +327,7 @@ def test_error_answers_to_an_initial_subscribe_carry_a_to_tag(kw: dict[str, obje
 def test_error_answer_in_a_dialog_keeps_the_one_to_tag() -> None:
     agent = make_agent()
     dlg, _ = start(agent)
-    r = reply(agent.resubscribe(dlg.refresh(event="dialog"), T0 + 1))
+    r = reply(agent.resubscribe(dlg.refresh(event="conference"), T0 + 1))
     assert r.status == 489 and r.to.tag == dlg.to_tag
     assert (r.headers.get("To") or "").count("tag=") == 1
 
@@ -372,7 +372,7 @@ def test_fetch_answers_once_and_keeps_nothing() -> None:
     assert (st.state, st.reason) == ("terminated", "timeout")
     assert basics(n) == [(presentity_tuple_id(ALICE), "closed")]
     assert not agent.dialogs and not agent.per_watcher and agent.next_deadline() is None
-    assert agent.presentities == {}
+    assert agent.resources == {}
     assert agent.notify_result(n.sub_id, 200, T0 + 1) == []
 
 
@@ -445,7 +445,7 @@ def test_unsubscribe_forgets_replies_and_sends_final_notify() -> None:
     # The dialog is gone for the watcher; the final NOTIFY's answer closes it for us too.
     assert reply(agent.resubscribe(dlg.refresh(), T0 + 11)).status == 481
     assert agent.notify_result(dlg.sub_id, 200, T0 + 12) == []
-    assert agent.dialogs == {} and agent.per_watcher == {} and agent.presentities == {}
+    assert agent.dialogs == {} and agent.per_watcher == {} and agent.resources == {}
 
 
 def test_unsubscribe_of_one_watcher_keeps_the_watch_for_others() -> None:
@@ -561,7 +561,7 @@ def test_fatal_answer_of_the_last_watcher_stops_the_watch() -> None:
     d1, _ = start(agent)
     effects = agent.notify_result(d1.sub_id, 481, T0 + 1)
     assert effects == [Forget(d1.sub_id), WatchStopped(ALICE, "registrar")]
-    assert agent.dialogs == {} and agent.presentities == {} and agent.per_watcher == {}
+    assert agent.dialogs == {} and agent.resources == {} and agent.per_watcher == {}
     assert agent.next_deadline() is None
 
 
@@ -653,7 +653,7 @@ def test_expiry_forgets_and_sends_final_notify_with_reason_timeout() -> None:
     assert agent.next_deadline() is None
     assert reply(agent.resubscribe(dlg.refresh(), T0 + 601)).status == 481
     assert agent.notify_result(dlg.sub_id, 200, T0 + 602) == []
-    assert agent.dialogs == {} and agent.presentities == {}
+    assert agent.dialogs == {} and agent.resources == {}
 
 
 def test_expiry_while_notify_outstanding_sends_the_final_one_after_the_answer() -> None:
@@ -698,7 +698,7 @@ def test_refresh_moves_the_deadline() -> None:
     assert agent.next_deadline() == T0 + 1100
 
 
-def _record(agent: PresenceAgent, **kw: object) -> Subscription:
+def _record(agent: Notifier, **kw: object) -> Subscription:
     _, effects = start(agent, T0, **kw)
     return of(effects, Persist)[0].sub  # type: ignore[no-any-return]
 
@@ -728,7 +728,7 @@ def test_load_of_expired_records_sends_final_notify_at_once() -> None:
     assert cseq_of(n) > rec.local_cseq - CSEQ_LEASE
     assert agent.next_deadline() is None and agent.watched() == []
     assert agent.notify_result(rec.id, 200, T0 + 602) == []
-    assert agent.dialogs == {} and agent.presentities == {} and agent.per_watcher == {}
+    assert agent.dialogs == {} and agent.resources == {} and agent.per_watcher == {}
 
 
 def test_load_counts_toward_the_per_watcher_limit() -> None:
@@ -765,13 +765,13 @@ def test_terminate_all_ends_every_subscription_with_the_reason() -> None:
 # --- composition (docs/presence.md "Composition policy") ---------------------------------------
 
 
-def _watch(agent: PresenceAgent) -> Dialog:
+def _watch(agent: Notifier) -> Dialog:
     dlg, _ = start(agent)
     agent.notify_result(dlg.sub_id, 200, T0)
     return dlg
 
 
-def _change(agent: PresenceAgent, dlg: Dialog, key: str, part: PresenceDoc | None) -> PresenceDoc:
+def _change(agent: Notifier, dlg: Dialog, key: str, part: PresenceDoc | None) -> PresenceDoc:
     n = notify(agent.set_part(ALICE, key, part, T0 + 1))
     agent.notify_result(dlg.sub_id, 200, T0 + 1)
     return decode_pidf(n.request.body)
@@ -832,7 +832,7 @@ def test_parts_without_watchers_leave_no_entry_behind() -> None:
     agent.set_part(ALICE, "registrar", registrar_open(), T0)
     assert agent.document(ALICE).basic == "open"
     agent.set_part(ALICE, "registrar", None, T0 + 1)
-    assert agent.presentities == {}
+    assert agent.resources == {}
     assert agent.document(ALICE).basic == "closed"
 
 
@@ -1025,7 +1025,7 @@ def test_rollback_of_an_initial_subscribe_leaves_nothing_behind() -> None:
     agent = make_agent()
     _, effects = start(agent)
     agent.rollback(effects, initial=True)
-    assert agent.dialogs == {} and agent.presentities == {} and agent.per_watcher == {}
+    assert agent.dialogs == {} and agent.resources == {} and agent.per_watcher == {}
     assert agent.next_deadline() is None
 
 
