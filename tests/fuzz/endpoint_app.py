@@ -48,7 +48,9 @@ SOURCES = (
 )
 VICTIMS = ("127.0.0.99", "192.0.2.99", "[::1]")
 
-_CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+# A line break or NUL inside a header line we send. (Other control characters may stand in a
+# quoted-pair, RFC 3261 §25.1, and RFC 4475 §3.1.1.1 has a valid message with them.)
+_CONTROL = re.compile(rb"[\x00\r\n]")
 
 
 def make_config(auth: bool) -> Config:
@@ -139,8 +141,16 @@ class _ErrorLog(logging.Handler):
         self.records.append(record)
 
 
+# The properties, by kind (a test may check some of them; see `App.kinds`).
+KINDS = ("exception", "parse", "injection", "destination")
+
+
 class Violation(AssertionError):
     """A property of `App.check()` does not hold; the message says which and shows the bytes."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(f"[{kind}] {message}")
+        self.kind = kind
 
 
 @contextmanager
@@ -169,6 +179,8 @@ class App:
     sent_from: set[Peer] = field(default_factory=set)
     checked: int = 0  # transmits already checked
     loop_errors: list[dict[str, Any]] = field(default_factory=list)
+    kinds: frozenset[str] = frozenset(KINDS)  # the properties check() enforces
+    ignored: list[Violation] = field(default_factory=list)  # those of other kinds
 
     # --- the parts ---------------------------------------------------------------------------
 
@@ -194,7 +206,13 @@ class App:
         if peer.transport == "tcp":
             self.tcp().by_addr[(peer.host, peer.port)] = peer
             self.tcp().connections[peer.conn_id or 0] = peer
-        self.driver.receive(data, peer)  # nothing may escape from here
+        try:
+            self.driver.receive(data, peer)  # nothing may escape from here
+        except Exception as exc:
+            v = Violation("exception", f"Endpoint.receive raised {exc!r} for {data[:2000]!r}")
+            if v.kind in self.kinds:
+                raise v from exc
+            self.ignored.append(v)
         await settle()
 
     def drop_connection(self, peer: Peer) -> None:
@@ -219,22 +237,32 @@ class App:
     # --- the properties --------------------------------------------------------------------------
 
     def check(self) -> None:
-        if self.errors.records:
-            rec = self.errors.records[0]
+        """Raise the first violation of a property in `kinds` since the last check."""
+        for v in self._violations():
+            if v.kind in self.kinds:
+                raise v
+            self.ignored.append(v)
+
+    def _violations(self) -> Iterator[Violation]:
+        while self.errors.records:
+            rec = self.errors.records.pop(0)
             detail = rec.getMessage()
             if rec.exc_info and rec.exc_info[1] is not None:
                 detail += f": {rec.exc_info[0].__name__}: {rec.exc_info[1]}"  # type: ignore[union-attr]
-            raise Violation(f"logged at ERROR: {detail}")
-        if self.loop_errors:
-            raise Violation(f"unhandled in the loop: {self.loop_errors[0].get('message')} "
-                            f"{self.loop_errors[0].get('exception')!r}")
+            yield Violation("exception", f"logged at ERROR: {detail}")
+        while self.loop_errors:
+            ctx = self.loop_errors.pop(0)
+            yield Violation("exception", f"unhandled in the loop: {ctx.get('message')} "
+                                         f"{ctx.get('exception')!r}")
         if self.server.dispatcher.errors:
-            raise Violation("a handler failed (answered 500)")
+            self.server.dispatcher.errors = 0
+            yield Violation("exception", "a handler failed (answered 500)")
         limits = self.server.endpoint.config.limits
         max_size = self.config.server.max_message_size
-        for tx in self.transmits[self.checked:]:
-            check_transmit(tx, self.sent_from, limits, max_size)
-        self.checked = len(self.transmits)
+        transmits = self.transmits
+        for tx in transmits[self.checked:]:
+            yield from check_transmit(tx, self.sent_from, limits, max_size)
+        self.checked = len(transmits)
 
     async def stop(self) -> None:
         await self.server.stop()
@@ -267,46 +295,51 @@ async def start_app(auth: bool) -> App:
     return app
 
 
-def check_transmit(tx: Transmit, sources: set[Peer], limits: Limits, max_size: int) -> None:
+def check_transmit(tx: Transmit, sources: set[Peer], limits: Limits,
+                   max_size: int) -> Iterator[Violation]:
     """The properties of one message the server would put on the wire."""
     data = tx.data
     if len(data) > max_size:
-        raise Violation(f"{len(data)} bytes to {tx.peer}: over max_message_size {max_size}")
+        yield Violation("parse", f"{len(data)} bytes to {tx.peer}: over max_message_size {max_size}")
     try:
         msg = parse_message(data, limits)
     except ParseError as exc:
-        raise Violation(f"we sent what we cannot parse ({exc}) to {tx.peer}: {data[:2000]!r}") from exc
-    head, sep, _body = data.partition(b"\r\n\r\n")
-    if not sep:
-        raise Violation(f"no end of headers in what we sent: {data[:2000]!r}")
+        yield Violation("parse", f"we sent what we cannot parse ({exc}) to {tx.peer}: {data[:2000]!r}")
+        return
+    head, _sep, _body = data.partition(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
         if _CONTROL.search(line):
-            raise Violation(f"control character (CR/LF injection?) in a line we sent: {line!r}")
+            yield Violation("injection", f"CR, LF or NUL in a header line we sent: {line!r}")
+            break
         if line[:1] in (b" ", b"\t"):
-            raise Violation(f"folded line in what we sent (injected line break?): {line!r}")
+            yield Violation("injection", f"folded line in what we sent (injected line break?): {line!r}")
+            break
     for name, _value in msg.headers:
         if name.lower().startswith("x-injected"):
-            raise Violation(f"injected header {name!r} in what we sent: {data[:2000]!r}")
-    _check_destination(tx.peer, isinstance(msg, Request), sources, data)
+            yield Violation("injection", f"injected header {name!r} in what we sent: {data[:2000]!r}")
+            break
+    problem = _destination_problem(tx.peer, isinstance(msg, Request), sources)
+    if problem is not None:
+        what = data.split(b"\r\n", 1)[0]
+        yield Violation("destination", f"{what!r} to {tx.peer}: {problem}")
 
 
-def _check_destination(peer: Peer, request: bool, sources: set[Peer], data: bytes) -> None:
+def _destination_problem(peer: Peer, request: bool, sources: set[Peer]) -> str | None:
     """No traffic to third parties: only back to where the input came from."""
-    what = data.split(b"\r\n", 1)[0]
     if peer.transport == "udp":
         hosts = {s.host for s in sources if s.transport == "udp"}
         exact = {(s.host, s.port) for s in sources if s.transport == "udp"}
         if peer.host not in hosts:
-            raise Violation(f"{what!r} to {peer}, which sent nothing (sources {sorted(exact)})")
+            return f"an address that sent nothing (sources {sorted(exact)})"
         # A response may go to the Via's sent-by port of the source host (RFC 3261 §18.2.2);
         # a request we originate (NOTIFY) goes to where the SUBSCRIBE came from.
         if request and (peer.host, peer.port) not in exact:
-            raise Violation(f"{what!r} to {peer}, not a source address (sources {sorted(exact)})")
-        return
+            return f"a request to a port that sent nothing (sources {sorted(exact)})"
+        return None
     if peer.transport == "tcp":
         conns = {s.conn_id for s in sources if s.transport == "tcp"}
         flows = {(s.host, s.port) for s in sources if s.transport == "tcp"}
         if peer.conn_id in conns or (peer.host, peer.port) in flows:
-            return
-        raise Violation(f"{what!r} to {peer}: would open a TCP connection to a third party")
-    raise Violation(f"{what!r} over transport {peer.transport!r} to {peer}")
+            return None
+        return "would open a TCP connection to a third party"
+    return f"transport {peer.transport!r}"
