@@ -39,7 +39,7 @@ class DataChoices:
 def test_endpoint_fuzz_property_holds(kind: str, data: st.DataObject) -> None:
     """exception: nothing escapes Endpoint.receive, no handler answers 500, nothing logs ERROR;
     parse: everything we send parses with our parser, within max_message_size;
-    injection: no CR/LF/NUL in a header line we send, no header the input injected;
+    injection: no CR/LF in a header line we send, no header the input injected;
     destination: nothing goes anywhere but back to a source (no third-party traffic)."""
     logging.getLogger("presenced").propagate = False  # the harness reads ERROR records itself
     trace: list[str] = []
