@@ -284,9 +284,7 @@ async def start_app(auth: bool) -> App:
     config = make_config(auth)
     errors = _ErrorLog()
     logger = logging.getLogger("presenced")
-    logger.addHandler(errors)
-    if logger.level == logging.NOTSET or logger.level < logging.WARNING:
-        logger.setLevel(logging.WARNING)
+    logger.addHandler(errors)  # removed again by App.stop(); levels are left as they are
     server = Server(config)
     with _patched_root():
         await server.start()
