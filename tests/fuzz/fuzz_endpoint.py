@@ -46,6 +46,7 @@ except ImportError:  # pragma: no cover - optional tool
 if atheris is not None and __name__ == "__main__":
     with atheris.instrument_imports():
         import presenced.pa.agent
+
         import presenced.services.dispatch
         import presenced.sip.endpoint  # noqa: F401
 

@@ -369,3 +369,28 @@ def test_endpoint_answers_400_when_it_can_and_drops_when_the_answer_would_echo_i
     assert b"\x00" not in out.data
     # In the Via, which every answer copies: nothing can be answered, nothing is raised.
     assert ep.receive(_RAW.format(via="\x07", subject="ok").encode(), src, 0.0) == []
+
+
+def test_an_empty_via_is_dropped_not_raised() -> None:
+    """Found by the endpoint fuzzer: `Via: ,` made `top_via` raise IndexError."""
+    from presenced.sip.endpoint import Endpoint, EndpointConfig
+
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), counter("t"))
+    raw = (b"OPTIONS sip:example.com SIP/2.0\r\nVia: ,\r\nFrom: <sip:a@b>;tag=1\r\n"
+           b"To: <sip:a@b>\r\nCall-ID: x\r\nCSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    assert ep.receive(raw, SRC, 0.0) == []
+
+
+def test_a_repeated_from_gets_a_400_our_own_parser_reads() -> None:
+    """Found by the endpoint fuzzer: the 400 copied both From headers, so it was malformed."""
+    from presenced.sip.endpoint import Endpoint, EndpointConfig, Transmit
+
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), counter("t"))
+    raw = (b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.20:5070;branch=z9hG4bK1\r\n"
+           b"From: <sip:a@b>;tag=1\r\nFrom: <sip:c@b>;tag=2\r\nTo: <sip:a@b>\r\nCall-ID: x\r\n"
+           b"CSeq: 1 OPTIONS\r\nContent-Length: 0\r\n\r\n")
+    (out,) = ep.receive(raw, SRC, 0.0)
+    assert isinstance(out, Transmit)
+    resp = parse_message(out.data)
+    assert isinstance(resp, Response) and resp.status == 400
+    assert resp.headers.get_all("From") == ["<sip:a@b>;tag=1"]

@@ -225,6 +225,11 @@ class Endpoint:
             return []
         try:
             via = req.top_via
+        except ParseError:
+            # No Via we can read: no address a response could go to (RFC 3261 §18.2.2).
+            self.stats.dropped += 1
+            return []
+        try:
             self._stamp_via(req, peer)
             key = self._server_key(req, via.sent_by)
         except ParseError as exc:

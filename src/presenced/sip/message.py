@@ -106,7 +106,10 @@ class Message:
                 first = self.headers.get("Via")
                 if first is None:
                     raise ParseError("missing Via header")
-                v = parse_via(split_list(first)[0])
+                parts = split_list(first)
+                if not parts:  # "Via: ," or an empty value
+                    raise ParseError("empty Via header")
+                v = parse_via(parts[0])
             self._cache["top_via"] = v
         return v  # type: ignore[no-any-return]
 
@@ -369,13 +372,23 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
     return entries
 
 
+_COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
+
+
 def make_response(
     req: Request, status: int, reason: str | None = None, to_tag: str | None = None
 ) -> Response:
     """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked."""
-    h = Headers._from_parsed(
-        [e for e in req.headers._items if e[0] in ("via", "from", "call-id", "cseq")]
-    )
+    # Every Via, and the first From, Call-ID and CSeq: a request that repeats one of those
+    # gets its 400 without the repeat, which would make the answer itself malformed.
+    seen: set[str] = set()
+    copied: list[tuple[str, str, str]] = []
+    for e in req.headers._items:
+        key = e[0]
+        if key == "via" or (key in _COPIED_ONCE and key not in seen):
+            seen.add(key)
+            copied.append(e)
+    h = Headers._from_parsed(copied)
     to = req.headers.get("To") or ""
     if to_tag is not None and not _has_tag(req, to):
         to = f"{to};tag={to_tag}"
