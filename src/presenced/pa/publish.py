@@ -61,13 +61,13 @@ import msgspec
 
 from presenced.pa.documents.xml import DocumentError
 from presenced.pa.packages import EventPackage, Registry, registry
+from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.records import Publication
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.errors import LocalError, ParseError
 from presenced.sip.headers import is_token
 from presenced.sip.message import Request, Response, make_response
 
-PRESENCE = "presence"
 _MAX_REASON = 120
 _ETAG_ATTEMPTS = 16
 _NO_CHANGE: frozenset[str] = frozenset()

@@ -73,6 +73,7 @@ from dataclasses import dataclass
 import msgspec
 
 from presenced.pa.packages import EventPackage, Registry, registry
+from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.dialog import hop_of, in_dialog_route
@@ -82,7 +83,6 @@ from presenced.sip.headers import Headers, NameAddr, parse_name_addr
 from presenced.sip.message import Request, Response, make_response
 
 CSEQ_LEASE = 64
-PRESENCE = "presence"
 
 # --- the subscription state machine (see the module docstring) -----------------------------
 
@@ -878,6 +878,6 @@ def _replace(record: Subscription, **changes: object) -> Subscription:
 
 
 __all__ = [
-    "TRANSITIONS", "Effect", "Forget", "NameAddr", "Notifier", "PaPolicy", "Persist", "Reply",
+    "PRESENCE", "TRANSITIONS", "Effect", "Forget", "NameAddr", "Notifier", "PaPolicy", "Persist", "Reply",
     "SendNotify", "WatchStarted", "WatchStopped", "transition",
 ]

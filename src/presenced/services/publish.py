@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable
 
 from presenced.pa.model import PresenceDoc
+from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
-from presenced.pa.publish import PRESENCE, Publications
+from presenced.pa.publish import Publications
 from presenced.services.alarm import Alarm, Background
 from presenced.services.registrar import PartSink
 from presenced.sip.endpoint import RequestReceived
