@@ -372,14 +372,18 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
 def make_response(
     req: Request, status: int, reason: str | None = None, to_tag: str | None = None
 ) -> Response:
-    """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked."""
+    """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked.
+
+    Headers the request lacks are left out rather than invented: answering a request that
+    misses From, To, Call-ID or CSeq (400, RFC 4475 §3.3.1) echoes what exists."""
     h = Headers._from_parsed(
         [e for e in req.headers._items if e[0] in ("via", "from", "call-id", "cseq")]
     )
-    to = req.headers.get("To") or ""
-    if to_tag is not None and not _has_tag(req, to):
-        to = f"{to};tag={to_tag}"
-    h.add("To", to)
+    to = req.headers.get("To")
+    if to is not None:
+        if to_tag is not None and not _has_tag(req, to):
+            to = f"{to};tag={to_tag}"
+        h.add("To", to)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
     top_via = req._cache.get("top_via")
     if top_via is not None:  # the same header: spare routing the response a second parse
