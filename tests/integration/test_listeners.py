@@ -108,7 +108,7 @@ def test_register_subscribe_options_work_on_every_listener(
             assert ok.status == 200, ok
             r = register(c, expires=600)
             assert r.status == 200, r
-            sub, notify = _subscribe(c, c.aor)
+            _sub, notify = _subscribe(c, c.aor)
             _names_listener(notify, host, srv.port)
             assert parse_pidf(notify.body).basics == ["open"]  # its own registration
             if transport == "tcp":
