@@ -41,12 +41,12 @@ from presenced.sip.auth import (
     ThrottlePolicy,
     load_users_file,
 )
-from presenced.sip.endpoint import Endpoint, EndpointConfig
+from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer
 from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
-from presenced.transport.tcp import TcpTransport
+from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
 
 log = logging.getLogger("presenced.server")
@@ -114,6 +114,8 @@ class Server:
         await self.storage.open()
 
         addresses = cfg.server.listen_addresses
+        # The first listener's address per transport: what a message names when the flow it
+        # answers says no listener (transports fill in bound ports below).
         via_hosts: dict[str, str] = {}
         local_hosts = {"127.0.0.1", "localhost", "[::1]"}
         for a in addresses:
@@ -156,11 +158,19 @@ class Server:
         )
         self.driver = Driver(self.endpoint)
 
-        def contact_for(presentity: str, transport: str) -> str:
+        def contact_for(presentity: str, flow: Peer | str) -> str:
+            """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
+            with `local`), else the first listener of its transport (a transport name)."""
             # The presentity holds the user part unescaped: escape it again, so no character
             # of it (a decoded CR LF) reaches our Contact header raw (issue 9 finding 2).
             user = quote(presentity.rsplit("@", 1)[0], safe=_USER_SAFE) if "@" in presentity else ""
-            hostport = via_hosts.get(transport) or next(iter(via_hosts.values()))
+            if isinstance(flow, Peer):
+                transport = flow.transport
+                hostport = flow.local or self.driver.bind(flow).local or via_hosts.get(transport)
+            else:
+                transport = flow
+                hostport = via_hosts.get(transport)
+            hostport = hostport or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
             return f"sip:{prefix}{hostport};transport={transport}"
 
@@ -245,11 +255,16 @@ class Server:
                 self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
         closed |= unpublished
 
+        started: set[str] = set()
+        tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together
         for a in addresses:
+            advertised = _reachable_host(a.host)
             if a.transport == "udp":
-                t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port)
+                t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port,
+                                                              advertised)
             else:
                 t = TcpTransport(self.driver.receive, a.host, a.port,
+                                 advertised_host=advertised, table=tcp_table,
                                  max_message_size=cfg.server.max_message_size,
                                  max_connections=cfg.server.max_tcp_connections,
                                  max_connections_per_source=cfg.server.max_connections_per_source,
@@ -257,6 +272,9 @@ class Server:
                                  first_message_timeout=cfg.server.connection_first_message_timeout)
                 t.may_connect = trusted  # outbound connections: trusted proxies only
             await t.start()
+            if a.transport not in started:  # the bound port (a configured 0 gets one)
+                started.add(a.transport)
+                via_hosts[a.transport] = t.local
             self.driver.add_transport(t)
             self.transports.append(t)
             log.info("listening on %s:%s:%d", a.transport, a.host, t.port)

@@ -465,7 +465,9 @@ class SipClient:
         auto_answer: Iterable[str] = ("NOTIFY",),
         retransmit: bool = True,
         connect_timeout: float = 5.0,
+        local_host: str = LOCALHOST,
     ) -> None:
+        """`local_host`: the address the client's socket binds (its family follows)."""
         if transport not in ("udp", "tcp"):
             raise ValueError(f"transport must be udp or tcp, not {transport!r}")
         self.server = server
@@ -489,12 +491,15 @@ class SipClient:
         self.pongs = 0  # RFC 5626 §4.4.1 CRLF answers to our CRLFCRLF pings (TCP)
         self.closed = threading.Event()  # the server closed the connection (TCP)
         self._stopping = False
+        self.local_host = local_host
+        family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
         if transport == "udp":
-            self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-            self.sock.bind((LOCALHOST, 0))
+            self.sock = socket.socket(family, socket.SOCK_DGRAM)
+            self.sock.bind((local_host, 0))
             self.sock.connect(server)  # also filters datagrams from anyone else
         else:
-            self.sock = socket.create_connection(server, timeout=connect_timeout)
+            self.sock = socket.create_connection(server, timeout=connect_timeout,
+                                                 source_address=(local_host, 0))
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.sock.settimeout(0.2)
         self.local_port = int(self.sock.getsockname()[1])
@@ -513,7 +518,11 @@ class SipClient:
     @property
     def contact_uri(self) -> str:
         t = ";transport=tcp" if self.transport == "tcp" else ""
-        return f"sip:{self.user}@{LOCALHOST}:{self.local_port}{t}"
+        return f"sip:{self.user}@{self._host_ref}:{self.local_port}{t}"
+
+    @property
+    def _host_ref(self) -> str:
+        return f"[{self.local_host}]" if ":" in self.local_host else self.local_host
 
     @property
     def contact(self) -> str:
@@ -521,7 +530,7 @@ class SipClient:
 
     def via(self, branch: str) -> str:
         return (
-            f"SIP/2.0/{self.transport.upper()} {LOCALHOST}:{self.local_port};branch={branch};rport"
+            f"SIP/2.0/{self.transport.upper()} {self._host_ref}:{self.local_port};branch={branch};rport"
         )
 
     # --- sending ------------------------------------------------------------------------------

@@ -47,10 +47,10 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]
         server.stop()
 
 
-@pytest.fixture
-async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[ServerProcess]:
-    srv = ServerProcess(
-        tmp_path / "presenced",
+def _gateway_server(prosody: ProsodyServer, root: Path,
+                    extra: dict[str, dict[str, Any]] | None = None) -> ServerProcess:
+    return ServerProcess(
+        root,
         domains=(DOMAIN,),
         log_level="info",
         sections={
@@ -59,9 +59,15 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
                 "component": COMPONENT,
                 "server": f"127.0.0.1:{prosody.component_port}",
                 "secret": prosody.component_secret,
-            }
+            },
+            **(extra or {}),
         },
     )
+
+
+@pytest.fixture
+async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[ServerProcess]:
+    srv = _gateway_server(prosody, tmp_path / "presenced")
     await asyncio.to_thread(srv.start)
     try:
         await wait_log(srv, f"xmpp component {COMPONENT}: connected")
@@ -323,3 +329,64 @@ async def test_prosody_restart_closes_then_presence_flows_again_without_sip_acti
         await wait_log(presenced, f"xmpp component {COMPONENT}: connected", after=mark)
     finally:
         sip.close()
+
+
+async def _approved_watch(sip: SipClient, xmpp: XmppUser, uri: str) -> Any:
+    """SUBSCRIBE `uri`, have the XMPP user approve the gateway, wait for her open presence."""
+    dlg = await asyncio.to_thread(_subscribe, sip, uri)
+    await asyncio.to_thread(_next_doc, sip, _is_closed)  # pending approval: closed
+    xmpp.send()  # available
+    await xmpp.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == COMPONENT)
+    xmpp.send("subscribed", to=COMPONENT)
+    await asyncio.to_thread(_next_doc, sip, lambda d: d.basic == "open")
+    return dlg
+
+
+async def test_unavailable_status_text_reaches_sip_watchers_as_a_note(
+    presenced: ServerProcess, xmpp_users: Callable[..., XmppUser]
+) -> None:
+    """RFC 8048 §4 / docs/jabber.md: `unavailable` with <status>bye</status> closes the tuple
+    and the text stays on it as a note; coming back online drops it."""
+    juliet = xmpp_users("juliet")
+    await juliet.connect(initial_presence=False)
+    sip = SipClient(presenced.addr, "udp", user="romeo", domain=DOMAIN)
+    try:
+        await _approved_watch(sip, juliet, f"sip:juliet*jabber.test@{GATEWAY}")
+        juliet.send("unavailable", statuses=(("bye", "en"),))
+        doc, notify = await asyncio.to_thread(_next_doc, sip, _is_closed)
+        notes = [(n.text, n.lang) for t in doc.tuples for n in t.notes]
+        assert notes == [("bye", "en")], notify.body
+        juliet.send()
+        doc, _ = await asyncio.to_thread(_next_doc, sip, lambda d: d.basic == "open")
+        assert "bye" not in [n.text for t in doc.tuples for n in t.notes]
+    finally:
+        sip.close()
+
+
+async def test_routing_script_sends_a_served_domain_address_to_the_gateway(
+    prosody: ProsodyServer, xmpp_users: Callable[..., XmppUser], tmp_path: Path
+) -> None:
+    """An operator's script routes `sip:viola*jabber.test@example.com` (a served SIP domain,
+    not the gateway domain) to "jabber": the JID comes from the user part's separator form."""
+    script = tmp_path / "route.py"
+    script.write_text(
+        "def route(request):\n"
+        "    if request.ruri.user and '*' in request.ruri.user:\n"
+        "        return handle_subscription(request, 'jabber')\n"
+        "    return None\n"
+    )
+    srv = _gateway_server(prosody, tmp_path / "presenced", {"routing": {"script": str(script)}})
+    await asyncio.to_thread(srv.start)
+    prosody.create_user("viola", "pw")  # a user the gateway never asked before
+    viola = xmpp_users("viola")
+    await viola.connect(initial_presence=False)
+    sip = SipClient(srv.addr, "udp", user="romeo", domain=DOMAIN)
+    try:
+        await wait_log(srv, f"xmpp component {COMPONENT}: connected")
+        await _approved_watch(sip, viola, f"sip:viola*jabber.test@{DOMAIN}")
+        assert "is no XMPP address" not in srv.log_text()
+    finally:
+        sip.close()
+        if srv.running:
+            await asyncio.to_thread(srv.stop)
+        srv.close()

@@ -280,7 +280,9 @@ def test_unsupported_version_gets_505() -> None:
         b"\x00\xff\xfe garbage",
         b"",
         b"\r\n\r\n",
-        b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n",
+        # No Via survives: nowhere to send an answer (RFC 3261 §18.2.2).
+        b"REGISTER sip:example.com SIP/2.0\r\nFrom: <sip:a@h>;tag=1\r\nCall-ID: c\r\n\r\n",
+        b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP ;;;\r\nCall-ID: c\r\n\r\n",
         # A response can never be answered, however broken.
         b"SIP/2.0 200 OK\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\nContent-Length: 9\r\n\r\n",
     ],
@@ -292,12 +294,59 @@ def test_unanswerable_garbage_is_dropped_and_counted(data: bytes) -> None:
     assert ep.stats.dropped == 1
 
 
-def test_missing_call_id_cannot_be_answered() -> None:
-    """§8.2.6.2: a response copies Call-ID; without one the request is dropped."""
+def lenient(events: list[Event]) -> tuple[str, list[str], Transmit]:
+    """Status line and header names of the one Transmit (an answer missing mandatory
+    headers is no message `parse_message` accepts)."""
+    assert len(events) == 1, events
+    (tx,) = events
+    assert isinstance(tx, Transmit)
+    head = tx.data.decode().split("\r\n\r\n", 1)[0].split("\r\n")
+    return head[0], [line.split(":", 1)[0] for line in head[1:]], tx
+
+
+@pytest.mark.parametrize("missing", ["Call-ID", "From", "To", "CSeq"])
+def test_request_missing_a_mandatory_header_gets_400_echoing_what_exists(missing: str) -> None:
+    """RFC 4475 §3.3.1 ("insuf"): a request without Call-ID, From, To or CSeq should get 400.
+    The answer copies the headers that exist (RFC 3261 §8.2.6.2) and invents none."""
     ep = make_endpoint()
-    data = raw("REGISTER").replace(b"Call-ID: call-1@192.0.2.10\r\n", b"")
+    lines = [ln for ln in raw("REGISTER").split(b"\r\n") if not ln.startswith(missing.encode() + b":")]
+    status, names, tx = lenient(ep.receive(b"\r\n".join(lines), CLIENT, 0.0))
+    assert status == f"SIP/2.0 400 Bad Request (missing {missing} header)"
+    assert missing not in names
+    for kept in {"Via", "From", "To", "Call-ID", "CSeq"} - {missing}:
+        assert kept in names, kept
+    # Where any response goes: the Via's received/rport (RFC 3261 §18.2.2, RFC 3581 §4).
+    assert tx.peer == CLIENT
+    assert ep.stats.bad_requests == 1 and ep.stats.dropped == 0
+
+
+def test_request_with_only_a_via_gets_400() -> None:
+    ep = make_endpoint()
+    data = b"REGISTER sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n\r\n"
+    status, names, tx = lenient(ep.receive(data, CLIENT, 0.0))
+    assert status.startswith("SIP/2.0 400 ")
+    assert names == ["Via", "Server", "Content-Length"]
+    # No rport, no port in the Via: received = the source, port 5060 (RFC 3261 §18.2.2).
+    assert tx.peer == Peer("udp", CLIENT.host, 5060)
+
+
+def test_incomplete_request_answer_passes_the_amplification_guard() -> None:
+    """The 400 to an unproven UDP address counts against its budget like every answer."""
+    from presenced.sip.limits import AmplificationLimits
+
+    ep = make_endpoint(amplification=AmplificationLimits(factor=1.0))
+    data = b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5070;rport;branch=z9hG4bK1\r\n\r\n"
+    # The 400 is larger than the request: over a 1x budget it is dropped, never sent.
     assert ep.receive(data, CLIENT, 0.0) == []
-    assert ep.stats.dropped == 1
+    assert ep.stats.amplification_dropped == 1
+
+
+def test_incomplete_request_echoing_a_control_character_is_dropped() -> None:
+    """The encode-time check holds for the 400 too: nothing unsafe is echoed."""
+    ep = make_endpoint()
+    data = (b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP h;branch=z9hG4bK1\r\n"
+            b"From: <sip:a@h>;tag=\x01\r\n\r\n")
+    assert ep.receive(data, CLIENT, 0.0) == []
 
 
 # --- server transactions (RFC 3261 §17.2.2) --------------------------------------------------

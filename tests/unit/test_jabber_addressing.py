@@ -285,3 +285,16 @@ def test_reverse_direction_refuses_localparts_xmpp_would_not_fold_like_us(
     assert addr.jid_as_sip_user(f"straße*example.com@{COMP}") is None
     # Upper case in a JID is the same JID (RFC 7622 §3.3): mapped to the lower-case SIP user.
     assert addr.jid_as_sip_user(f"ALICE*example.com@{COMP}") == "sip:alice@example.com"
+
+
+def test_routed_presentity_in_a_served_domain_maps_by_separator_or_domains_map(
+    addr: Addressing,
+) -> None:
+    """A routing script chose "jabber" for an address in a served SIP domain: the JID comes
+    from the user part's separator form, or the [jabber.domains] map, whatever the host."""
+    assert isinstance(addr.presentity_to_jid("viola*jabber.test@example.com"), Unmappable)
+    assert addr.presentity_to_jid("viola*jabber.test@example.com", routed=True) == "viola@jabber.test"
+    assert addr.presentity_to_jid("viola@sip.example.org", routed=True) == "viola@xmpp.example.org"
+    # No separator and no mapped domain: still no XMPP address; our component never loops.
+    assert isinstance(addr.presentity_to_jid("viola@example.com", routed=True), Unmappable)
+    assert isinstance(addr.presentity_to_jid(f"a*{COMP}@example.com", routed=True), Unmappable)

@@ -25,6 +25,7 @@ from presenced.pa.subscription import (
     WatchStarted,
     WatchStopped,
 )
+from presenced.sip.endpoint import Peer
 from presenced.sip.headers import SubscriptionState, parse_name_addr, parse_subscription_state
 from presenced.sip.message import Request, Response, parse_message
 
@@ -40,7 +41,8 @@ def counter(prefix: str) -> Callable[[], str]:
     return lambda: f"{prefix}{next(numbers)}"
 
 
-def contact_for(presentity: str, transport: str) -> str:
+def contact_for(presentity: str, flow: Peer | str) -> str:
+    transport = flow.transport if isinstance(flow, Peer) else flow
     return f"sip:pa@192.0.2.1:5060;transport={transport}"
 
 

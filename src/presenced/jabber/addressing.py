@@ -272,18 +272,22 @@ class Addressing:
         parts = _split_sip(sip_aor)
         return parts if isinstance(parts, Unmappable) else self._to_jid(*parts)
 
-    def presentity_to_jid(self, presentity: str) -> str | Unmappable:
+    def presentity_to_jid(self, presentity: str, routed: bool = False) -> str | Unmappable:
         """Like `lookup_jid` for a presentity key ``user@host`` whose user is already decoded
-        (`SipUri.aor`): decoding it again would map ``jul%2569et`` onto ``juliet``."""
+        (`SipUri.aor`): decoding it again would map ``jul%2569et`` onto ``juliet``.
+
+        `routed`: the operator's routing chose the gateway for this address, whatever its host
+        (``sip:viola*jabber.test@example.com``): a host in ``[jabber.domains]`` maps as such,
+        any other host is read like the gateway domain (the separator form)."""
         user, at, host = presentity.rpartition("@") if isinstance(presentity, str) else ("", "", "")
         norm_host = _norm_domain(host) if at else None
         if norm_host is None:
             return _NOT_SIP
         parts = _check_user(user, norm_host)
-        return parts if isinstance(parts, Unmappable) else self._to_jid(*parts)
+        return parts if isinstance(parts, Unmappable) else self._to_jid(*parts, routed)
 
-    def _to_jid(self, user: str, host: str) -> str | Unmappable:
-        if host == self._gateway:
+    def _to_jid(self, user: str, host: str, routed: bool = False) -> str | Unmappable:
+        if host == self._gateway or (routed and host not in self._sip_to_xmpp):
             local, sep, domain = user.rpartition(self._sep)
             if not sep:
                 return _NOT_GATEWAY

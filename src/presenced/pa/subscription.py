@@ -266,11 +266,12 @@ class Notifier:
         self,
         policy: PaPolicy,
         make_token: Callable[[], str],
-        contact_for: Callable[[str, str], str],
+        contact_for: Callable[[str, Peer], str],
         trusted: Callable[[str], bool] = _never,
         packages: Registry | None = None,
     ) -> None:
-        """`contact_for(presentity, transport)` gives our Contact URI for a dialog;
+        """`contact_for(presentity, flow)` gives our Contact URI for a dialog over `flow`
+        (the listener it came on);
         `trusted(ip)` says whether a SUBSCRIBE from that address came through a trusted proxy
         (`[server] trusted_proxies`), whose Record-Route and Contact may choose addresses;
         `packages` are the event packages served (`pa.packages.registry()` by default)."""
@@ -429,7 +430,6 @@ class Notifier:
             # RFC 6665 §4.1.2.1 / RFC 3261 §12.1.1: exactly one Contact to target NOTIFYs at.
             reason = "Bad Request (SUBSCRIBE needs one Contact)"
             return [Reply(make_response(req, 400, reason, local_tag))]
-        transport = flow.transport
         event = req.event
         assert event is not None
         trusted = self.trusted(flow.host)
@@ -454,7 +454,7 @@ class Notifier:
             state="active" if authorized else "pending",
             event_id=event.id,
         )
-        ok = self._ok(req, local_tag, expires, presentity, transport)
+        ok = self._ok(req, local_tag, expires, presentity, flow)
         for rr in req.headers.get_all("Record-Route"):
             ok.headers.add("Record-Route", rr)  # RFC 3261 §12.1.1: the dialog's 2xx copies them
         # Who the per-watcher limit counts: the authenticated user; else the From, but only
@@ -524,7 +524,7 @@ class Notifier:
             return [Reply(checked)]
         expires, content_type, _ = checked
         flow = dlg.flow if peer is None else _as_peer(peer)
-        ok = self._ok(req, record.local_tag, expires, record.presentity, flow.transport)
+        ok = self._ok(req, record.local_tag, expires, record.presentity, flow)
         if expires == 0:
             effects: list[Effect] = []
             self._end(dlg, "unsubscribe", effects)
@@ -579,10 +579,10 @@ class Notifier:
             return r
         return min(expires, self.policy.max_expires), content_type, package
 
-    def _ok(self, req: Request, local_tag: str, expires: int, presentity: str, transport: str) -> Response:
+    def _ok(self, req: Request, local_tag: str, expires: int, presentity: str, flow: Peer) -> Response:
         ok = make_response(req, 200, to_tag=local_tag)
         ok.headers.add("Expires", str(expires))
-        ok.headers.add("Contact", f"<{self.contact_for(presentity, transport)}>")
+        ok.headers.add("Contact", f"<{self.contact_for(presentity, flow)}>")
         return ok
 
     # --- NOTIFY --------------------------------------------------------------------------------
@@ -665,7 +665,7 @@ class Notifier:
         h.add("To", f"<{record.remote_uri}>;tag={record.remote_tag}")
         h.add("Call-ID", record.call_id)
         h.add("Max-Forwards", "70")
-        h.add("Contact", f"<{self.contact_for(record.presentity, record.peer.split(':', 1)[0])}>")
+        h.add("Contact", f"<{self.contact_for(record.presentity, dlg.flow)}>")
         h.add("Event", record.event if record.event_id is None else f"{record.event};id={record.event_id}")
         h.add("Content-Type", record.content_type)
         # Where it goes. Untrusted source: its own flow, whatever the first Route or the

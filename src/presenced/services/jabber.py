@@ -54,6 +54,7 @@ Resilience
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import math
 import secrets
@@ -78,7 +79,7 @@ from presenced.jabber.component import (
     XmppEvent,
 )
 from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
-from presenced.pa.model import PresenceDoc
+from presenced.pa.model import Note, PresenceDoc
 from presenced.pa.packages.presence import closed_doc, entity_of
 from presenced.pa.records import Subscription
 from presenced.services.notifier import NotifierService
@@ -111,14 +112,17 @@ class Refusal:
 
 class _Remote:
     """An XMPP user some SIP users watch: the presentities that stand for it, its resources,
-    and its answer to the gateway's subscription (None pending, True approved, False refused)."""
+    and its answer to the gateway's subscription (None pending, True approved, False refused).
+    `farewell`: the status texts of the unavailable that took its last resource ("bye"),
+    which SIP watchers see as notes of the closed tuple until it comes back."""
 
-    __slots__ = ("approved", "presentities", "resources")
+    __slots__ = ("approved", "farewell", "presentities", "resources")
 
     def __init__(self) -> None:
         self.presentities: set[str] = set()
         self.resources: dict[str, XmppPresence] = {}
         self.approved: bool | None = None
+        self.farewell: tuple[tuple[str, str | None], ...] = ()
 
 
 class _Contact:
@@ -264,7 +268,10 @@ class JabberGateway:
         subscription request. O(1) unless the watcher is at its cap (then its own entries are
         re-checked against the agent's dialogs, at most ``max_contacts_per_user`` of them).
         """
-        found = self.addressing.presentity_to_jid(presentity)
+        # Every presentity here was routed to the gateway (the default route or the
+        # operator's script): its JID comes from the user part or [jabber.domains], whatever
+        # served domain its host is.
+        found = self.addressing.presentity_to_jid(presentity, routed=True)
         if isinstance(found, Unmappable):
             word = "Bad Request" if found.status == 400 else "Not Found"
             return Refusal(found.status, f"{word} ({found.reason})")
@@ -307,7 +314,7 @@ class JabberGateway:
             return record.peer
 
     def _jid_of(self, presentity: str) -> str | None:
-        found = self.addressing.presentity_to_jid(presentity)
+        found = self.addressing.presentity_to_jid(presentity, routed=True)
         return found if isinstance(found, str) else None
 
     def _dialog_of(self, req: Request) -> str | None:
@@ -496,14 +503,21 @@ class JabberGateway:
             if remote.resources.get(resource) == pres:
                 return
             remote.resources[resource] = pres
-        elif resource:
-            if remote.resources.pop(resource, None) is None:
-                return
+            remote.farewell = ()
         else:
-            # Unavailable from the bare JID (e.g. the answer to a probe): no resource is online.
+            farewell = remote.farewell
+            if resource:
+                if remote.resources.pop(resource, None) is None and pres.statuses == farewell:
+                    return
+            else:
+                # Unavailable from the bare JID (e.g. the answer to a probe): no resource is
+                # online.
+                if not remote.resources and pres.statuses == farewell:
+                    return
+                remote.resources.clear()
             if not remote.resources:
-                return
-            remote.resources.clear()
+                # Its status text ("bye") stays on the closed tuple (docs/jabber.md).
+                remote.farewell = pres.statuses
         for presentity in remote.presentities:
             self._mark(presentity)
 
@@ -524,6 +538,7 @@ class JabberGateway:
         log.info("jabber: %s refused or cancelled the gateway's subscription", from_bare)
         remote.approved = False  # not asked again on reconnection while watched
         remote.resources.clear()
+        remote.farewell = ()
         for presentity in remote.presentities:
             self._mark(presentity)
 
@@ -592,6 +607,7 @@ class JabberGateway:
         log.info("jabber: XMPP server lost; %d watched XMPP users now closed", len(self._remotes))
         for remote in self._remotes.values():
             remote.resources.clear()
+            remote.farewell = ()
         for presentity in self._watched:
             self._mark(presentity)
 
@@ -671,8 +687,14 @@ class JabberGateway:
         jid = self._watched[presentity]
         remote = self._remotes.get(jid) if jid is not None else None
         if remote is None or not remote.resources:
-            # The agent's own closed document: watchers see the same tuple as with no source.
-            return closed_doc(presentity)
+            # The agent's own closed document: watchers see the same tuple as with no source,
+            # with the status text of the unavailable that closed it, if any.
+            doc = closed_doc(presentity)
+            if remote is None or not remote.farewell:
+                return doc
+            notes = tuple(Note(text, lang) for text, lang in remote.farewell)
+            return dataclasses.replace(
+                doc, tuples=tuple(dataclasses.replace(t, notes=notes) for t in doc.tuples))
         return xmpp_to_pidf(entity_of(presentity), remote.resources)
 
     def _mark(self, presentity: str) -> None:

@@ -165,14 +165,7 @@ class NotifierService:
         self.driver.send_request(eff.request, peer, ("notify", eff.sub_id), validated=eff.validated)
 
     def driver_has_flow(self, peer: Peer) -> bool:
-        transport = self.driver.transports.get(peer.transport)
-        if transport is None:
-            return False
-        connections = getattr(transport, "connections", None)
-        if peer.conn_id is not None and connections is not None and peer.conn_id in connections:
-            return True
-        by_addr = getattr(transport, "by_addr", None)
-        return by_addr is not None and (peer.host, peer.port) in by_addr
+        return self.driver.has_flow(peer)
 
     def _arm(self) -> None:
         self._alarm.arm(self.notifier.next_deadline())

@@ -57,7 +57,11 @@ def hop_of(uri_text: str, flow: Peer) -> Peer:
     port = uri.port or (5061 if uri.scheme == "sips" else 5060)
     if transport == flow.transport and host == flow.host and port == flow.port:
         return flow
-    return Peer(transport, host, port)
+    # Leave through the flow's own listener when it can reach the hop (same transport and
+    # address family); otherwise the driver picks one of the hop's family.
+    same_family = (":" in host) == (":" in flow.host)
+    local = flow.local if transport == flow.transport and same_family else None
+    return Peer(transport, host, port, local=local)
 
 
 def _is_ip(host: str) -> bool:

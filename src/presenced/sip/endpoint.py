@@ -53,12 +53,16 @@ KNOWN_METHODS = frozenset(
 
 @dataclass(frozen=True, slots=True)
 class Peer:
-    """Where a message came from or goes to. `conn_id` names a stream connection."""
+    """Where a message came from or goes to. `conn_id` names a stream connection; `local` the
+    listener it came on or leaves through, as the "host:port" we advertise for it (our Via
+    sent-by and Contact). `str()` and the persisted form leave `local` out: a flow restored
+    from storage leaves through a listener of its address family (the driver chooses)."""
 
     transport: str  # "udp" | "tcp" (later "tls", "ws")
     host: str
     port: int
     conn_id: int | None = None
+    local: str | None = None
 
     @property
     def reliable(self) -> bool:
@@ -70,7 +74,7 @@ class Peer:
 
 
 def parse_peer(text: str) -> Peer:
-    """Inverse of `str(Peer)` (without the connection id)."""
+    """Inverse of `str(Peer)` (without the connection id and the listener)."""
     transport, _, rest = text.partition(":")
     host, _, port = rest.rpartition(":")
     return Peer(transport, host.strip("[]"), int(port))
@@ -178,12 +182,10 @@ class Endpoint:
         partial = exc.partial
         if isinstance(partial, Request) and partial.method != "ACK":
             try:
-                # Answerable only when the headers a response copies survived (§8.2.6).
+                # Answerable when a Via survives: it says where the answer goes (RFC 3261
+                # §18.2.2). A missing Call-ID, From, To or CSeq still gets its 400, echoing
+                # what exists (RFC 4475 §3.3.1 "insuf").
                 partial.top_via  # noqa: B018
-                partial.from_  # noqa: B018
-                partial.to  # noqa: B018
-                partial.call_id  # noqa: B018
-                partial.cseq  # noqa: B018
             except ParseError:
                 pass
             else:
@@ -461,7 +463,9 @@ class Endpoint:
         earlier request of the same dialog): the request and its retransmissions then bypass
         the anti-amplification budget, which only guards addresses nobody has proven."""
         branch = MAGIC_COOKIE + self.make_token()
-        sent_by = self.config.via_hosts.get(peer.transport, "127.0.0.1")
+        # The listener it leaves through names itself (the driver set `local`), so an answer
+        # comes back to the address the request left from.
+        sent_by = peer.local or self.config.via_hosts.get(peer.transport, "127.0.0.1")
         req.headers.insert_first("Via", f"SIP/2.0/{peer.transport.upper()} {sent_by};branch={branch};rport")
         if "Max-Forwards" not in req.headers:
             req.headers.add("Max-Forwards", "70")
@@ -510,7 +514,7 @@ def _route(via: Via, peer: Peer) -> Peer:
     port = via.rport or (peer.port if "rport" in via.params else via.port or 5060)
     if host == peer.host and port == peer.port:
         return peer
-    return Peer(peer.transport, host, port)
+    return Peer(peer.transport, host, port, None, peer.local)  # same listener out
 
 
 def _creates_state(req: Request) -> bool:

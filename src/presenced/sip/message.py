@@ -378,9 +378,12 @@ _COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
 def make_response(
     req: Request, status: int, reason: str | None = None, to_tag: str | None = None
 ) -> Response:
-    """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked."""
-    # Every Via, and the first From, Call-ID and CSeq: a request that repeats one of those
-    # gets its 400 without the repeat, which would make the answer itself malformed.
+    """A response to `req` with the headers RFC 3261 §8.2.6.2 copies, plus a To-tag if asked.
+
+    Headers the request lacks are left out rather than invented: answering a request that
+    misses From, To, Call-ID or CSeq (400, RFC 4475 §3.3.1) echoes what exists. Every Via, and
+    only the first From, Call-ID and CSeq: a request that repeats one of those gets its 400
+    without the repeat, which would make the answer itself malformed."""
     seen: set[str] = set()
     copied: list[tuple[str, str, str]] = []
     for e in req.headers._items:
@@ -389,10 +392,11 @@ def make_response(
             seen.add(key)
             copied.append(e)
     h = Headers._from_parsed(copied)
-    to = req.headers.get("To") or ""
-    if to_tag is not None and not _has_tag(req, to):
-        to = f"{to};tag={to_tag}"
-    h.add("To", to)
+    to = req.headers.get("To")
+    if to is not None:
+        if to_tag is not None and not _has_tag(req, to):
+            to = f"{to};tag={to_tag}"
+        h.add("To", to)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
     top_via = req._cache.get("top_via")
     if top_via is not None:  # the same header: spare routing the response a second parse

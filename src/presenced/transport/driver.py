@@ -3,6 +3,14 @@
 It feeds received bytes to the endpoint with the loop's monotonic clock, hands the events to
 the application, puts `Transmit`s on the right transport and keeps exactly one timer armed
 for the endpoint's next deadline (the aioquic shape).
+
+Several listeners may serve one transport (IPv4 and IPv6, or two addresses of a multi-homed
+host). Each names itself by the "host:port" it advertises (`Transport.local`), and every
+received message's `Peer.local` says which one it came on. An answer, a retransmission or a
+NOTIFY over a known flow leaves through that listener (RFC 3261 §18.2.2: the response goes
+back from where the request arrived); a request to a peer without one (a flow restored from
+storage, a trusted proxy's route) leaves through the first listener of the peer's transport
+and address family, and `send_request` names that listener before the endpoint writes our Via.
 """
 
 from __future__ import annotations
@@ -27,9 +35,16 @@ log = logging.getLogger("presenced.driver")
 
 
 class Transport(Protocol):
-    name: str
+    name: str  # "udp" | "tcp"
+    local: str  # the "host:port" we advertise for this listener (Via sent-by, Contact)
+    v6: bool  # an IPv6 socket
 
     def send(self, data: bytes, peer: Peer) -> None: ...
+
+    def has_flow(self, peer: Peer) -> bool:
+        """Whether a message to `peer` can leave without opening anything (UDP: always; a
+        stream: its connection, by id or by address, is live)."""
+        ...
 
 
 class Application(Protocol):
@@ -43,6 +58,11 @@ class Application(Protocol):
 class Driver:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
+        # Every listener, by (transport name, advertised host:port).
+        self.listeners: dict[tuple[str, str], Transport] = {}
+        # The default listener per (transport name, IPv6?): the first one added.
+        self._by_family: dict[tuple[str, bool], Transport] = {}
+        # The first listener per transport name (what one-listener callers knew as "the" one).
         self.transports: dict[str, Transport] = {}
         self.app: Application | None = None
         self._timer: asyncio.TimerHandle | None = None
@@ -51,7 +71,38 @@ class Driver:
         self.now: Callable[[], float] = self._loop.time
 
     def add_transport(self, transport: Transport) -> None:
-        self.transports[transport.name] = transport
+        name = transport.name
+        self.listeners[(name, transport.local)] = transport
+        self._by_family.setdefault((name, transport.v6), transport)
+        self.transports.setdefault(name, transport)
+
+    def listener_for(self, peer: Peer) -> Transport | None:
+        """The listener a message to `peer` leaves through: the one its flow came on, else the
+        first of its transport and address family, else the first of its transport."""
+        if peer.local is not None:
+            t = self.listeners.get((peer.transport, peer.local))
+            if t is not None and t.v6 == (":" in peer.host):
+                return t
+        t = self._by_family.get((peer.transport, ":" in peer.host))
+        return t if t is not None else self.transports.get(peer.transport)
+
+    def bind(self, peer: Peer) -> Peer:
+        """`peer` naming the listener a request to it leaves through (our Via names it)."""
+        t = self.listener_for(peer)
+        if t is None or t.local == peer.local:
+            return peer
+        return Peer(peer.transport, peer.host, peer.port, peer.conn_id, t.local)
+
+    def has_flow(self, peer: Peer) -> bool:
+        """Whether a message to `peer` leaves without a new connection (see Transport)."""
+        if peer.local is not None:
+            t = self.listeners.get((peer.transport, peer.local))
+            if t is not None and t.has_flow(peer):
+                return True
+        # A stream connection is one listener's; a restored flow names none: ask them all
+        # (a handful of listeners at most).
+        return any(t.has_flow(peer) for (name, _), t in self.listeners.items()
+                   if name == peer.transport)
 
     # --- from the transports ----------------------------------------------------------------
 
@@ -66,8 +117,8 @@ class Driver:
     def send_request(self, request: Request, peer: Peer, context: object,
                      validated: bool = False) -> None:
         """`validated`: `peer` has proven it reads what we send (see Endpoint.send_request)."""
-        self._process(self.endpoint.send_request(request, peer, self._loop.time(), context,
-                                                 validated))
+        self._process(self.endpoint.send_request(request, self.bind(peer), self._loop.time(),
+                                                 context, validated))
 
     # --- plumbing ---------------------------------------------------------------------------
 
@@ -75,7 +126,7 @@ class Driver:
         app = self.app
         for ev in events:
             if isinstance(ev, Transmit):
-                transport = self.transports.get(ev.peer.transport)
+                transport = self.listener_for(ev.peer)
                 if transport is None:
                     log.warning("no %s transport to reach %s", ev.peer.transport, ev.peer)
                     continue

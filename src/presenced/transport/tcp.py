@@ -10,6 +10,11 @@ originate reuse a live connection to the peer. A new connection is opened only t
 `may_connect` allows (the trusted proxies, set by the composition root; by default none):
 otherwise a Record-Route or Contact naming ";transport=tcp" would make us connect to and write
 into any service (SSRF, issue 9 finding 3).
+
+Several TCP listeners (IPv4 and IPv6, or two addresses) share one `ConnectionTable`, so the
+caps hold for the process, not per listener, and a connection id names the flow whichever
+listener accepted it. A connection we open to a trusted proxy leaves from the listener's own
+address when it has one (not a wildcard).
 """
 
 from __future__ import annotations
@@ -51,7 +56,7 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         addr = transport.get_extra_info("peername")
-        self.peer = Peer("tcp", addr[0], addr[1], self.id)
+        self.peer = Peer("tcp", addr[0], addr[1], self.id, self.owner.local)
         # The limits guard against peers; connections we open to deliver NOTIFYs are not refused.
         owner = self.owner
         if self.outbound_key is None:
@@ -146,6 +151,14 @@ def _never(host: str) -> bool:
     return False
 
 
+class ConnectionTable:
+    """What every TCP listener of one process shares: live connections and per-IP counts."""
+
+    def __init__(self) -> None:
+        self.connections: dict[int, _Connection] = {}
+        self.per_source: dict[str, int] = {}  # source IP -> inbound connections held
+
+
 class TcpTransport:
     name = "tcp"
     may_connect: Callable[[str], bool] = staticmethod(_never)  # IPs we may open connections to
@@ -163,18 +176,26 @@ class TcpTransport:
         idle_timeout: float = 300.0,
         partial_timeout: float = 30.0,
         first_message_timeout: float = 20.0,
+        advertised_host: str | None = None,
+        table: ConnectionTable | None = None,
     ) -> None:
+        """`advertised_host` as for `UdpTransport`; `table` shared by every TCP listener (the
+        connection caps count them all)."""
         self.receiver = receiver
         self.host = host
         self.port = port
+        self.v6 = ":" in host
+        self._advertised = advertised_host or (f"[{host}]" if self.v6 else host)
+        self.local = f"{self._advertised}:{port}"
         self.max_message_size = max_message_size
         self.max_connections = max_connections
         self.idle_timeout = idle_timeout
         self.partial_timeout = partial_timeout
         self.max_connections_per_source = max_connections_per_source
         self.first_message_timeout = first_message_timeout
-        self.per_source: dict[str, int] = {}  # source IP -> inbound connections held
-        self.connections: dict[int, _Connection] = {}
+        self.table = table if table is not None else ConnectionTable()
+        self.per_source = self.table.per_source
+        self.connections = self.table.connections
         self.by_addr: dict[tuple[str, int], _Connection] = {}
         self._connecting: dict[tuple[str, int], asyncio.Task[None]] = {}
         self._server: asyncio.Server | None = None
@@ -190,6 +211,7 @@ class TcpTransport:
             lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024
         )
         self.port = self._server.sockets[0].getsockname()[1]
+        self.local = f"{self._advertised}:{self.port}"
         self._reaper = asyncio.create_task(self._reap())
 
     async def _reap(self) -> None:
@@ -198,6 +220,8 @@ class TcpTransport:
             await asyncio.sleep(min(5.0, shortest / 2))
             now = time.monotonic()
             for conn in list(self.connections.values()):
+                if conn.owner is not self:
+                    continue  # another listener's (the table is shared)
                 stalled = conn.partial_since is not None and now - conn.partial_since > self.partial_timeout
                 idle = now - conn.last_activity > self.idle_timeout
                 silent = (not conn.delivered and conn.outbound_key is None
@@ -208,11 +232,21 @@ class TcpTransport:
                     self.reaped += 1
                     conn.transport.abort()
 
-    def send(self, data: bytes, peer: Peer) -> None:
+    def _live(self, peer: Peer) -> _Connection | None:
         conn = self.connections.get(peer.conn_id) if peer.conn_id is not None else None
         if conn is None:
             conn = self.by_addr.get((peer.host, peer.port))
         if conn is not None and conn.transport is not None and not conn.transport.is_closing():
+            return conn
+        return None
+
+    def has_flow(self, peer: Peer) -> bool:
+        return self._live(peer) is not None
+
+    def send(self, data: bytes, peer: Peer) -> None:
+        conn = self._live(peer)
+        if conn is not None:
+            assert conn.transport is not None
             conn.transport.write(data)
             return
         if not self.may_connect(peer.host):
@@ -241,8 +275,13 @@ class TcpTransport:
 
     async def _connect(self, key: tuple[str, int]) -> None:
         loop = asyncio.get_running_loop()
+        # From the listener's own address, so the proxy sees the address our Via names; a
+        # wildcard listener leaves the choice to the kernel.
+        wildcard = self.host in ("0.0.0.0", "::", "")
+        local_addr = None if wildcard or self.v6 != (":" in key[0]) else (self.host, 0)
         await asyncio.wait_for(
-            loop.create_connection(lambda: _Connection(self, key), key[0], key[1]), timeout=5.0
+            loop.create_connection(lambda: _Connection(self, key), key[0], key[1],
+                                   local_addr=local_addr), timeout=5.0
         )
 
     async def stop(self) -> None:

@@ -20,17 +20,23 @@ _SO_SNDBUFFORCE = getattr(socket, "SO_SNDBUFFORCE", 32)
 class UdpTransport(asyncio.DatagramProtocol):
     name = "udp"
 
-    def __init__(self, receiver: Receiver, host: str, port: int) -> None:
+    def __init__(self, receiver: Receiver, host: str, port: int,
+                 advertised_host: str | None = None) -> None:
+        """`advertised_host`: the address our Via and Contact name for this listener (a
+        wildcard host is no address); `local` becomes "advertised_host:port" once bound."""
         self._receiver = receiver
         self.host = host
         self.port = port
+        self.v6 = ":" in host
+        self._advertised = advertised_host or (f"[{host}]" if self.v6 else host)
+        self.local = f"{self._advertised}:{port}"
         self._transport: asyncio.DatagramTransport | None = None
         self.sent = 0
         self.errors = 0
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        family = socket.AF_INET6 if ":" in self.host else socket.AF_INET
+        family = socket.AF_INET6 if self.v6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         # Large buffers absorb bursts (a fan-out of thousands of NOTIFYs, a sipp load run).
@@ -48,6 +54,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         sock.bind((self.host, self.port))
         sock.setblocking(False)
         self.port = sock.getsockname()[1]
+        self.local = f"{self._advertised}:{self.port}"
         await loop.create_datagram_endpoint(lambda: self, sock=sock)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -58,7 +65,7 @@ class UdpTransport(asyncio.DatagramProtocol):
         if not data or data in (b"\r\n", b"\r\n\r\n"):
             return  # keep-alive noise (RFC 5626 §3.5.1 uses STUN on UDP; bare CRLFs happen)
         try:
-            self._receiver(data, Peer("udp", addr[0], addr[1]))
+            self._receiver(data, Peer("udp", addr[0], addr[1], None, self.local))
         except Exception:  # one bad datagram must never stop the server
             self.errors += 1
             log.exception("error handling a datagram from %s:%s", addr[0], addr[1])
@@ -71,8 +78,23 @@ class UdpTransport(asyncio.DatagramProtocol):
     def send(self, data: bytes, peer: Peer) -> None:
         if self._transport is None:
             return
+        host = peer.host
+        if self.v6 != (":" in host):
+            if not self.v6:
+                # No IPv4 listener reaches an IPv6 address; the driver found no IPv6 one.
+                self.errors += 1
+                log.warning("no IPv6 udp listener to reach %s", peer)
+                return
+            host = f"::ffff:{host}"  # a dual-stack IPv6 socket reaches IPv4 mapped
         self.sent += 1
-        self._transport.sendto(data, (peer.host, peer.port))
+        try:
+            self._transport.sendto(data, (host, peer.port))
+        except (OSError, ValueError) as exc:  # one unreachable address must not stop a fan-out
+            self.errors += 1
+            log.info("udp send to %s failed: %s", peer, exc)
+
+    def has_flow(self, peer: Peer) -> bool:
+        return True  # datagrams need no connection
 
     async def stop(self) -> None:
         if self._transport is not None:
