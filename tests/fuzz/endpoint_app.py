@@ -32,7 +32,7 @@ from presenced.config import Config, parse_config
 from presenced.server import Server
 from presenced.sip.endpoint import Peer, Transmit
 from presenced.sip.errors import ParseError
-from presenced.sip.message import Limits, Request, parse_message
+from presenced.sip.message import Limits, Request, Response, parse_message
 from presenced.transport.driver import Driver
 
 DOMAIN = "example.com"
@@ -101,14 +101,22 @@ class RecordingTransport:
     """Stands where UdpTransport/TcpTransport stand; sends nothing, records every Transmit."""
 
     def __init__(self, receiver: Callable[[bytes, Peer], None], host: str, port: int,
-                 **_options: object) -> None:
+                 advertised_host: str | None = None, **_options: object) -> None:
         self.receiver = receiver
         self.host, self.port = host, port
         self.name = ""
+        self.v6 = ":" in host
+        self.local = f"{advertised_host or host}:{port}"  # the Transport protocol's listener
         self.sent: list[Transmit] = []
-        # TcpTransport's view of its live connections: PresenceService consults `by_addr`.
+        # TcpTransport's view of its live connections, for has_flow.
         self.by_addr: dict[tuple[str, int], object] = {}
         self.connections: dict[int, object] = {}
+
+    def has_flow(self, peer: Peer) -> bool:
+        if self.name == "udp":
+            return True
+        return (peer.conn_id is not None and peer.conn_id in self.connections) or (
+            (peer.host, peer.port) in self.by_addr)
 
     async def start(self) -> None:
         pass
@@ -293,6 +301,14 @@ async def start_app(auth: bool) -> App:
     return app
 
 
+def _answers_an_incomplete_request(data: bytes, exc: ParseError) -> bool:
+    """A 400 to a request that lacked From, To, Call-ID or CSeq echoes what the request had
+    (RFC 4475 §3.3.1), so it lacks that header too: well-formed but for that."""
+    return (data.startswith(b"SIP/2.0 400 ") and isinstance(exc.partial, Response)
+            and exc.reason.startswith("missing ") and exc.reason.removeprefix("missing ")
+            in ("From header", "To header", "Call-ID header", "CSeq header"))
+
+
 def check_transmit(tx: Transmit, sources: set[Peer], limits: Limits,
                    max_size: int) -> Iterator[Violation]:
     """The properties of one message the server would put on the wire."""
@@ -302,8 +318,11 @@ def check_transmit(tx: Transmit, sources: set[Peer], limits: Limits,
     try:
         msg = parse_message(data, limits)
     except ParseError as exc:
-        yield Violation("parse", f"we sent what we cannot parse ({exc}) to {tx.peer}: {data[:2000]!r}")
-        return
+        if not _answers_an_incomplete_request(data, exc):
+            yield Violation("parse", f"we sent what we cannot parse ({exc}) to {tx.peer}: {data[:2000]!r}")
+            return
+        msg = exc.partial  # the 400 echoes what the request had (RFC 4475 §3.3.1)
+        assert isinstance(msg, Response)
     head, _sep, _body = data.partition(b"\r\n\r\n")
     for line in head.split(b"\r\n"):
         if _CONTROL.search(line):

@@ -186,6 +186,13 @@ class Endpoint:
                 # §18.2.2). A missing Call-ID, From, To or CSeq still gets its 400, echoing
                 # what exists (RFC 4475 §3.3.1 "insuf").
                 partial.top_via  # noqa: B018
+                # Those present must be readable: the answer copies them, and a malformed copy
+                # would make the answer itself malformed.
+                h = partial.headers
+                for name, read in (("From", "from_"), ("To", "to"), ("Call-ID", "call_id"),
+                                   ("CSeq", "cseq")):
+                    if name in h:
+                        getattr(partial, read)
             except ParseError:
                 pass
             else:
