@@ -53,6 +53,26 @@ class Driver:
     def add_transport(self, transport: Transport) -> None:
         self.transports[transport.name] = transport
 
+    def attach(self, app: Application) -> None:
+        """Name the application that gets the endpoint's events: once, before any transport
+        starts (the one late binding of the composition root, services/ports.py)."""
+        if self.app is not None:
+            raise RuntimeError("the driver already has an application")
+        self.app = app
+
+    def has_flow(self, peer: Peer) -> bool:
+        """Whether a message to `peer` leaves without a new connection (the FlowCheck port)."""
+        transport = self.transports.get(peer.transport)
+        if transport is None:
+            return False
+        if not peer.reliable:
+            return True
+        connections = getattr(transport, "connections", None)
+        if peer.conn_id is not None and connections is not None and peer.conn_id in connections:
+            return True
+        by_addr = getattr(transport, "by_addr", None)
+        return by_addr is not None and (peer.host, peer.port) in by_addr
+
     # --- from the transports ----------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer) -> None:
