@@ -29,7 +29,8 @@ from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
-from presenced.services.dispatch import Dispatcher
+from presenced.services.alarm import drain_all
+from presenced.services.dispatch import Dispatcher, SourceHandler
 from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
@@ -89,6 +90,9 @@ def trusted_predicate(entries: Iterable[str]) -> Callable[[str], bool]:
 
     return trusted
 
+
+# How long stop() waits for in-flight handlers and NOTIFY runs before the storage closes.
+SHUTDOWN_DRAIN_TIMEOUT = 5.0
 
 # user-unreserved and unreserved characters (RFC 3261 §25.1) stay as they are in our Contact
 _USER_SAFE = "-_.!~*'()&=+$,;?/"
@@ -185,14 +189,14 @@ class Server:
             trusted,
             packages,
         )
-        self.notifications = NotifierService(self.notifier, self.driver, self.storage)
-        self.notifications.may_connect = trusted
+        self.notifications = NotifierService(self.notifier, self.driver, self.storage,
+                                             may_connect=trusted)
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
-            self.driver, self.storage, frozenset(cfg.server.domains), max_bindings=reg.max_bindings,
+            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
+            max_bindings=reg.max_bindings,
         )
-        self.registrar.notifier = self.notifications
         self.publish = PublishService(
             Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires,
                                        max_presentity_bytes=pa.max_presentity_bytes,
@@ -224,21 +228,22 @@ class Server:
                 max_source_failures=cfg.auth.max_failures_per_source,
                 lockout=cfg.auth.lockout, max_lockout=cfg.auth.max_lockout))
 
-        self.dispatcher = Dispatcher(self.driver, router, auth, throttle, trusted)
-        self.dispatcher.handlers["REGISTER"] = self.registrar.register
-        self.dispatcher.handlers["PUBLISH"] = self.publish.publish
-        self.dispatcher.sources["registrar"] = self.notifications.subscribe
-        self.dispatcher.notify_results = self.notifications.on_notify_result
-        self.driver.app = self.dispatcher
-
         # --- jabber gateway (begin) ---
         # Built before state loads so the loaded subscriptions' WatchStarted reach it.
         if cfg.jabber is not None:
             self.jabber = JabberGateway.from_config(cfg.jabber, self.notifications, cfg.server.domains,
                                                     authenticated=cfg.auth is not None)
-            # The gateway admits (caps, rate, faithful addresses) before the presence service.
-            self.dispatcher.sources["jabber"] = self.jabber.subscribe
         # --- jabber gateway (end) ---
+        sources: dict[str, SourceHandler] = {"registrar": self.notifications.subscribe}
+        if self.jabber is not None:
+            # The gateway admits (caps, rate, faithful addresses) before the presence service.
+            sources["jabber"] = self.jabber.subscribe
+        self.dispatcher = Dispatcher(
+            self.driver, router,
+            handlers={"REGISTER": self.registrar.register, "PUBLISH": self.publish.publish},
+            sources=sources, notify_results=self.notifications.on_notify_result,
+            auth=auth, throttle=throttle, trusted=trusted)
+        self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
 
         # State first, network second, owed notifications last.
         effects = self.notifier.load(await self.storage.load_subscriptions(),
@@ -302,12 +307,21 @@ class Server:
         if self.jabber is not None:
             await self.jabber.stop()
         # --- jabber gateway stop (end) ---
-        for t in self.transports:
-            await t.stop()
-        self.driver.close()
+        # No new work: requests are dropped, expiry timers stop. What is in flight finishes
+        # (its answers still go out) before the storage closes; what overstays is cancelled.
+        self.dispatcher.close()
         self.notifications.close()
         self.registrar.close()
         self.publish.close()
+        cancelled = await drain_all(
+            (self.dispatcher.background, self.registrar.background, self.publish.background,
+             self.notifications.background), SHUTDOWN_DRAIN_TIMEOUT)
+        if cancelled:
+            log.warning("shutdown: %d task(s) did not finish within %.0f s and were cancelled",
+                        cancelled, SHUTDOWN_DRAIN_TIMEOUT)
+        for t in self.transports:
+            await t.stop()
+        self.driver.close()
         await self.storage.close()
         log.info("stopped")
 

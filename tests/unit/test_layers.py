@@ -20,11 +20,14 @@ ALLOWED: dict[str, frozenset[str]] = {
     "storage": frozenset({"pa"}),  # it stores the core's records
     "config": frozenset({"sip"}),
     "admin": frozenset(),  # reserved for the admin HTTP adapter (issue 15)
+    # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
-                           "storage", "transport"}),
+                           "storage"}),
 }
-# Of the adapters, services may use only the ports: the Storage protocol and the driver.
-PORTS = {"storage": {"presenced.storage.base"}, "transport": {"presenced.transport.driver"}}
+# Of the adapters, services may use only the ports: the Storage protocol, and only through
+# services/ports.py (one place says what a service may ask of the outside world).
+PORTS = {"storage": {"presenced.storage.base"}}
+PORT_MODULES = {"storage": {"presenced.services.ports"}}
 ROOT = frozenset({"server", "cli", "__main__", "__init__"})  # the composition root: anything
 
 
@@ -64,6 +67,9 @@ def violations() -> list[str]:
             elif layer == "services" and to in PORTS and target not in PORTS[to]:
                 out.append(f"{path.relative_to(SRC)}:{line}: services may use only the ports of "
                            f"{to} ({', '.join(sorted(PORTS[to]))}), not {target}")
+            elif layer == "services" and to in PORT_MODULES and module not in PORT_MODULES[to]:
+                out.append(f"{path.relative_to(SRC)}:{line}: services reach {to} through "
+                           f"{', '.join(sorted(PORT_MODULES[to]))}, not directly")
     return out
 
 
@@ -84,3 +90,4 @@ def test_the_matrix_catches_an_upward_import(tmp_path: Path) -> None:
     assert layer_of("presenced.services.notifier") not in ALLOWED["pa"]
     assert layer_of("presenced.jabber.component") == "jabber.component"
     assert "transport" not in ALLOWED["storage"] and "storage" not in ALLOWED["transport"]
+    assert "transport" not in ALLOWED["services"]  # the network is a port (services/ports.py)

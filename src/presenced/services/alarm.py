@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger("presenced.services")
@@ -18,12 +18,20 @@ log = logging.getLogger("presenced.services")
 
 class Background:
     """Runs coroutines as tasks, holding a reference until they finish and logging failures
-    (asyncio keeps only weak references to tasks)."""
+    (asyncio keeps only weak references to tasks). `drain()` at shutdown lets them finish
+    (bounded), cancels the rest, and refuses new ones from then on."""
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "background") -> None:
+        self.name = name
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closed = False
 
     def spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        if self._closed:
+            # Shut down: the storage may be closed already; the work is dropped unstarted.
+            coro.close()
+            log.debug("%s: shut down, task dropped", self.name)
+            return
         task = asyncio.get_running_loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -35,6 +43,33 @@ class Background:
 
     def __len__(self) -> int:
         return len(self._tasks)
+
+    async def drain(self, deadline: float) -> int:
+        """Wait until every task (those started while waiting too) finished, or until the
+        loop time `deadline`; cancel what is left and wait for it to unwind. Then refuse new
+        tasks. Returns how many had to be cancelled."""
+        loop = asyncio.get_running_loop()
+        while self._tasks:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                break
+            await asyncio.wait(set(self._tasks), timeout=remaining)
+        self._closed = True
+        left = set(self._tasks)
+        for task in left:
+            task.cancel()
+        if left:
+            log.warning("%s: %d task(s) still running at shutdown, cancelled", self.name,
+                        len(left))
+            await asyncio.gather(*left, return_exceptions=True)
+        return len(left)
+
+
+async def drain_all(backgrounds: Iterable[Background], timeout: float) -> int:
+    """Drain several `Background`s against one shared deadline, in order (a task of an
+    earlier one may spawn into a later one: the notifier's NOTIFY runs after a handler)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    return sum([await b.drain(deadline) for b in backgrounds])
 
 
 class Alarm:

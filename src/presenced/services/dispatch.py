@@ -22,10 +22,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 
 from presenced.pa.routing import Router, RoutingError
 from presenced.services.alarm import Background
+from presenced.services.ports import Responder
 from presenced.sip.auth import (
     AuthOutcome,
     AuthParseError,
@@ -37,7 +38,6 @@ from presenced.sip.endpoint import ClientTimedOut, RequestReceived, ResponseRece
 from presenced.sip.errors import ParseError
 from presenced.sip.message import Request, make_response
 from presenced.sip.uri import SipUri
-from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.dispatch")
 
@@ -49,38 +49,53 @@ _LOCKED_OUT = "Forbidden (too many failed authentications)"
 
 
 class Dispatcher:
-    def __init__(self, driver: Driver, router: Router, auth: DigestAuthenticator | None = None,
-                 throttle: AuthThrottle | None = None,
+    def __init__(self, responder: Responder, router: Router, *,
+                 handlers: Mapping[str, Handler], sources: Mapping[str, SourceHandler],
+                 notify_results: Callable[[str, int], None],
+                 auth: DigestAuthenticator | None = None, throttle: AuthThrottle | None = None,
                  trusted: Callable[[str], bool] = lambda host: False) -> None:
-        """`trusted(ip)`: a `[server] trusted_proxies` address, whose failures count per user
+        """`handlers`: per method (REGISTER, PUBLISH); `sources`: the SUBSCRIBE handler per
+        routing source ("registrar" also takes every in-dialog SUBSCRIBE); `notify_results(
+        sub_id, status)` hears the final answer to each NOTIFY (408 for a timeout).
+        `trusted(ip)`: a `[server] trusted_proxies` address, whose failures count per user
         only (it speaks for many users)."""
-        self.driver = driver
+        self.responder = responder
         self.router = router
         self.auth = auth
         self.trusted = trusted
         self.throttle = throttle if throttle is not None or auth is None else AuthThrottle()
-        self.handlers: dict[str, Handler] = {}
-        self.sources: dict[str, SourceHandler] = {}
-        self.notify_results: Callable[[str, int], None] | None = None
-        self._background = Background()
+        self.handlers: dict[str, Handler] = dict(handlers)
+        self.sources: dict[str, SourceHandler] = dict(sources)
+        self.notify_results = notify_results
+        self.background = Background("dispatcher")
         self.errors = 0
+        self.closing = False
+        self.dropped = 0  # requests that arrived while shutting down
+
+    def close(self) -> None:
+        """Shutting down: new requests are dropped (the client retransmits or fails over);
+        those in flight finish (`background.drain`), NOTIFY answers are still heard."""
+        self.closing = True
 
     # --- endpoint events ---------------------------------------------------------------------
 
     def on_request(self, event: RequestReceived) -> None:
-        self._background.spawn(self._handle(event))
+        if self.closing:
+            self.dropped += 1
+            return
+        self.background.spawn(self._handle(event))
 
     def on_response(self, event: ResponseReceived) -> None:
         ctx = event.context
         status = event.response.status
         if status < 200:
             return  # provisional: the NOTIFY is still outstanding
-        if isinstance(ctx, tuple) and ctx[0] == "notify" and self.notify_results is not None:
+        if isinstance(ctx, tuple) and ctx[0] == "notify":
             self.notify_results(ctx[1], status)
 
     def on_timeout(self, event: ClientTimedOut) -> None:
         ctx = event.context
-        if isinstance(ctx, tuple) and ctx[0] == "notify" and self.notify_results is not None:
+        if isinstance(ctx, tuple) and ctx[0] == "notify":
             self.notify_results(ctx[1], 408)  # RFC 3261 §8.1.3.1: a timeout counts as 408
 
     # --- handling ------------------------------------------------------------------------------
@@ -90,7 +105,7 @@ class Dispatcher:
         bad = _not_utf8(req)
         if bad is not None:
             # These values become dialog and binding identities and are stored: text only.
-            self.driver.respond(event, make_response(req, 400, f"Bad Request ({bad} is not UTF-8)"))
+            self.responder.respond(event, make_response(req, 400, f"Bad Request ({bad} is not UTF-8)"))
             return
         try:
             identity = None
@@ -103,15 +118,15 @@ class Dispatcher:
                 return
             handler = self.handlers.get(req.method)
             if handler is None:
-                self.driver.respond(event, make_response(req, 501))
+                self.responder.respond(event, make_response(req, 501))
                 return
             await handler(event)
         except ParseError as exc:
-            self.driver.respond(event, make_response(req, exc.status, f"Bad Request ({exc.reason})"))
+            self.responder.respond(event, make_response(req, exc.status, f"Bad Request ({exc.reason})"))
         except Exception:
             self.errors += 1
             log.exception("%s failed (Call-ID %s)", req.method, req.headers.get("Call-ID"))
-            self.driver.respond(event, make_response(req, 500))
+            self.responder.respond(event, make_response(req, 500))
 
     async def _subscribe(self, event: RequestReceived, identity: str | None) -> None:
         req = event.request
@@ -123,17 +138,17 @@ class Dispatcher:
             route = self.router.route(req)
         except RoutingError as exc:
             log.error("routing failed for SUBSCRIBE %s (Call-ID %s): %s", req.uri, req.call_id, exc)
-            self.driver.respond(event, make_response(req, 500, "Routing Script Failed"))
+            self.responder.respond(event, make_response(req, 500, "Routing Script Failed"))
             return
         handler = self.sources.get(route.source)
         if handler is None:
-            self.driver.respond(event, make_response(req, 404, f"No {route.source} Source"))
+            self.responder.respond(event, make_response(req, 404, f"No {route.source} Source"))
             return
         if route.source == "jabber" and (req.event is None or req.event.package != "presence"):
             # The XMPP gateway serves presence only (RFC 6665 §4.1.2.1: 489 names what it does).
             refusal = make_response(req, 489)
             refusal.headers.add("Allow-Events", "presence")
-            self.driver.respond(event, refusal)
+            self.responder.respond(event, refusal)
             return
         # No known-user check: with [auth], a 404 for unknown users and a 200 for known ones
         # would let any user enumerate accounts. An unknown presentity of a served domain
@@ -157,7 +172,7 @@ class Dispatcher:
             if throttle.source_refused(source, mono):
                 log.info("auth: %s refused, source locked out (Call-ID %s, source %s)",
                          req.method, call_id, source)
-                self.driver.respond(event, make_response(req, 403, _LOCKED_OUT))
+                self.responder.respond(event, make_response(req, 403, _LOCKED_OUT))
                 return None
             log.debug("auth: %s challenged in realm %s (Call-ID %s, source %s)",
                       req.method, realm, call_id, source)
@@ -168,13 +183,13 @@ class Dispatcher:
         except AuthParseError as exc:
             log.info("auth: %s malformed credentials (Call-ID %s, source %s): %s",
                      req.method, call_id, source, exc.reason)
-            self.driver.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
+            self.responder.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
             return None
         claimed = f"{creds.username}@{realm}"
         if throttle.refused(source, claimed, mono):
             log.info("auth: %s as %s refused, locked out (Call-ID %s, source %s)",
                      req.method, claimed, call_id, source)
-            self.driver.respond(event, make_response(req, 403, _LOCKED_OUT))
+            self.responder.respond(event, make_response(req, 403, _LOCKED_OUT))
             return None
         result = auth.verify(creds, req.method, req.ruri, time.time(), realm=realm)
         if result.outcome is AuthOutcome.STALE:
@@ -195,7 +210,7 @@ class Dispatcher:
         if identity != _address(acting):
             log.info("auth: %s as %s forbidden for %s (Call-ID %s, source %s)",
                      req.method, identity, _address(acting), call_id, source)
-            self.driver.respond(event, make_response(req, 403, "Forbidden (not your AOR)"))
+            self.responder.respond(event, make_response(req, 403, "Forbidden (not your AOR)"))
             return None
         log.debug("auth: %s as %s ok (Call-ID %s, source %s)", req.method, identity, call_id, source)
         return identity
@@ -205,7 +220,7 @@ class Dispatcher:
         resp = make_response(event.request, 401)
         for value in self.auth.challenge(time.time(), stale=stale, realm=realm):
             resp.headers.add("WWW-Authenticate", value)
-        self.driver.respond(event, resp)
+        self.responder.respond(event, resp)
 
 
 def _acting_as(req: Request) -> SipUri:

@@ -29,10 +29,9 @@ from presenced.pa.subscription import (
     WatchStopped,
 )
 from presenced.services.alarm import Alarm, Background
-from presenced.sip.endpoint import Peer, RequestReceived, parse_peer
+from presenced.services.ports import Clock, Network, Storage
+from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import make_response
-from presenced.storage.base import Storage
-from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.pa")
 
@@ -43,22 +42,32 @@ WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started
 ChangeListener = Callable[[str, PresenceDoc], None]
 
 
+def _never(host: str) -> bool:
+    return False
+
+
 class NotifierService:
-    def __init__(self, notifier: Notifier, driver: Driver, storage: Storage,
-                 clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, notifier: Notifier, network: Network, storage: Storage,
+                 clock: Clock = time.time, may_connect: Callable[[str], bool] = _never) -> None:
+        """`network`: the ports NOTIFYs and answers go through; `may_connect(ip)`: whether a
+        stream connection may be opened to that IP (trusted proxies only), the same predicate
+        the TCP transport enforces."""
         self.notifier = notifier
-        self.driver = driver
+        self.network = network
         self.storage = storage
         self.clock = clock
-        self.background = Background()
+        self.may_connect = may_connect
+        self.background = Background("notifier")
         self._alarm = Alarm(self._expire, self.background, clock)
         self.watch_listeners: list[WatchListener] = []
         self.change_listeners: list[ChangeListener] = []
         self.notifies_sent = 0
         self.notify_failures = 0
-        # Whether a stream connection may be opened to this IP (trusted proxies only); set by
-        # the composition root, the same predicate the TCP transport enforces.
-        self.may_connect: Callable[[str], bool] = _never
+
+    @property
+    def driver(self) -> Network:
+        """The network ports under their older name (the jabber gateway answers through it)."""
+        return self.network
 
     async def load(self) -> None:
         records = await self.storage.load_subscriptions()
@@ -127,13 +136,13 @@ class NotifierService:
                 if event is not None:
                     # Nothing of this SUBSCRIBE happened: undo it in memory, answer 500.
                     self.notifier.rollback(effects, initial=not event.request.to.tag)
-                    self.driver.respond(event, make_response(event.request, 500, "Storage Failure"))
+                    self.network.respond(event, make_response(event.request, 500, "Storage Failure"))
                     return
         sent = 0
         for eff in effects:
             if isinstance(eff, Reply):
                 if event is not None:
-                    self.driver.respond(event, eff.response)
+                    self.network.respond(event, eff.response)
             elif isinstance(eff, SendNotify):
                 self._send_notify(eff)
                 sent += 1
@@ -154,7 +163,7 @@ class NotifierService:
         # The notifier chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
         # peer keeps the TCP connection id of the SUBSCRIBE's flow.
         peer = eff.dest if eff.dest is not None else _parsed_peer(eff.peer)
-        if peer.reliable and not self.driver_has_flow(peer) and not self.may_connect(peer.host):
+        if peer.reliable and not self.network.has_flow(peer) and not self.may_connect(peer.host):
             # The watcher's connection is gone and we dial nobody but trusted proxies (no
             # SSRF): the NOTIFY fails here and now, and its dialog ends like one whose NOTIFY
             # failed (the watcher's next refresh gets 481 and subscribes afresh).
@@ -162,10 +171,7 @@ class NotifierService:
             self.on_notify_result(eff.sub_id, FLOW_FAILED)
             return
         self.notifies_sent += 1
-        self.driver.send_request(eff.request, peer, ("notify", eff.sub_id), validated=eff.validated)
-
-    def driver_has_flow(self, peer: Peer) -> bool:
-        return self.driver.has_flow(peer)
+        self.network.send_request(eff.request, peer, ("notify", eff.sub_id), validated=eff.validated)
 
     def _arm(self) -> None:
         self._alarm.arm(self.notifier.next_deadline())
@@ -179,7 +185,3 @@ class NotifierService:
 
 # Every NOTIFY of a fan-out names its flow as text; parse each distinct one once.
 _parsed_peer = functools.lru_cache(maxsize=65536)(parse_peer)
-
-
-def _never(host: str) -> bool:
-    return False

@@ -8,18 +8,15 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
 
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
 from presenced.pa.publish import Publications
 from presenced.services.alarm import Alarm, Background
-from presenced.services.registrar import PartSink
+from presenced.services.ports import Clock, PartSink, Responder, Storage
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.message import make_response
-from presenced.storage.base import Storage
-from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.publish")
 
@@ -32,15 +29,16 @@ class PublishService:
     marker part, which the registrar clears with the AOR's last binding (the registrar
     policy of the presence package, docs/presence.md)."""
 
-    def __init__(self, pubs: Publications, driver: Driver, storage: Storage, notifier: PartSink,
-                 domains: frozenset[str], clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, pubs: Publications, responder: Responder, storage: Storage,
+                 notifier: PartSink, domains: frozenset[str], clock: Clock = time.time) -> None:
         self.pubs = pubs
-        self.driver = driver
+        self.responder = responder
         self.storage = storage
         self.notifier = notifier
         self.domains = domains
         self.clock = clock
-        self._alarm = Alarm(self._expire_due, Background(), clock)
+        self.background = Background("publish")
+        self._alarm = Alarm(self._expire_due, self.background, clock)
 
     def part(self, presentity: str, event: str = PRESENCE) -> object | None:
         return self.pubs.compose(presentity, event)
@@ -71,9 +69,9 @@ class PublishService:
         except Exception:
             log.exception("storage write failed for PUBLISH to %s (Call-ID %s)", presentity, req.call_id)
             self.pubs.revert(outcome)
-            self.driver.respond(event, make_response(req, 500, "Storage Failure"))
+            self.responder.respond(event, make_response(req, 500, "Storage Failure"))
             return
-        self.driver.respond(event, outcome.response)
+        self.responder.respond(event, outcome.response)
         self._arm()
         for name in outcome.changed:
             part = self.part(name, outcome.event)

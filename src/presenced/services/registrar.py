@@ -13,9 +13,7 @@ import asyncio
 import functools
 import logging
 import time
-from collections.abc import Callable
 from email.utils import formatdate
-from typing import Protocol
 
 from presenced.pa.model import PresenceDoc, Tuple
 from presenced.pa.packages.presence import PUBLISHED, presentity_tuple_id
@@ -36,33 +34,35 @@ from presenced.registrar.bindings import (
     process_register,
 )
 from presenced.services.alarm import Alarm, Background
+from presenced.services.ports import Clock, PartSink, Responder, Storage
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
-from presenced.storage.base import Storage
-from presenced.transport.driver import Driver
 
 log = logging.getLogger("presenced.registrar")
 
 REG = "reg"  # the event package the registrar feeds beside presence (RFC 3680)
 
+
 class RegistrarService:
-    def __init__(self, policy: RegistrarPolicy, driver: Driver, storage: Storage,
-                 domains: frozenset[str], clock: Callable[[], float] = time.time,
+    def __init__(self, policy: RegistrarPolicy, responder: Responder, storage: Storage,
+                 notifier: PartSink, domains: frozenset[str], clock: Clock = time.time,
                  max_bindings: int = 100_000) -> None:
+        """`notifier`: where the AORs' presence and reg parts go (the notifier service)."""
         self.policy = policy
         self.max_bindings = max_bindings  # in the whole process; beyond: 503 + Retry-After
         self.total = 0  # bindings held, kept in step with `bindings`
-        self.driver = driver
+        self.responder = responder
         self.storage = storage
+        self.notifier = notifier
         self.domains = domains
         self.clock = clock
         self.bindings: dict[str, dict[str, Binding]] = {}
         self.expiry: DeadlineHeap[tuple[str, str]] = DeadlineHeap()
-        self.notifier: PartSink | None = None
         # reg (RFC 3680): per AOR with bindings, each contact's latest event, by contact id
         self._reg: dict[str, dict[str, ContactInfo]] = {}
-        self._alarm = Alarm(self._expire_due, Background(), clock)
+        self.background = Background("registrar")
+        self._alarm = Alarm(self._expire_due, self.background, clock)
 
     async def load(self) -> set[str]:
         """Take back persisted bindings; drop those that expired while we were down.
@@ -106,14 +106,14 @@ class RegistrarService:
             aor = req.to.uri.aor
             to_host = req.to.uri.host_key
         except ParseError as exc:
-            self.driver.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
+            self.responder.respond(event, make_response(req, 400, f"Bad Request ({exc.reason})"))
             return
         if to_host not in self.domains:
-            self.driver.respond(event, make_response(req, 404, "Domain Not Served"))
+            self.responder.respond(event, make_response(req, 404, "Domain Not Served"))
             return
         if not req.to.uri.user:
             # RFC 3261 §10.3 step 5: the To URI must name a user of the domain.
-            self.driver.respond(event, make_response(req, 404, "Not Found (no user in To)"))
+            self.responder.respond(event, make_response(req, 404, "Not Found (no user in To)"))
             return
         current = list(self.bindings.get(aor, {}).values())
         was_open = bool(current)
@@ -122,7 +122,7 @@ class RegistrarService:
             resp = make_response(req, outcome.status, outcome.reason)
             if outcome.min_expires is not None:
                 resp.headers.add("Min-Expires", str(outcome.min_expires))
-            self.driver.respond(event, resp)
+            self.responder.respond(event, resp)
             return
         existing = self.bindings.get(aor, {})
         added = sum(1 for b in outcome.puts if b.contact not in existing)
@@ -131,7 +131,7 @@ class RegistrarService:
             # A process-wide condition that lifts as bindings expire (RFC 3261 §21.5.4).
             resp = make_response(req, 503, "Service Unavailable (registrar full)")
             resp.headers.add("Retry-After", "60")
-            self.driver.respond(event, resp)
+            self.responder.respond(event, resp)
             return
         # Apply to memory first, so a concurrent REGISTER for the AOR sees this one's result.
         table = self.bindings.setdefault(aor, {})
@@ -153,13 +153,13 @@ class RegistrarService:
         except Exception:
             log.exception("storage write failed for REGISTER of %s", aor)
             self._restore(aor, before)
-            self.driver.respond(event, make_response(req, 500, "Storage Failure"))
+            self.responder.respond(event, make_response(req, 500, "Storage Failure"))
             return
         resp = make_response(req, 200)
         for value in contact_header_values(outcome.bindings, now):
             resp.headers.add("Contact", value)
         resp.headers.add("Date", _http_date(int(now)))
-        self.driver.respond(event, resp)
+        self.responder.respond(event, resp)
         self._arm()
         if was_open != bool(outcome.bindings) or outcome.puts or outcome.deletes:
             await self._publish(aor, before, REASON_REGISTER, now)
@@ -187,8 +187,6 @@ class RegistrarService:
         """Tell the notifier: the presence part, and the reg part with this change's contact
         events (RFC 3680 §5.2: a refresh is a `refreshed` event for reg watchers, and nothing
         for presence watchers, whose document does not change)."""
-        if self.notifier is None:
-            return
         after = self.bindings.get(aor, {})
         await self.notifier.set_part(aor, "registrar", self.part(aor))
         if not after:  # the registration is over: the presence package's marker goes too
@@ -257,11 +255,3 @@ def _views(aor: str, table: dict[str, Binding]) -> dict[str, BindingView]:
                                                 b.instance)
         for b in table.values()
     }
-
-
-class PartSink(Protocol):
-    """What the registrar and the publication service need of the notifier service (kept
-    narrow on purpose)."""
-
-    async def set_part(self, presentity: str, key: str, part: object | None,
-                       event: str = "presence", quiet: bool = False) -> None: ...

@@ -104,6 +104,13 @@ class Driver:
         return any(t.has_flow(peer) for (name, _), t in self.listeners.items()
                    if name == peer.transport)
 
+    def attach(self, app: Application) -> None:
+        """Name the application that gets the endpoint's events: once, before any transport
+        starts (the one late binding of the composition root, services/ports.py)."""
+        if self.app is not None:
+            raise RuntimeError("the driver already has an application")
+        self.app = app
+
     # --- from the transports ----------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer) -> None:

@@ -1,0 +1,64 @@
+"""The ports: what the services need of the outside world, as small protocols.
+
+A service never holds a transport or a driver; it holds a `Responder` (answer a request it was
+handed), a `RequestSender` (send a request to a `Peer`), a `FlowCheck` (is a flow to that peer
+still open?), a `Storage` and a `Clock`. The composition root (`server.py`) hands it the real
+`transport.driver.Driver`, which provides all three network ports; the unit tests hand it a
+fake that records what was sent (tests/unit/test_services_*.py). The registrar and the
+publication service reach the notifier service through a `PartSink`.
+
+Wiring, and the one cycle. Every required collaborator is a constructor argument, so a service
+is whole once built. The dependencies form one cycle: the driver delivers requests to the
+dispatcher, the dispatcher calls the services, the services answer through the driver. It is
+cut at the adapter end, where a late binding is natural: the driver is built first without an
+application, then the services (which need only its ports), then the dispatcher (which takes
+the services' handlers in its constructor), and last `driver.attach(dispatcher)`, the single
+registration step — made once, before any transport starts, so no request can arrive before
+it. Optional listeners that several parties add (the jabber gateway's watch and change
+listeners) stay lists that their owner appends to; they are not required for a service to work.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Protocol
+
+from presenced.sip.endpoint import Peer, RequestReceived
+from presenced.sip.message import Request, Response
+from presenced.storage.base import Storage
+
+__all__ = ["Clock", "FlowCheck", "Network", "PartSink", "RequestSender", "Responder", "Storage"]
+
+# Wall-clock epoch seconds (expiry is persisted: it must mean the same after a restart).
+Clock = Callable[[], float]
+
+
+class Responder(Protocol):
+    def respond(self, event: RequestReceived, response: Response) -> None:
+        """Answer the request of `event` (through its server transaction)."""
+
+
+class RequestSender(Protocol):
+    def send_request(self, request: Request, peer: Peer, context: object,
+                     validated: bool = False) -> None:
+        """Send `request` to `peer` in a new client transaction; its final answer (or timeout)
+        comes back to the dispatcher with `context`. `validated`: `peer` has proven it reads
+        what we send (see `Endpoint.send_request`)."""
+
+
+class FlowCheck(Protocol):
+    def has_flow(self, peer: Peer) -> bool:
+        """Whether a message to `peer` can leave without opening a new connection (UDP:
+        always; a stream: its connection is still live)."""
+
+
+class Network(Responder, RequestSender, FlowCheck, Protocol):
+    """All the network ports: what the notifier service needs."""
+
+
+class PartSink(Protocol):
+    """What the registrar and the publication service need of the notifier service: set a
+    source's part of a resource (kept narrow on purpose)."""
+
+    async def set_part(self, presentity: str, key: str, part: object | None,
+                       event: str = "presence", quiet: bool = False) -> None: ...

@@ -1,0 +1,107 @@
+"""Shutdown drains the services before the storage closes (`Server.stop`).
+
+The real composition root runs in this process over a real UDP socket on 127.0.0.1; only its
+storage is a `FailingStorage` (a real `MemoryStorage`) whose writes can be held back, like a
+slow disk. A REGISTER whose write is held when the server is told to stop either completes
+(write, then its 200 goes out, then the storage closes) or, past the bounded wait, is cancelled
+cleanly: no write reaches a closed storage, no task is left pending.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import logging
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from service_fakes import FailingStorage
+
+import presenced.server as server_module
+from presenced.config import parse_config
+from presenced.server import Server
+from presenced.sip.message import Response, parse_message
+
+
+def _register(port: int) -> bytes:
+    return (
+        f"REGISTER sip:example.com SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP 127.0.0.1:{port};branch=z9hG4bKshutdown1\r\n"
+        "Max-Forwards: 70\r\n"
+        "From: <sip:alice@example.com>;tag=s1\r\n"
+        "To: <sip:alice@example.com>\r\n"
+        "Call-ID: shutdown1@127.0.0.1\r\n"
+        "CSeq: 1 REGISTER\r\n"
+        f"Contact: <sip:alice@127.0.0.1:{port}>;expires=600\r\n"
+        "Content-Length: 0\r\n\r\n"
+    ).encode()
+
+
+@pytest.fixture
+def storage(monkeypatch: pytest.MonkeyPatch) -> Iterator[FailingStorage]:
+    """The server's storage, and the process-wide tuning Server.start applies put back."""
+    store = FailingStorage()
+    monkeypatch.setattr(server_module, "open_storage", lambda url, data_dir: store)
+    threshold, interval = gc.get_threshold(), sys.getswitchinterval()
+    yield store
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+    sys.setswitchinterval(interval)
+
+
+async def _start_and_hold_a_register(store: FailingStorage) -> tuple[Server, socket.socket]:
+    config = parse_config('[server]\nlisten = ["udp:127.0.0.1:0"]\ndomains = ["example.com"]\n'
+                          '[storage]\nurl = "memory:"\n', Path("/nonexistent-presenced-test"))
+    server = Server(config)
+    await server.start()
+    client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    client.bind(("127.0.0.1", 0))
+    client.setblocking(False)
+    store.gate = asyncio.Event()  # the disk stalls
+    (transport,) = server.transports
+    client.sendto(_register(client.getsockname()[1]), ("127.0.0.1", transport.port))
+    while not len(server.dispatcher.background):  # the datagram reached the handler
+        await asyncio.sleep(0.001)
+    await asyncio.sleep(0.01)
+    assert store.writes == [] and len(server.dispatcher.background) == 1
+    return server, client
+
+
+async def test_stop_lets_a_handler_blocked_on_a_slow_write_finish_before_storage_closes(
+        storage: FailingStorage) -> None:
+    server, client = await _start_and_hold_a_register(storage)
+    stopping = asyncio.create_task(server.stop())
+    await asyncio.sleep(0.05)
+    assert not stopping.done() and not storage.closed  # stop waits for the write
+    storage.gate.set()  # type: ignore[union-attr]
+    await stopping
+    assert storage.writes == ["put_binding"] and storage.after_close == []
+    assert storage.closed
+    # The answer went out before the transports stopped.
+    data = await asyncio.get_running_loop().sock_recv(client, 65535)
+    answer = parse_message(data)
+    assert isinstance(answer, Response) and answer.status == 200
+    client.close()
+
+
+async def test_stop_cancels_a_handler_that_overstays_the_bound_cleanly(
+        storage: FailingStorage, monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    monkeypatch.setattr(server_module, "SHUTDOWN_DRAIN_TIMEOUT", 0.05)
+    server, client = await _start_and_hold_a_register(storage)
+    with caplog.at_level(logging.WARNING):
+        await server.stop()  # the disk never comes back
+    assert "did not finish within" in caplog.text
+    assert len(server.dispatcher.background) == 0  # cancelled and unwound, none pending
+    storage.gate.set()  # type: ignore[union-attr]
+    await asyncio.sleep(0.01)
+    assert storage.writes == [] and storage.after_close == []  # nothing written once closed
+    # A request after shutdown starts nothing (the handler set refuses new tasks).
+    server.dispatcher.background.spawn(asyncio.sleep(0))
+    assert len(server.dispatcher.background) == 0
+    gc.collect()
+    assert "Task was destroyed" not in caplog.text
+    client.close()
