@@ -16,7 +16,7 @@ What Kamailio 5.6 actually sends, and what presenced makes of it:
   pua_dialoginfo): below the default `[pa] min_expires` (60) it gets 423, which pua ignores,
   and the confirmed dialog would stay lit for the call's 12-hour lifetime. These tests serve
   with `min_expires = 10`, which is what an operator feeding presenced from pua_dialoginfo
-  must set (docs/events.md).
+  has to set today.
 """
 
 from __future__ import annotations
