@@ -82,11 +82,7 @@ class KamailioProxy:
         binary = kamailio_path()
         assert binary is not None, "kamailio is not installed (apt-get install kamailio)"
         cfg = self.root / "kamailio.cfg"
-        cfg.write_text(_SCRIPT.format(
-            host=self.host, port=self.port, target_host=self.target[0],
-            target_port=self.target[1],
-            record_route="record_route();" if self.record_route else "",
-        ))
+        cfg.write_text(self.script())
         run = self.root / "run"
         run.mkdir(exist_ok=True)
         log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
@@ -103,6 +99,13 @@ class KamailioProxy:
                 return self
             time.sleep(0.1)
         raise AssertionError(f"kamailio did not start: {self.log_path.read_text()[-2000:]}")
+
+    def script(self) -> str:
+        return _SCRIPT.format(
+            host=self.host, port=self.port, target_host=self.target[0],
+            target_port=self.target[1],
+            record_route="record_route();" if self.record_route else "",
+        )
 
     def _answers_options(self) -> bool:
         """Kamailio relays OPTIONS to presenced, which answers; any answer means it is up."""
@@ -138,3 +141,92 @@ class KamailioProxy:
         if self.proc is not None:
             self._log.close()
         self.proc = None
+
+
+# A call proxy whose dialog module tracks the calls it relays and whose pua_dialoginfo PUBLISHes
+# each call's state (RFC 4235 dialog-info, one document per dialog and side) to presenced.
+_DIALOG_SCRIPT = """#!KAMAILIO
+debug=2
+log_stderror=yes
+children=2
+disable_tcp=yes
+auto_aliases=no
+dns=no
+rev_dns=no
+listen=udp:{host}:{port}
+# pua_dialoginfo PUBLISHes only for AORs in a domain that is "myself" (its README, Known issues).
+alias="{domain}"
+loadmodule "db_text.so"
+loadmodule "tm.so"
+loadmodule "sl.so"
+loadmodule "rr.so"
+loadmodule "maxfwd.so"
+loadmodule "pv.so"
+loadmodule "siputils.so"
+loadmodule "textops.so"
+loadmodule "xlog.so"
+loadmodule "dialog.so"
+loadmodule "pua.so"
+loadmodule "pua_dialoginfo.so"
+# pua wants a database module even when it keeps everything in memory (db_mode 0): a copy of
+# Debian's db_text schema, never written.
+modparam("pua", "db_url", "text://{db}")
+modparam("pua", "db_mode", 0)
+# Every PUBLISH goes to presenced: nothing is resolved by DNS.
+modparam("pua", "outbound_proxy", "sip:{target_host}:{target_port}")
+modparam("pua_dialoginfo", "caller_confirmed", {caller_confirmed})
+modparam("pua_dialoginfo", "callee_trying", {callee_trying})
+modparam("pua_dialoginfo", "publish_dialog_req_within", 0)
+request_route {{
+    if (!mf_process_maxfwd_header("10")) {{ sl_send_reply("483", "Too Many Hops"); exit; }}
+    if (has_totag()) {{
+        if (loose_route()) {{ t_relay(); exit; }}
+        if (is_method("ACK")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+        sl_send_reply("404", "Not here");
+        exit;
+    }}
+    if (is_method("OPTIONS")) {{ sl_send_reply("200", "OK"); exit; }}
+    if (is_method("CANCEL")) {{ if (t_check_trans()) {{ t_relay(); }} exit; }}
+    if (!is_method("INVITE")) {{ sl_send_reply("405", "Calls only"); exit; }}
+    dlg_manage();
+    record_route();
+    $du = "sip:{callee_host}:{callee_port}";
+    xlog("L_INFO", "INVITE $ru from $fu relayed to $du\\n");
+    t_relay();
+}}
+# Every PUBLISH pua sends, whole, in the log: what presenced was given (tests print it on failure).
+event_route[tm:local-request] {{
+    xlog("L_INFO", "local $rm $ru\n$mb\n");
+}}
+"""
+
+DBTEXT_SCHEMA = Path("/usr/share/kamailio/dbtext/kamailio")
+
+
+class DialogInfoProxy(KamailioProxy):
+    """Kamailio relaying calls to `callee` and PUBLISHing their dialog state to `target`.
+
+    `dlg_manage()` puts every INVITE under the dialog module; pua_dialoginfo then PUBLISHes
+    `application/dialog-info+xml` for the caller (From) and the callee (To) at each state change
+    (trying, early, confirmed, terminated) through pua, whose outbound proxy is presenced.
+    """
+
+    def __init__(self, root: Path, *, target: tuple[str, int], callee: tuple[str, int],
+                 domain: str = "example.com", host: str = KAMAILIO_HOST,
+                 caller_confirmed: bool = False, callee_trying: bool = True) -> None:
+        super().__init__(root, target=target, record_route=True, host=host)
+        self.callee = callee
+        self.domain = domain
+        self.caller_confirmed = caller_confirmed
+        self.callee_trying = callee_trying
+
+    def script(self) -> str:
+        db = self.root / "dbtext"
+        if not db.exists():
+            shutil.copytree(DBTEXT_SCHEMA, db)
+        return _DIALOG_SCRIPT.format(
+            host=self.host, port=self.port, domain=self.domain, db=db,
+            target_host=self.target[0], target_port=self.target[1],
+            callee_host=self.callee[0], callee_port=self.callee[1],
+            caller_confirmed=int(self.caller_confirmed), callee_trying=int(self.callee_trying),
+        )
