@@ -208,6 +208,9 @@ class PaConfig(_Section, frozen=True):
     max_publications: PosInt = 100_000  # live publications in the whole process (503 beyond)
     max_publication_bytes: PosInt = 64 * 1024 * 1024  # their bodies' total bytes (503 beyond)
     max_presentity_bytes: PosInt = 64 * 1024  # one presentity's live bodies' total (413 beyond)
+    # PUBLISH's own minimum (RFC 3903 §6 step 4: 423 below it). Kamailio's pua_dialoginfo
+    # publishes a terminated dialog for 10 s and does not retry after a 423.
+    min_publish_expires: NonNegInt = 5
     # How a registration counts for presence beside publications (docs/presence.md).
     registrar_presence: Literal["until-published", "fallback", "always", "never"] = "until-published"
     max_subscriptions: PosInt = 500_000  # in this process; beyond: 503 with Retry-After

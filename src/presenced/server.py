@@ -198,7 +198,7 @@ class Server:
             max_bindings=reg.max_bindings,
         )
         self.publish = PublishService(
-            Publications(PublishPolicy(pa.default_expires, pa.min_expires, pa.max_expires,
+            Publications(PublishPolicy(pa.default_expires, pa.min_publish_expires, pa.max_expires,
                                        max_presentity_bytes=pa.max_presentity_bytes,
                                        max_publications=pa.max_publications,
                                        max_total_bytes=pa.max_publication_bytes), make_token,

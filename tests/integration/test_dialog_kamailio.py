@@ -8,15 +8,13 @@ dialog-info, for alice and for bob, to presenced (pua's outbound proxy). Watcher
 whose `entity` is the AOR watched and whose `version` counts that watcher's NOTIFYs (0, 1,
 2, ...: RFC 4235 §4.1; kamailio #448 gave later watchers a wrong one).
 
-What Kamailio 5.6 actually sends, and what presenced makes of it:
+What Kamailio 5.6 actually sends, and what presenced makes of it (on its defaults):
 - `<state>Trying</state>` (capital T, pua_dialoginfo's dialog-created callback) is outside the
-  RFC 4235 schema's enumeration; presenced answers 400, so no watcher sees "trying". The next
-  PUBLISH (early) opens a new publication (pua sends it without SIP-If-Match).
+  RFC 4235 schema's enumeration; presenced reads states case-insensitively and writes them
+  lower case, so watchers see "trying".
 - The terminated state goes out with `Expires: 11` (a lifetime hard-coded to 10 s in
-  pua_dialoginfo): below the default `[pa] min_expires` (60) it gets 423, which pua ignores,
-  and the confirmed dialog would stay lit for the call's 12-hour lifetime. These tests serve
-  with `min_expires = 10`, which is what an operator feeding presenced from pua_dialoginfo
-  has to set today.
+  pua_dialoginfo), and pua ignores a 423: `[pa] min_publish_expires` (5) lets it in, so the
+  lamp goes dark at the BYE instead of after the confirmed dialog's 12-hour lifetime.
 """
 
 from __future__ import annotations
@@ -39,8 +37,6 @@ CALLEE_HOST = "127.0.0.5"
 RING_MS = 1500  # the callee rings this long before it answers
 HOLD_MS = 4000  # the caller keeps the answered call this long, then sends BYE
 
-# pua_dialoginfo publishes terminated dialogs for 10 s (+1): let them in (module docstring).
-PUA_FRIENDLY = {"pa": {"min_expires": 10}}
 
 
 @pytest.fixture
@@ -108,7 +104,7 @@ def call(peers, tmp_path) -> Iterator[Call]:
 
 @pytest.fixture
 def dialog_proxy(tmp_path, server_factory, call, peers) -> Iterator[DialogInfoProxy]:
-    srv = server_factory("srv", sections=PUA_FRIENDLY)
+    srv = server_factory("srv")  # the defaults take what pua_dialoginfo sends
     proxy = DialogInfoProxy(tmp_path / "kamailio", target=srv.addr,
                             callee=(CALLEE_HOST, call.callee_port)).start()
     yield proxy
@@ -176,12 +172,12 @@ def test_pua_dialoginfo_drives_both_sides_busy_lamps(dialog_proxy, call):
         alice_lamp.close()
         bob_lamp.close()
     log = dialog_proxy.log_text()
-    assert "<state>Trying</state>" in log, "what Kamailio 5.6 publishes first (refused: 400)"
+    assert "<state>Trying</state>" in log, "what Kamailio 5.6 publishes first"
     check_watcher_view(alice, "alice@example.com", "initiator", first=1)
     check_watcher_view(bob, "bob@example.com", "recipient", first=1)
     alice_states = [s for doc in alice for s in states(doc)]
     bob_states = [s for doc in bob for s in states(doc)]
-    assert ordered(alice_states, ["early", "confirmed", "terminated"]), alice_states
+    assert ordered(alice_states, ["trying", "early", "confirmed", "terminated"]), alice_states
     assert ordered(bob_states, ["early", "confirmed", "terminated"]), bob_states
     # Both sides describe the same call: the dialog id and Call-ID pua_dialoginfo gave it.
     ids = {d.id for doc in alice + bob for d in doc.dialogs}

@@ -203,7 +203,7 @@ def test_fallback_policy_brings_the_registration_back_when_the_publication_goes(
 
 
 def test_publication_expires_on_time(server_factory: Factory, sip_client: Client) -> None:
-    srv = server_factory(sections={"pa": {"min_expires": 1}})
+    srv = server_factory(sections={"pa": {"min_publish_expires": 1}})
     w = sip_client(server=srv, user="bob")
     watch(w)
     etag_of(publish(sip_client(server=srv), pidf("open"), expires=2))
@@ -246,9 +246,9 @@ def test_unsupported_content_type_gets_415_with_accept(sip_client: Client) -> No
 
 
 def test_expires_below_min_gets_423_with_min_expires(sip_client: Client) -> None:
-    r = publish(sip_client(), pidf("open"), expires=10)
-    assert r.status == 423  # §6 step 4; [pa] min_expires defaults to 60
-    assert r.headers.get("Min-Expires") == "60"
+    r = publish(sip_client(), pidf("open"), expires=3)
+    assert r.status == 423  # §6 step 4; [pa] min_publish_expires defaults to 5
+    assert r.headers.get("Min-Expires") == "5"
 
 
 @pytest.mark.parametrize("event", ["reg", "conference", None])

@@ -194,3 +194,14 @@ def test_encode_parse_round_trip_and_no_raw_line_breaks_or_controls(
         ]
         # canonical form is a fixed point: parsing our own output changes no dialog bytes
         assert [d.xml for d in again.dialogs] == [d.xml for d in dialogs]
+
+
+def test_states_are_read_case_insensitively_and_written_lower_case() -> None:
+    """Kamailio 5.6's pua_dialoginfo publishes <state>Trying</state> (tests/integration/
+    test_dialog_kamailio.py); the schema's values, and what watchers get, are lower case."""
+    body = (b'<?xml version="1.0"?><dialog-info xmlns="urn:ietf:params:xml:ns:dialog-info" '
+            b'version="0" state="full" entity="sip:alice@example.com">'
+            b'<dialog id="k1"><state>Trying</state></dialog></dialog-info>')
+    (dialog,) = parse_dialog_info(body).dialogs
+    assert dialog.state == "trying"
+    assert b"<state>trying</state>" in dialog.xml and b"Trying" not in dialog.xml

@@ -179,9 +179,12 @@ def _dialog_from_element(elem: etree._Element) -> Dialog:
     if len(states) != 1:
         raise DocumentError(f"dialog {dialog_id!r} needs exactly one <state>, has {len(states)}")
     state_elem = states[0]
-    state = (state_elem.text or "").strip()
+    state = (state_elem.text or "").strip().lower()
     if state not in DIALOG_STATES:
         raise DocumentError(f"dialog {dialog_id!r}: unknown state {state[:40]!r}")
+    # Kamailio 5.6's pua_dialoginfo publishes "Trying"; the schema's values are lower case, and
+    # so is what watchers get (a phone's BLF may compare them exactly).
+    state_elem.text = state
     event = state_elem.get("event")
     if event is not None and event not in STATE_EVENTS:
         raise DocumentError(f"dialog {dialog_id!r}: unknown state event {event[:40]!r}")
