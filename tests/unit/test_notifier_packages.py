@@ -31,7 +31,9 @@ from presenced.pa.packages.reginfo import (
     REASON_EXPIRY,
     REASON_REGISTER,
     BindingView,
+    ContactInfo,
     RegState,
+    apply_changes,
     contact_id,
     diff_contacts,
     parse_reginfo,
@@ -190,17 +192,9 @@ def test_message_summary_watchers_get_the_published_summary_verbatim() -> None:
 
 
 def reg_state(before: dict[str, BindingView], after: dict[str, BindingView], reason: str,
-              now: float, known: dict[str, object]) -> RegState:
+              now: float, known: dict[str, ContactInfo]) -> RegState:
     """What the registrar service builds for one change (services/registrar.py)."""
-    changes = diff_contacts(before, after, now, reason)
-    ended = []
-    for info in changes:
-        if info.state == "active":
-            known[info.id] = info
-        else:
-            known.pop(info.id, None)
-            ended.append(info)
-    return RegState((*known.values(), *ended), True)  # type: ignore[arg-type]
+    return apply_changes(known, diff_contacts(before, after, now, reason))
 
 
 def test_reg_register_refresh_unregister_and_expiry_each_give_one_notify() -> None:
@@ -211,7 +205,7 @@ def test_reg_register_refresh_unregister_and_expiry_each_give_one_notify() -> No
     n.notify_result(d.sub_id, 200, T0)
     cid = contact_id(ALICE, "sip:alice@192.0.2.30")
     phone = BindingView("sip:alice@192.0.2.30", T0 + 3600)
-    known: dict[str, object] = {}
+    known: dict[str, ContactInfo] = {}
     events = []
     steps = [
         ({}, {cid: phone}, REASON_REGISTER),

@@ -23,6 +23,7 @@ from presenced.pa.packages.reginfo import (
     BindingView,
     ContactInfo,
     RegState,
+    apply_changes,
     contact_id,
     diff_contacts,
 )
@@ -195,15 +196,7 @@ class RegistrarService:
         if not changes:
             return
         known = self._reg.setdefault(aor, {})
-        ended = []
-        for info in changes:
-            if info.state == "active":
-                known[info.id] = info
-            else:
-                known.pop(info.id, None)
-                ended.append(info)
-        state = RegState((*known.values(), *ended), ever_registered=True)
-        await self.notifier.set_part(aor, "registrar", state, REG)
+        await self.notifier.set_part(aor, "registrar", apply_changes(known, changes), REG)
         if not known:
             # Reported once; the AOR's reg resource keeps that last state for its watchers
             # without holding memory for AORs nobody watches.

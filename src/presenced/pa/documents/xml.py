@@ -116,6 +116,12 @@ _TEXT_SPECIAL = frozenset("&<>\r\n" + _FORBIDDEN)
 _ATTR_SPECIAL = frozenset('&<>"\r\n\t' + _FORBIDDEN)
 
 
+def xml_chars(s: str) -> str:
+    """`s` without the characters XML 1.0 cannot carry at all (for text handed to lxml, which
+    escapes the rest itself)."""
+    return s.translate(_DROP)
+
+
 def _has_surrogate(s: str) -> bool:
     try:
         s.encode("utf-8")

@@ -33,7 +33,7 @@ from typing import Any
 
 from lxml import etree
 
-from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml
+from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml, xml_chars
 from presenced.pa.packages.base import EventPackage
 
 CONTENT_TYPE = "application/dialog-info+xml"
@@ -60,9 +60,6 @@ _ROOT_HEAD = f'<dialog-info xmlns="{NS}" version="0"'.encode()
 _VERSION_RE = re.compile(r"[0-9]{1,20}")  # xs:nonNegativeInteger, bounded to keep ints sane
 _CODE_RE = re.compile(r"[1-6][0-9][0-9]")
 
-# XML 1.0 cannot carry these at all (not even as references): dropped from caller strings.
-_DROP = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFFFE, 0xFFFF])
-_DROP.update(dict.fromkeys(range(0xD800, 0xE000)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,7 +87,7 @@ class DialogInfo:
 
 def xml_safe(s: str) -> str:
     """`s` without the characters XML 1.0 cannot carry (C0 controls but TAB/LF/CR, surrogates)."""
-    return s.translate(_DROP)
+    return xml_chars(s)
 
 
 def _no_raw_lf(data: bytes) -> bytes:

@@ -29,7 +29,7 @@ from typing import Any
 
 from lxml import etree
 
-from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml
+from presenced.pa.documents.xml import DEFAULT_MAX_SIZE, DocumentError, parse_xml, xml_chars
 from presenced.pa.packages.base import EventPackage
 
 CONTENT_TYPE = "application/reginfo+xml"
@@ -69,8 +69,6 @@ _CONTACT_TAG = f"{{{NS}}}contact"
 _ROOT_HEAD = f'<reginfo xmlns="{NS}" version="0"'.encode()
 _INT_RE = re.compile(r"[0-9]{1,20}")
 _Q_RE = re.compile(r"(?:0(?:\.[0-9]{0,3})?|1(?:\.0{0,3})?)")  # RFC 3261 §20.10 qvalue
-_DROP = dict.fromkeys([*range(0x00, 0x09), 0x0B, 0x0C, *range(0x0E, 0x20), 0xFFFE, 0xFFFF])
-_DROP.update(dict.fromkeys(range(0xD800, 0xE000)))
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,8 +110,7 @@ class BindingView:
     display_name: str | None = None
 
 
-def _safe(s: str) -> str:
-    return s.translate(_DROP)
+_safe = xml_chars
 
 
 def _hash(*parts: str) -> str:
@@ -365,6 +362,20 @@ class RegState:
 
     contacts: tuple[ContactInfo, ...] = ()
     ever_registered: bool = False
+
+
+def apply_changes(known: dict[str, ContactInfo], changes: Sequence[ContactInfo]) -> RegState:
+    """One registrar change applied to `known` (contact id -> latest info of each active
+    contact, updated in place): the state reg watchers get, with the contacts the change
+    ended listed once after the active ones."""
+    ended: list[ContactInfo] = []
+    for info in changes:
+        if info.state == "active":
+            known[info.id] = info
+        else:
+            known.pop(info.id, None)
+            ended.append(info)
+    return RegState((*known.values(), *ended), ever_registered=True)
 
 
 class RegPackage(EventPackage):
