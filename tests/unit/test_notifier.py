@@ -185,7 +185,7 @@ def test_initial_notify_headers_follow_the_dialog() -> None:
     assert r.method == "NOTIFY"
     assert r.uri == "sip:bob@192.0.2.20:5070"
     assert n.target == "sip:bob@192.0.2.20:5070"
-    assert n.peer == PEER
+    assert str(n.dest) == PEER
     assert n.route is None
     assert str(r.from_.uri) == "sip:alice@example.com" and r.from_.tag == "lt1"
     assert str(r.to.uri) == "sip:bob@example.com" and r.to.tag == "ft"
@@ -1020,7 +1020,7 @@ def test_refresh_from_a_new_address_moves_the_notify_flow() -> None:
     dlg, _effects = start(agent)
     agent.notify_result(dlg.sub_id, 200, T0)
     out = agent.resubscribe(dlg.refresh(), T0 + 1, "udp:198.51.100.9:40000")
-    assert notify(out).peer == "udp:198.51.100.9:40000"
+    assert str(notify(out).dest) == "udp:198.51.100.9:40000"
 
 
 def test_rollback_of_an_initial_subscribe_leaves_nothing_behind() -> None:

@@ -12,7 +12,7 @@ notifier service executes *in order*:
 
 - `Persist(sub)` / `Forget(sub_id)`: write to storage; awaited before anything after it;
 - `Reply(response)`: answer the SUBSCRIBE being handled;
-- `SendNotify(sub_id, request, peer, route, target, dest)`: send a NOTIFY to `dest` in a
+- `SendNotify(sub_id, request, dest, route, target, validated)`: send a NOTIFY to `dest` in a
   client transaction and report its final response (or timeout) with `notify_result()`;
 - `WatchStarted` / `WatchStopped`: the first watcher of a presentity arrived / the last one
   left, so a source that must fetch presence on demand (the XMPP gateway) can start or stop.
@@ -164,12 +164,12 @@ class Forget:
 class SendNotify:
     sub_id: str
     request: Request
-    peer: str  # the flow the SUBSCRIBE came on, "udp:127.0.0.1:5070"
+    # Where the NOTIFY goes: the SUBSCRIBE's flow (a typed Peer: its TCP connection id and
+    # listener kept), or, for a dialog set up through a trusted proxy, the first route / the
+    # Contact. Only the persisted record holds the flow as text.
+    dest: Peer
     route: str | None  # first Route URI when the dialog has a route set, else None
     target: str  # the remote target URI
-    # Where the NOTIFY goes: the SUBSCRIBE's flow (with its TCP connection id), or, for a
-    # dialog set up through a trusted proxy, the first route / the Contact.
-    dest: Peer | None = None
     # The watcher has answered a NOTIFY of this dialog (or the dialog survived a restart, so it
     # had): its address is proven and the endpoint's anti-amplification budget does not apply.
     validated: bool = False
@@ -650,7 +650,7 @@ class Notifier:
         req = Request("NOTIFY", uri, h, body)
         dlg.outstanding = register
         dlg.dirty = held_back
-        effects.append(SendNotify(record.id, req, record.peer, route, target, dest, validated))
+        effects.append(SendNotify(record.id, req, dest, route, target, validated))
 
     def _notify_template(self, record: Subscription, dlg: _Dialog) -> _Template:
         """What every NOTIFY of a dialog shares, built once per version of its record."""

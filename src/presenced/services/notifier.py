@@ -10,7 +10,6 @@ notifier's next deadline.
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -30,7 +29,7 @@ from presenced.pa.subscription import (
 )
 from presenced.services.alarm import Alarm, Background
 from presenced.services.ports import Clock, Network, Storage
-from presenced.sip.endpoint import RequestReceived, parse_peer
+from presenced.sip.endpoint import RequestReceived
 from presenced.sip.message import make_response
 
 log = logging.getLogger("presenced.pa")
@@ -162,7 +161,7 @@ class NotifierService:
     def _send_notify(self, eff: SendNotify) -> None:
         # The notifier chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
         # peer keeps the TCP connection id of the SUBSCRIBE's flow.
-        peer = eff.dest if eff.dest is not None else _parsed_peer(eff.peer)
+        peer = eff.dest
         if peer.reliable and not self.network.has_flow(peer) and not self.may_connect(peer.host):
             # The watcher's connection is gone and we dial nobody but trusted proxies (no
             # SSRF): the NOTIFY fails here and now, and its dialog ends like one whose NOTIFY
@@ -182,6 +181,3 @@ class NotifierService:
     def close(self) -> None:
         self._alarm.cancel()
 
-
-# Every NOTIFY of a fan-out names its flow as text; parse each distinct one once.
-_parsed_peer = functools.lru_cache(maxsize=65536)(parse_peer)
