@@ -190,13 +190,18 @@ class BenchServer:
         d = Path(self._dir.name)
         self.port = free_port()
         storage = f'[storage]\nurl = "{self.storage}"\n' if self.storage else ""
+        # The load comes from one address: measure the server, not the per-source limits.
+        # PRESENCED_BENCH_BEFORE_LIMITS=1 leaves those keys out, for measuring a checkout from
+        # before they existed (commit b3e8d48 and older) with today's scripts.
+        # Likewise the per-watcher cap: without [auth] it counts the source address, and every
+        # benchmark watcher shares 127.0.0.1.
+        limits = "" if os.environ.get("PRESENCED_BENCH_BEFORE_LIMITS") else (
+            'max_connections_per_source = 100000\n[limits]\nexempt = ["127.0.0.0/8"]\n'
+            "[pa]\nmax_subscriptions_per_watcher = 10000000\n")
         (d / "presenced.toml").write_text(
             f'[server]\nlisten = ["udp:{HOST}:{self.port}", "tcp:{HOST}:{self.port}"]\n'
             f'domains = ["{DOMAIN}"]\ndata_dir = "{d}"\nlog_level = "warning"\n'
-            # The load comes from one address: measure the server, not the per-source limits.
-            "max_connections_per_source = 100000\n"
-            '[limits]\nexempt = ["127.0.0.0/8"]\n'
-            f"{storage}{self.extra}\n"
+            f"{limits}{storage}{self.extra}\n"
         )
         python = str(PRESENCED.parent / "python")
         if self.profile:

@@ -245,13 +245,14 @@ class Server:
             auth=auth, throttle=throttle, trusted=trusted)
         self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
 
-        # State first, network second, owed notifications last.
+        # State first, network second, owed notifications last. Bindings load before the
+        # subscriptions, so a restored reg watcher's resource starts from them.
+        closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
+        self.notifier.provide("reg", self.registrar.reg_parts)
         effects = self.notifier.load(await self.storage.load_subscriptions(),
                                      self.notifications.clock())
-        closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
         for aor in self.registrar.bindings:
             self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
-            self.notifier.seed_part(aor, "registrar", self.registrar.reg_part(aor), "reg")
         published, unpublished = await self.publish.load()
         for event, presentity in published:
             part = self.publish.part(presentity, event)

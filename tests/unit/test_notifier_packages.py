@@ -357,3 +357,21 @@ def test_one_notify_in_flight_and_increasing_cseq_for_every_package(
         if d.sub_id not in n.dialogs:
             break
     assert cseqs == sorted(set(cseqs))
+
+
+def test_a_provider_seeds_a_new_resource_so_the_first_watcher_gets_the_current_state() -> None:
+    """The registrar keeps no reg bookkeeping for AORs nobody watches; the first reg watcher
+    (or a fetch) still sees the AOR's registered contacts at once (Notifier.provide)."""
+    n = make_notifier()
+    cid = contact_id(ALICE, "sip:alice@192.0.2.30")
+    contact = diff_contacts({}, {cid: BindingView("sip:alice@192.0.2.30", T0 + 600)}, T0,
+                            REASON_REGISTER)
+    n.provide("reg", lambda aor: {"registrar": RegState(contact, True)} if aor == ALICE else {})
+    assert not n.watching(ALICE, "reg")
+    _, first = watch(n, "reg")
+    _, _, regs = parse_reginfo(first.request.body)
+    assert regs[0].state == "active" and [c.event for c in regs[0].contacts] == ["registered"]
+    assert n.watching(ALICE, "reg")
+    fetch = notify(n.subscribe(subscribe_req(event="reg", watcher="carol", expires=0), "bob@example.com",
+                               "registrar", PEER, T0))
+    assert parse_reginfo(fetch.request.body)[2][0].state == "init"

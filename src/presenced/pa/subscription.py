@@ -285,6 +285,19 @@ class Notifier:
         self.resources: dict[ResourceKey, _Resource] = {}
         self.per_watcher: dict[str, int] = {}
         self.expiry: DeadlineHeap[str] = DeadlineHeap()
+        # event -> the parts a source holds for an AOR right now, asked when a resource of
+        # that event comes into being (see `provide`).
+        self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
+
+    def provide(self, event: str, parts_of: Callable[[str], dict[str, object]]) -> None:
+        """A source that keeps its parts of `event` only while someone watches (the registrar
+        for reg: no RFC 3680 bookkeeping for AORs nobody watches) gives them here: they seed
+        every new resource of that event, so its first watcher gets the current state."""
+        self._providers[event] = parts_of
+
+    def watching(self, presentity: str, event: str) -> bool:
+        res = self.resources.get((event, presentity))
+        return res is not None and bool(res.watchers)
 
     # --- resource state --------------------------------------------------------------------
 
@@ -293,6 +306,11 @@ class Notifier:
         res = self.resources.get(key)
         if res is None:
             res = self.resources[key] = _Resource(self.packages[event], name)
+            provider = self._providers.get(event)
+            if provider is not None:
+                res.parts.update(provider(name))
+                if res.parts:
+                    res.state = res.package.compose(name, res.parts)
         return res
 
     def document(self, presentity: str, event: str = PRESENCE) -> object:
@@ -352,8 +370,10 @@ class Notifier:
             # A fetch or a final NOTIFY after the last watcher left: encode without creating an
             # entry, which nothing would ever delete again.
             pkg = self.packages[event]
-            return _body(self._encode(pkg, presentity, pkg.empty(presentity), content_type, now),
-                         version)
+            provider = self._providers.get(event)
+            parts = provider(presentity) if provider is not None else {}
+            state = pkg.compose(presentity, parts) if parts else pkg.empty(presentity)
+            return _body(self._encode(pkg, presentity, state, content_type, now), version)
         encoded = res.bodies.get(content_type)
         if encoded is None:
             encoded = res.bodies[content_type] = self._encode(
@@ -625,11 +645,14 @@ class Notifier:
             held_back = False
             static = tuple(e for e in static if e[0] != "content-type")
         else:
-            body = self.fitting_body(presentity, ctype, limit - head_size, now, event, version)
-            # A shortened document to a watcher not yet proven: the full one follows its answer.
-            held_back = not validated and dlg.final is None and register and (
-                body is None
-                or len(body) != len(self.body(presentity, ctype, now, event, version)))
+            budget = limit - head_size
+            body = self.body(presentity, ctype, now, event, version)
+            held_back = False
+            if len(body) > budget:  # the rare case: a summary, or nothing fits
+                body = self.fitting_body(presentity, ctype, budget, now, event, version)
+                # A shortened document to a watcher not yet proven: the whole one follows its
+                # answer.
+                held_back = not validated and dlg.final is None and register
         if body is None and held_back:
             body = b""
             static = tuple(e for e in static if e[0] != "content-type")

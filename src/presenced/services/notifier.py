@@ -98,6 +98,9 @@ class NotifierService:
                 listener(presentity, doc)
         await self.run(effects)
 
+    def watching(self, presentity: str, event: str) -> bool:
+        return self.notifier.watching(presentity, event)
+
     async def renotify(self, presentity: str, event: str = PRESENCE) -> None:
         await self.run(self.notifier.renotify(presentity, self.clock(), event))
 

@@ -62,3 +62,7 @@ class PartSink(Protocol):
 
     async def set_part(self, presentity: str, key: str, part: object | None,
                        event: str = "presence", quiet: bool = False) -> None: ...
+
+    def watching(self, presentity: str, event: str) -> bool:
+        """Whether anyone watches that resource now."""
+        ...

@@ -84,9 +84,6 @@ class RegistrarService:
         for b in stale:
             await self.storage.delete_binding(b.aor, b.contact)
         closed -= set(self.bindings)
-        for aor, table in self.bindings.items():  # reg watchers see them as registered
-            self._reg[aor] = {c.id: c for c in diff_contacts(
-                {}, _views(aor, table), now, REASON_REGISTER)}
         log.info("loaded %d bindings for %d AORs (%d expired while down)",
                  sum(len(v) for v in self.bindings.values()), len(self.bindings), len(stale))
         self._arm()
@@ -178,10 +175,17 @@ class RegistrarService:
         else:
             self.bindings.pop(aor, None)
 
-    def reg_part(self, aor: str) -> RegState | None:
-        """The registrar's part of `aor`'s `reg` resource as it stands (for start-up)."""
-        known = self._reg.get(aor)
-        return RegState(tuple(known.values()), True) if known else None
+    def reg_parts(self, aor: str) -> dict[str, object]:
+        """The registrar's part of a `reg` resource coming into being (its first watcher, a
+        fetch, a restored subscription): the AOR's bindings as registered contacts. From then
+        on, while someone watches, each change adds its contact events (`_publish`)."""
+        table = self.bindings.get(aor)
+        if not table:
+            self._reg.pop(aor, None)
+            return {}
+        known = self._reg[aor] = {c.id: c for c in diff_contacts(
+            {}, _views(aor, table), self.clock(), REASON_REGISTER)}
+        return {"registrar": RegState(tuple(known.values()), True)}
 
     async def _publish(self, aor: str, before: dict[str, Binding], reason: str,
                        now: float) -> None:
@@ -192,6 +196,12 @@ class RegistrarService:
         await self.notifier.set_part(aor, "registrar", self.part(aor))
         if not after:  # the registration is over: the presence package's marker goes too
             await self.notifier.set_part(aor, PUBLISHED, None)
+        if not self.notifier.watching(aor, REG):
+            # Nobody watches its reg: no RFC 3680 bookkeeping (a first watcher gets the
+            # bindings as they are, `reg_parts`); a state left for past watchers goes.
+            if self._reg.pop(aor, None) is not None:
+                await self.notifier.set_part(aor, "registrar", None, REG, quiet=True)
+            return
         changes = diff_contacts(_views(aor, before), _views(aor, after), now, reason)
         if not changes:
             return

@@ -168,14 +168,19 @@ class Endpoint:
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Event]:
         self.stats.received += 1
-        if self.guard is not None and peer.transport == "udp":
-            self.guard.received(peer.host, len(data), now)
+        guard = self.guard
         try:
             msg = parse_message(data, self.config.limits)
         except ParseError as exc:
+            if guard is not None and peer.transport == "udp":
+                guard.received(peer.host, len(data), now)
             return self._reject_unparseable(exc, peer, now)
         if isinstance(msg, Response):
+            # A response is never answered: it earns no credit (it may prove its address).
             return self._receive_response(msg, peer, now)
+        if guard is not None and peer.transport == "udp":
+            # What a request may draw back to its source (anti-amplification, RFC 9000 §8.1).
+            guard.received(peer.host, len(data), now)
         return self._receive_request(msg, peer, now)
 
     def _reject_unparseable(self, exc: ParseError, peer: Peer, now: float) -> list[Event]:

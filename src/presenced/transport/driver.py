@@ -62,6 +62,8 @@ class Driver:
         self.listeners: dict[tuple[str, str], Transport] = {}
         # The default listener per (transport name, IPv6?): the first one added.
         self._by_family: dict[tuple[str, bool], Transport] = {}
+        # Transports with a single listener: every message of theirs leaves through it.
+        self._only: dict[str, Transport] = {}
         # The first listener per transport name (what one-listener callers knew as "the" one).
         self.transports: dict[str, Transport] = {}
         self.app: Application | None = None
@@ -74,11 +76,18 @@ class Driver:
         name = transport.name
         self.listeners[(name, transport.local)] = transport
         self._by_family.setdefault((name, transport.v6), transport)
+        if name in self.transports:
+            self._only.pop(name, None)
+        else:
+            self._only[name] = transport
         self.transports.setdefault(name, transport)
 
     def listener_for(self, peer: Peer) -> Transport | None:
         """The listener a message to `peer` leaves through: the one its flow came on, else the
         first of its transport and address family, else the first of its transport."""
+        only = self._only.get(peer.transport)
+        if only is not None:  # one listener of this transport (the common case): no choice
+            return only
         if peer.local is not None:
             t = self.listeners.get((peer.transport, peer.local))
             if t is not None and t.v6 == (":" in peer.host):
