@@ -18,6 +18,7 @@ the client speaks over kernel sockets. The client parses with the project's own 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import csv
 import hashlib
@@ -405,6 +406,16 @@ class ServerProcess:
     def tracebacks(self) -> list[str]:
         """Log lines carrying a traceback (the log format escapes newlines: one event, one line)."""
         return [line for line in self.log_text().splitlines() if "Traceback" in line]
+
+    async def wait_log(self, text: str, timeout: float = 10.0, after: int = 0) -> None:
+        """Wait (without blocking the test's event loop) until the log shows `text` after the
+        offset `after`; fails when the server dies or the time runs out."""
+        deadline = time.monotonic() + timeout
+        while text not in self.log_text()[after:]:
+            self.assert_running()
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{text!r} not logged in {timeout} s\n{self.log_tail()}")
+            await asyncio.sleep(0.05)
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log_text().splitlines()[-lines:]

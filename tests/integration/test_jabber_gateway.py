@@ -70,21 +70,12 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
     srv = _gateway_server(prosody, tmp_path / "presenced")
     await asyncio.to_thread(srv.start)
     try:
-        await wait_log(srv, f"xmpp component {COMPONENT}: connected")
+        await srv.wait_log(f"xmpp component {COMPONENT}: connected")
         yield srv
     finally:
         if srv.running:
             await asyncio.to_thread(srv.stop)
         srv.close()
-
-
-async def wait_log(srv: ServerProcess, text: str, timeout: float = 10.0, after: int = 0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in srv.log_text()[after:]:
-        srv.assert_running()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged in {timeout} s\n{srv.log_tail()}")
-        await asyncio.sleep(0.05)
 
 
 @pytest.fixture
@@ -326,7 +317,7 @@ async def test_prosody_restart_closes_then_presence_flows_again_without_sip_acti
             _next_doc, sip, lambda d: d.basic == "open" and "busy" in _activities(d), 15.0
         )
         assert ("Mit der Amme", "de") in [(n.text, n.lang) for t in doc.tuples for n in t.notes]
-        await wait_log(presenced, f"xmpp component {COMPONENT}: connected", after=mark)
+        await presenced.wait_log(f"xmpp component {COMPONENT}: connected", after=mark)
     finally:
         sip.close()
 
@@ -382,7 +373,7 @@ async def test_routing_script_sends_a_served_domain_address_to_the_gateway(
     await viola.connect(initial_presence=False)
     sip = SipClient(srv.addr, "udp", user="romeo", domain=DOMAIN)
     try:
-        await wait_log(srv, f"xmpp component {COMPONENT}: connected")
+        await srv.wait_log(f"xmpp component {COMPONENT}: connected")
         await _approved_watch(sip, viola, f"sip:viola*jabber.test@{DOMAIN}")
         assert "is no XMPP address" not in srv.log_text()
     finally:

@@ -9,7 +9,6 @@ reach it from the gateway's JID, which is what Prosody delivered.
 from __future__ import annotations
 
 import asyncio
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -40,15 +39,6 @@ def prosody(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ProsodyServer]
         server.stop()
 
 
-async def _wait_log(srv: ServerProcess, text: str, after: int = 0, timeout: float = 40.0) -> None:
-    deadline = time.monotonic() + timeout
-    while text not in srv.log_text()[after:]:
-        srv.assert_running()
-        if time.monotonic() > deadline:
-            raise AssertionError(f"{text!r} not logged in {timeout} s\n{srv.log_tail()}")
-        await asyncio.sleep(0.05)
-
-
 @pytest.fixture
 async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[ServerProcess]:
     srv = ServerProcess(
@@ -68,7 +58,7 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
     )
     await asyncio.to_thread(srv.start)
     try:
-        await _wait_log(srv, f"xmpp component {COMPONENT}: connected")
+        await srv.wait_log(f"xmpp component {COMPONENT}: connected", timeout=40.0)
         yield srv
     finally:
         if srv.running:
@@ -169,7 +159,7 @@ async def test_after_prosody_restart_no_request_for_users_nobody_watches(
         again = {name: xmpp_users(name) for name in RESTART}
         for u in again.values():
             await u.connect()
-        await _wait_log(presenced, f"xmpp component {COMPONENT}: connected", after=mark)
+        await presenced.wait_log(f"xmpp component {COMPONENT}: connected", timeout=40.0, after=mark)
         await asyncio.sleep(2.0)  # the paced re-announcement is done by then
         assert _requests_from_gateway(again[RESTART[1]]) == 0, again[RESTART[1]].presences
         assert _requests_from_gateway(again[RESTART[0]]) <= 1  # still pending: asked once
