@@ -286,6 +286,9 @@ class AuthConfig(_Section, frozen=True):
     max_failures_per_source: PosInt = 20  # ... per source across users, within `lockout` seconds
     lockout: PosInt = 30  # seconds of the first lockout; doubles with each further one
     max_lockout: PosInt = 3600  # longest lockout
+    # Challenges offered, preferred first (RFC 8760 §2.4); clients pick the first they know,
+    # but some (baresip 1.0's libre) give up when SHA-256 is offered at all: ["MD5"] for them.
+    algorithms: tuple[Literal["SHA-256", "MD5"], ...] = ("SHA-256", "MD5")
 
     def _repr_value(self, name: str, value: Any) -> str:
         if name == "users":
@@ -450,6 +453,8 @@ def _check(config: Config, base: Path) -> Config:
                 raise ConfigError("auth.users", f"invalid user name {user!r}")
             if at and domain.lower().rstrip(".") not in server.domains:
                 raise ConfigError(f"auth.users.{user}", "domain is not one of server.domains")
+        if not auth.algorithms or len(set(auth.algorithms)) != len(auth.algorithms):
+            raise ConfigError("auth.algorithms", 'must list "SHA-256" and/or "MD5", each once')
         if auth.lockout > auth.max_lockout:
             raise ConfigError(
                 "auth.lockout", f"must be <= auth.max_lockout ({auth.max_lockout}), got {auth.lockout}"

@@ -222,7 +222,8 @@ class Server:
                      if cfg.auth.users_file else StaticCredentials(realm))
             for user, password in cfg.auth.users.items():
                 creds.add_password(user, password)
-            auth = DigestAuthenticator(realms, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl)
+            auth = DigestAuthenticator(realms, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl,
+                                       algorithms=cfg.auth.algorithms)
             throttle = AuthThrottle(ThrottlePolicy(
                 max_failures=cfg.auth.max_failures,
                 max_source_failures=cfg.auth.max_failures_per_source,

@@ -38,7 +38,8 @@ def baresip_path() -> str:
 class Baresip:
     """One headless baresip process with its own config dir; `output()` is its log so far."""
 
-    def __init__(self, binary: str, home: Path, server: ServerProcess, user: str = "bob") -> None:
+    def __init__(self, binary: str, home: Path, server: ServerProcess, user: str = "bob",
+                 password: str | None = None) -> None:
         home.mkdir(parents=True, exist_ok=True)
         port = free_udp_port()
         (home / "config").write_text(
@@ -54,8 +55,9 @@ class Baresip:
             "audio_source aufile,/dev/null\n"
         )
         # regint=0: no REGISTER of its own; every request goes to our server as outbound proxy.
+        auth = f";auth_pass={password}" if password else ""
         (home / "accounts").write_text(
-            f'<sip:{user}@{server.domain}>;regint=0;outbound="sip:127.0.0.1:{server.port}"\n'
+            f'<sip:{user}@{server.domain}>{auth};regint=0;outbound="sip:127.0.0.1:{server.port}"\n'
         )
         (home / "contacts").write_text(f'"Alice" <sip:alice@{server.domain}>;presence=p2p\n')
         self.log_path = home / "baresip.out"
@@ -121,3 +123,21 @@ def test_baresip_sees_alice_go_online_and_offline(
     ]
     assert baresip.proc.poll() is None  # baresip liked every message we sent it
     server.assert_running()
+
+
+def test_baresip_watches_through_digest_when_only_md5_is_offered(
+    baresip_path: str, server_factory: Callable[..., ServerProcess], tmp_path: Path
+) -> None:
+    """With [auth], baresip 1.0's libre gives up when a SHA-256 challenge comes beside the MD5
+    one, in either order (seen here); `[auth] algorithms = ["MD5"]` serves it (RFC 7616)."""
+    srv = server_factory(sections={"auth": {"users": {"bob": "bobpw"},
+                                            "algorithms": ["MD5"]}})
+    b = Baresip(baresip_path, tmp_path / "baresip-auth", srv, password="bobpw")
+    try:
+        assert wait_until(lambda: len(b.notifies()) >= 1, timeout=10), b.output()[-3000:]
+        first = b.notifies()[0]
+        assert "Subscription-State: active" in first and "<basic>closed</basic>" in first
+        assert "401 Unauthorized" in b.output()  # it was challenged, and answered
+        assert b.proc.poll() is None
+    finally:
+        b.stop()

@@ -53,3 +53,16 @@ def test_users_file_user_of_an_unserved_domain_is_refused(tmp_path: Path) -> Non
     (tmp_path / "users").write_text("alice:plain:x\nbob@c.example:plain:y\n")
     message = error_of(TWO + "[auth]\nusers_file = 'users'\n", tmp_path)
     assert message == "auth.users_file: line 2: 'c.example' is not a served domain"
+
+
+def test_auth_algorithms_are_ordered_and_validated() -> None:
+    from presenced.config import ConfigError, parse_config
+
+    base = '[server]\ndomains = ["example.com"]\n[auth]\nusers = {alice = "pw"}\n'
+    cfg = parse_config(base + 'algorithms = ["MD5", "SHA-256"]\n', Path("/srv"))
+    assert cfg.auth is not None and cfg.auth.algorithms == ("MD5", "SHA-256")
+    assert parse_config(base, Path("/srv")).auth.algorithms == ("SHA-256", "MD5")  # type: ignore[union-attr]
+    for bad in ('algorithms = []\n', 'algorithms = ["MD5", "MD5"]\n', 'algorithms = ["SHA-1"]\n'):
+        with pytest.raises(ConfigError) as err:
+            parse_config(base + bad, Path("/srv"))
+        assert err.value.key is not None and err.value.key.startswith("auth.algorithms")
