@@ -8,69 +8,36 @@ saying open and report her "Online"; when she unregisters, "Offline" again. bare
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from baresip import BaresipProcess, baresip_binary
 from harness import ServerProcess, SipClient, free_udp_port, register, wait_until
 
 Client = Callable[..., SipClient]
 
-_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-MODULES = Path("/usr/lib/baresip/modules")
 
 
 @pytest.fixture
 def baresip_path() -> str:
-    path = shutil.which("baresip")
-    if path is None or not MODULES.is_dir():
-        if _IN_CI:
-            pytest.fail("baresip is not installed (apt-get install baresip); CI must run this")
-        pytest.skip("baresip is not installed")
-    return path
+    return baresip_binary()
 
 
-class Baresip:
-    """One headless baresip process with its own config dir; `output()` is its log so far."""
+class Baresip(BaresipProcess):
+    """baresip watching alice through presenced as outbound proxy (regint=0: no REGISTER of
+    its own)."""
 
     def __init__(self, binary: str, home: Path, server: ServerProcess, user: str = "bob",
                  password: str | None = None) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        port = free_udp_port()
-        (home / "config").write_text(
-            "poll_method epoll\n"
-            f"sip_listen 127.0.0.1:{port}\n"
-            f"module_path {MODULES}\n"
-            "module stdio.so\n"
-            "module_app account.so\n"
-            "module_app contact.so\n"
-            "module_app presence.so\n"
-            "module_app menu.so\n"
-            "audio_player aufile,/dev/null\n"
-            "audio_source aufile,/dev/null\n"
-        )
-        # regint=0: no REGISTER of its own; every request goes to our server as outbound proxy.
         auth = f";auth_pass={password}" if password else ""
-        (home / "accounts").write_text(
-            f'<sip:{user}@{server.domain}>{auth};regint=0;outbound="sip:127.0.0.1:{server.port}"\n'
+        super().__init__(
+            binary, home, f"127.0.0.1:{free_udp_port()}",
+            ("account.so", "contact.so", "presence.so", "menu.so"),
+            f'<sip:{user}@{server.domain}>{auth};regint=0;outbound="sip:127.0.0.1:{server.port}"',
+            contacts=f'"Alice" <sip:alice@{server.domain}>;presence=p2p',
         )
-        (home / "contacts").write_text(f'"Alice" <sip:alice@{server.domain}>;presence=p2p\n')
-        self.log_path = home / "baresip.out"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen(
-            [binary, "-f", str(home), "-s", "-v"],
-            stdin=subprocess.DEVNULL,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-
-    def output(self) -> str:
-        return _ANSI.sub("", self.log_path.read_text(errors="replace"))
 
     def notifies(self) -> list[str]:
         """The NOTIFY requests baresip's SIP trace shows it received (each up to the next trace)."""
@@ -79,16 +46,6 @@ class Baresip:
             for block in self.output().split("\n#\n")
             if re.search(r"^NOTIFY sip:", block, re.MULTILINE)
         ]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture

@@ -18,14 +18,12 @@
 
 from __future__ import annotations
 
-import os
 import re
-import shutil
-import subprocess
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from baresip import BaresipProcess, baresip_binary
 from harness import (
     LOCALHOST,
     ServerProcess,
@@ -43,9 +41,6 @@ from presenced.sip.message import Request
 
 Client = Callable[..., SipClient]
 
-_IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
-_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
-MODULES = Path("/usr/lib/baresip/modules")
 SUMMARY = b"Messages-Waiting: yes\r\nMessage-Account: sip:bob@example.com\r\nVoice-Message: 2/8 (0/2)\r\n"
 
 
@@ -75,56 +70,23 @@ def test_sipp_mailbox_lamp_goes_on_and_off_with_the_published_summary(sipp, serv
 
 @pytest.fixture
 def baresip_path() -> str:
-    path = shutil.which("baresip")
-    if path is None or not (MODULES / "mwi.so").exists():
-        if _IN_CI:
-            pytest.fail("baresip is not installed (apt-get install baresip); CI must run this")
-        pytest.skip("baresip is not installed")
-    return path
+    return baresip_binary("mwi.so")
 
 
-class MwiPhone:
-    """Headless baresip registering bob through presenced, with the mwi module."""
+class MwiPhone(BaresipProcess):
+    """Headless baresip registering bob through presenced, with the mwi module (menu prints
+    each summary the mwi module reports)."""
 
     def __init__(self, binary: str, home: Path, server_port: int) -> None:
-        home.mkdir(parents=True, exist_ok=True)
-        (home / "config").write_text(
-            "poll_method epoll\n"
-            f"sip_listen {LOCALHOST}:{free_udp_port()}\n"
-            f"module_path {MODULES}\n"
-            "module stdio.so\n"
-            "module_app account.so\n"
-            "module_app menu.so\n"  # prints each summary the mwi module reports
-            "module_app mwi.so\n"
-            "audio_player aufile,/dev/null\n"
-            "audio_source aufile,/dev/null\n"
+        super().__init__(
+            binary, home, f"{LOCALHOST}:{free_udp_port()}", ("account.so", "menu.so", "mwi.so"),
+            f'<sip:bob@example.com>;regint=600;outbound="sip:{LOCALHOST}:{server_port}"',
         )
-        (home / "accounts").write_text(
-            f'<sip:bob@example.com>;regint=600;outbound="sip:{LOCALHOST}:{server_port}"\n'
-        )
-        self.log_path = home / "baresip.out"
-        self._log = open(self.log_path, "wb")  # noqa: SIM115 - closed in stop()
-        self.proc = subprocess.Popen([binary, "-f", str(home), "-s", "-v"],
-                                     stdin=subprocess.DEVNULL, stdout=self._log,
-                                     stderr=subprocess.STDOUT)
-
-    def output(self) -> str:
-        return _ANSI.sub("", self.log_path.read_text(errors="replace"))
 
     def summaries(self) -> list[str]:
         """The bodies baresip printed, one per NOTIFY ("----- MWI for sip:... -----")."""
         parts = re.split(r"^----- MWI for sip:bob@example\.com -----\n", self.output(), flags=re.M)
         return [re.split(r"\n\s*\n|\n#", p, maxsplit=1)[0] + "\n" for p in parts[1:]]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        self._log.close()
 
 
 @pytest.fixture
