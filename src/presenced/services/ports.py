@@ -27,7 +27,10 @@ from presenced.sip.endpoint import Peer, RequestReceived
 from presenced.sip.message import Request, Response
 from presenced.storage.base import Storage
 
-__all__ = ["Clock", "FlowCheck", "Network", "PartSink", "RequestSender", "Responder", "Storage"]
+__all__ = [
+    "Clock", "FlowCheck", "Network", "PartSink", "RequestSender", "Responder", "RulesInvalid",
+    "RulesPreconditionFailed", "RulesStore", "Storage",
+]
 
 # Wall-clock epoch seconds (expiry is persisted: it must mean the same after a restart).
 Clock = Callable[[], float]
@@ -65,4 +68,40 @@ class PartSink(Protocol):
 
     def watching(self, presentity: str, event: str) -> bool:
         """Whether anyone watches that resource now."""
+        ...
+
+
+class RulesInvalid(Exception):
+    """A presence-rules document that is not well-formed or does not follow RFC 4745/5025;
+    `detail` says what, for the XCAP error body (RFC 4825 §11: schema-validation-error)."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class RulesPreconditionFailed(Exception):
+    """The document's entity tag is not the one the caller expected (XCAP: 412)."""
+
+
+class RulesStore(Protocol):
+    """The presence-rules documents (RFC 5025 `pres-rules`), one per user AOR, as the XCAP
+    server and the operator's tools see them: whole documents with an entity tag. A put is
+    validated, committed to storage, and applied to the live subscriptions before it returns.
+
+    `expect`: None = unconditional; an etag = the current document must carry it; "*" = a
+    document must exist; "" = no document may exist (RFC 4825 §7.11, If-Match/If-None-Match)."""
+
+    async def get_rules(self, aor: str) -> tuple[bytes, str] | None:
+        """(document, etag), or None when the user has none."""
+        ...
+
+    async def put_rules(self, aor: str, document: bytes, expect: str | None = None) -> str:
+        """Store `document` as the user's rules; returns the new etag. Raises RulesInvalid or
+        RulesPreconditionFailed."""
+        ...
+
+    async def delete_rules(self, aor: str, expect: str | None = None) -> bool:
+        """Remove the user's rules (the default policy applies again); False when there were
+        none. Raises RulesPreconditionFailed."""
         ...
