@@ -65,10 +65,13 @@ class Admin:
             time.sleep(0.1)
 
 
-def start_admin_server(factory: Any, name: str = "admin", **admin: Any) -> tuple[ServerProcess, Admin]:
+def start_admin_server(factory: Any, name: str = "admin", storage: str = "memory:",
+                       **admin: Any) -> tuple[ServerProcess, Admin]:
+    """A server with the admin API on a free port; `admin` are more [admin] keys, `sections`
+    more sections."""
     port = free_port_pair(LOCALHOST)
     extra = admin.pop("sections", {})
-    srv = factory(name, sections={**admin_sections(port, **admin), **extra})
+    srv = factory(name, storage=storage, sections={**admin_sections(port, **admin), **extra})
     api = Admin(port)
     api.wait_up()
     return srv, api
