@@ -11,7 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import quote
 
-from admin_http import TOKEN, Admin, start_admin_server
+from admin_http import TOKEN, start_admin_server
 from harness import (
     ServerProcess,
     SipClient,
@@ -225,12 +225,12 @@ def ctl(srv: ServerProcess, *args: str) -> subprocess.CompletedProcess[str]:
 
 
 def test_ctl_against_a_running_server(server_factory: Factory) -> None:
-    srv, api = start_admin_server(server_factory)
+    srv, _ = start_admin_server(server_factory)
     alice = SipClient(srv.addr, user="alice")
     bob = SipClient(srv.addr, user="bob")
     try:
         assert register(alice).status == 200
-        ok, _ = subscribe(bob)
+        subscribe(bob)
         out = ctl(srv, "status")
         assert out.returncode == 0, out.stderr
         assert "storage memory: ok" in out.stdout and "subscriptions" in out.stdout
@@ -262,4 +262,3 @@ def test_ctl_against_a_running_server(server_factory: Factory) -> None:
     finally:
         alice.close()
         bob.close()
-    _ = ok
