@@ -1,4 +1,5 @@
-"""Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``.
+"""Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``,
+and ``presenced ctl [--config FILE] COMMAND`` (the admin API's client, presenced/admin/ctl.py).
 
 Exit codes: 0 normal stop or config ok, 1 --check-config found a problem, 2 bad usage or a bad
 --config (argparse uses 2 for usage errors too), 130 interrupted.
@@ -55,6 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="presenced",
         description="SIP presence server (SUBSCRIBE/NOTIFY, PUBLISH, registrar, XMPP gateway).",
+        epilog="presenced ctl --help: ask a running server through its admin API.",
     )
     group = parser.add_mutually_exclusive_group()
     group.add_argument(
@@ -77,6 +79,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ctl"]:  # presenced ctl ...: a client of the admin API (admin/ctl.py)
+        from presenced.admin.ctl import main as ctl_main
+
+        return ctl_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     if args.check_config is not None:
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from presenced.server import run
 
     try:
-        result = run(config)
+        result = run(config, args.config)
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130

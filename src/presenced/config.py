@@ -300,12 +300,32 @@ class RoutingConfig(_Section, frozen=True):
     script: NonEmptyStr  # absolute after loading
 
 
+# A bearer token shorter than this is refused: it guards terminating anyone's subscriptions.
+MIN_ADMIN_TOKEN = 16
+
+
 class AdminConfig(_Section, frozen=True):
     listen: NonEmptyStr  # "127.0.0.1:8080"
+    token: str | None = None  # the bearer token itself (or token_file; one is required)
+    token_file: str | None = None  # absolute after loading; first line is the token
+    metrics_public: bool = False  # /metrics without the token (scrapers on a trusted network)
 
     @property
     def address(self) -> tuple[str, int]:
         return parse_host_port(self.listen)
+
+    def read_token(self) -> str:
+        """The bearer token: `token`, or the first line of `token_file` (read now, so a
+        rotated file takes effect at the next reload or start). Raises ConfigError."""
+        if self.token is not None:
+            return self.token
+        assert self.token_file is not None
+        return _read_token_file(self.token_file)
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        if name == "token" and value is not None:
+            return _MASK
+        return repr(value)
 
 
 class Config(_Section, frozen=True):
@@ -472,11 +492,21 @@ def _check(config: Config, base: Path) -> Config:
             raise ConfigError("routing.script", f"no such file: {script}")
         routing = replace(routing, script=str(script))
 
-    if config.admin is not None:
+    admin = config.admin
+    if admin is not None:
         try:
-            parse_host_port(config.admin.listen)
+            parse_host_port(admin.listen)
         except ValueError as exc:
-            raise ConfigError("admin.listen", f"{exc} (got {config.admin.listen!r})") from None
+            raise ConfigError("admin.listen", f"{exc} (got {admin.listen!r})") from None
+        if (admin.token is None) == (admin.token_file is None):
+            raise ConfigError("admin", "must set exactly one of token or token_file")
+        if admin.token is not None:
+            _check_token("admin.token", admin.token)
+        else:
+            assert admin.token_file is not None
+            admin = replace(admin, token_file=_resolve(base, admin.token_file))
+            assert admin.token_file is not None
+            _read_token_file(admin.token_file)
 
     if auth is None and not server.allow_anonymous:
         exposed = _exposed(server)
@@ -488,7 +518,31 @@ def _check(config: Config, base: Path) -> Config:
                 "server.allow_anonymous = true",
             )
 
-    return replace(config, server=server, jabber=jabber, auth=auth, routing=routing)
+    return replace(config, server=server, jabber=jabber, auth=auth, routing=routing, admin=admin)
+
+
+def _check_token(key: str, token: str) -> None:
+    if len(token) < MIN_ADMIN_TOKEN or not token.isprintable() or token != token.strip():
+        raise ConfigError(key, f"must be at least {MIN_ADMIN_TOKEN} printable characters without "
+                               "surrounding spaces (e.g. python3 -c 'import secrets; "
+                               "print(secrets.token_urlsafe(32))')")
+
+
+def _read_token_file(path: str) -> str:
+    """The first line of a token file that only its owner (and group) may read, like a users
+    file with passwords in it (docs/security.md)."""
+    key = "admin.token_file"
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        text = p.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+    if mode & 0o004:
+        raise ConfigError(key, f"{path} is readable by every user: chmod o-r (e.g. 0600)")
+    token = (text.splitlines() or [""])[0].strip()
+    _check_token(key, token)
+    return token
 
 
 def _is_loopback(host: str) -> bool:

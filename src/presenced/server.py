@@ -17,11 +17,19 @@ import secrets
 import signal
 import socket
 import sys
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from presenced.config import Config, exposed_without_auth
+from presenced import __version__
+from presenced.config import (
+    Config,
+    ConfigError,
+    exposed_without_auth,
+    load_config,
+    load_default_config,
+)
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages import registry
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
@@ -49,6 +57,10 @@ from presenced.storage import open_storage
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
+
+if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only when configured
+    from presenced.admin.metrics import Histograms, MeteredStorage
+    from presenced.admin.server import AdminServer
 
 log = logging.getLogger("presenced.server")
 
@@ -101,11 +113,20 @@ _USER_SAFE = "-_.!~*'()&=+$,;?/"
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
+        self.config_path = config_path  # what `reload()` reads again (None: the built-in one)
         self.transports: list[UdpTransport | TcpTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
+        self.admin: AdminServer | None = None
+        self.auth: DigestAuthenticator | None = None
+        # What `reload()` can apply without a restart: name -> hook(new config) -> what it did.
+        # Other parts add theirs (TLS certificates: "tls").
+        self.reload_hooks: dict[str, Callable[[Config], Awaitable[str]]] = {
+            "users": self._reload_users, "routing": self._reload_routing,
+            "log_level": self._reload_log_level,
+        }
 
     async def start(self) -> None:
         cfg = self.config
@@ -115,6 +136,16 @@ class Server:
                         "register, publish and subscribe as anyone", ", ".join(exposed))
         data_dir = Path(cfg.server.data_dir)
         self.storage = open_storage(cfg.storage.url, data_dir)
+        metered: MeteredStorage | None = None
+        histograms: Histograms | None = None
+        if cfg.admin is not None:
+            # Metrics only when served: then every storage write is timed (admin/metrics.py).
+            from prometheus_client import CollectorRegistry
+
+            from presenced.admin.metrics import Histograms, MeteredStorage
+            histograms = Histograms(CollectorRegistry())
+            metered = MeteredStorage(self.storage, histograms.storage_latency)
+            self.storage = metered
         await self.storage.open()
 
         addresses = cfg.server.listen_addresses
@@ -211,6 +242,7 @@ class Server:
             path = Path(cfg.routing.script)
             script = compile_script(path.read_text(), str(path))
         router = Router(cfg.jabber.gateway_domain.lower() if cfg.jabber else None, script)
+        self.router = router
 
         auth = None
         throttle = None
@@ -224,6 +256,7 @@ class Server:
                 creds.add_password(user, password)
             auth = DigestAuthenticator(realms, secrets.token_bytes(32), creds, cfg.auth.nonce_ttl,
                                        algorithms=cfg.auth.algorithms)
+            self.auth = auth
             throttle = AuthThrottle(ThrottlePolicy(
                 max_failures=cfg.auth.max_failures,
                 max_source_failures=cfg.auth.max_failures_per_source,
@@ -289,6 +322,21 @@ class Server:
         if self.jabber is not None:
             await self.jabber.start()  # connects in the background, re-announces on Connected
         # --- jabber gateway start (end) ---
+        # --- admin server start (begin) ---
+        if cfg.admin is not None:
+            from presenced.admin.server import AdminServer, AdminState
+
+            jabber = self.jabber
+            state = AdminState(
+                endpoint=self.endpoint, notifications=self.notifications, registrar=self.registrar,
+                publish=self.publish, storage=metered, storage_backend=cfg.storage.backend,
+                version=__version__, reload=self.reload, domains=tuple(sorted(domains)),
+                xmpp_up=(lambda: None) if jabber is None else (lambda: jabber.component.connected))
+            host, port = cfg.admin.address
+            self.admin = AdminServer(state, host, port, cfg.admin.read_token(),
+                                     metrics_public=cfg.admin.metrics_public, histograms=histograms)
+            await self.admin.start()
+        # --- admin server start (end) ---
         log.info("serving domains %s with %d subscriptions and %d registered AORs",
                  ", ".join(sorted(domains)), len(self.notifier.dialogs), len(self.registrar.bindings))
         await self.notifications.run(effects)
@@ -304,7 +352,60 @@ class Server:
         # interval makes every durable write wait behind the loop (docs/performance.md).
         sys.setswitchinterval(0.0005)
 
+    # --- reload (POST /api/v1/reload) -----------------------------------------------------------
+
+    async def reload(self, what: list[str] | None = None) -> dict[str, str]:
+        """Read the configuration file again and apply `what` (every hook when None) without a
+        restart. Raises ValueError (nothing applied) for an unknown name or a bad file."""
+        names = list(self.reload_hooks) if what is None else what
+        unknown = [n for n in names if n not in self.reload_hooks]
+        if unknown:
+            raise ValueError(f"cannot reload {', '.join(unknown)} (can: {', '.join(self.reload_hooks)})")
+        try:
+            cfg = load_config(self.config_path) if self.config_path else load_default_config()
+        except ConfigError as exc:
+            raise ValueError(f"configuration: {exc}") from None
+        done: dict[str, str] = {}
+        for name in names:
+            done[name] = await self.reload_hooks[name](cfg)
+            log.info("reload %s: %s", name, done[name])
+        if self.admin is not None and cfg.admin is not None:
+            self.admin.set_token(cfg.admin.read_token())  # a rotated token_file
+        self.config = cfg
+        return done
+
+    async def _reload_users(self, cfg: Config) -> str:
+        if self.auth is None or cfg.auth is None:
+            return "unchanged: [auth] is switched on or off only by a restart"
+        realm = cfg.auth.realm or cfg.server.domains[0]
+        realms = (realm, *(d for d in cfg.server.domains if d != realm))
+        creds = (load_users_file(Path(cfg.auth.users_file).read_text(), realm, realms)
+                 if cfg.auth.users_file else StaticCredentials(realm))
+        for user, password in cfg.auth.users.items():
+            creds.add_password(user, password)
+        self.auth.replace_credentials(creds)
+        return "users file and [auth] users loaded"
+
+    async def _reload_routing(self, cfg: Config) -> str:
+        if cfg.routing is None or not cfg.routing.script:
+            self.router.script = None
+            return "no routing script: the default rule"
+        path = Path(cfg.routing.script)
+        try:
+            self.router.script = compile_script(path.read_text(), str(path))
+        except Exception as exc:  # the operator's script: its error, named, nothing replaced
+            raise ValueError(f"routing script: {exc}") from None
+        return f"routing script {path} loaded"
+
+    async def _reload_log_level(self, cfg: Config) -> str:
+        logging.getLogger().setLevel(cfg.server.log_level.upper())
+        return f"log level {cfg.server.log_level}"
+
     async def stop(self) -> None:
+        # --- admin server stop (begin) ---
+        if self.admin is not None:
+            await self.admin.stop()
+        # --- admin server stop (end) ---
         # --- jabber gateway stop (begin) ---
         if self.jabber is not None:
             await self.jabber.stop()
@@ -328,8 +429,8 @@ class Server:
         log.info("stopped")
 
 
-async def serve(config: Config) -> int:
-    server = Server(config)
+async def serve(config: Config, config_path: str | None = None) -> int:
+    server = Server(config, config_path)
     try:
         await server.start()
     except OSError as exc:
@@ -345,7 +446,7 @@ async def serve(config: Config) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, config_path: str | None = None) -> int:
     loop_factory = None
     try:
         import uvloop
@@ -354,4 +455,4 @@ def run(config: Config) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+        return runner.run(serve(config, config_path))

@@ -141,6 +141,7 @@ script = "route.py"
 
 [admin]
 listen = "[::1]:8080"
+token = "an-admin-token-of-some-length"
 """
     )
     config = load_config(path)
@@ -384,7 +385,8 @@ def test_routing_script_must_exist(tmp_path: Path) -> None:
 
 
 def test_admin_listen_must_be_host_port() -> None:
-    assert error_of("[admin]\nlisten = '8080'\n") == "admin.listen: expected HOST:PORT (got '8080')"
+    assert error_of("[admin]\nlisten = '8080'\ntoken = 'an-admin-token-of-some-length'\n") == (
+        "admin.listen: expected HOST:PORT (got '8080')")
 
 
 def test_unreadable_config_file(tmp_path: Path) -> None:

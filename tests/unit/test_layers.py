@@ -19,7 +19,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transport": frozenset({"sip"}),
     "storage": frozenset({"pa"}),  # it stores the core's records
     "config": frozenset({"sip"}),
-    "admin": frozenset(),  # reserved for the admin HTTP adapter (issue 15)
+    # The admin HTTP adapter reads the services through their query methods (issue 15).
+    "admin": frozenset({"sip", "pa", "services", "config"}),
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
                            "storage"}),

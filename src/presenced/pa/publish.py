@@ -201,6 +201,25 @@ class Publications:
     def next_deadline(self) -> float | None:
         return self._timers.next_deadline()
 
+    def of(self, presentity: str, event: str | None = None) -> list[Publication]:
+        """A presentity's live publications (of `event`, or of every package), oldest content
+        first within each package."""
+        out: list[Publication] = []
+        for ev in self._packages if event is None else (event,):
+            entries = self._by_presentity.get((ev, presentity))
+            if entries:
+                out.extend(e.pub for e in entries.values())
+        return out
+
+    def remove(self, etag: str) -> Publication | None:
+        """Drop a publication on the operator's word (as if it expired); returns it, or None
+        when no live publication has that entity-tag."""
+        entry = self._by_etag.get(etag)
+        if entry is None:
+            return None
+        self._drop(entry)
+        return entry.pub
+
     # --- PUBLISH ---------------------------------------------------------------------------
 
     def handle(self, req: Request, presentity: str, now: float) -> PublishOutcome:

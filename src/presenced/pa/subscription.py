@@ -203,8 +203,8 @@ _Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("answered", "cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding",
-                 "record", "template", "trusted")
+    __slots__ = ("answered", "cseq", "dirty", "final", "flow", "last_status", "lease", "limit_key",
+                 "outstanding", "record", "template", "trusted")
 
     def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
@@ -218,6 +218,7 @@ class _Dialog:
         self.answered = False  # the watcher answered one of this dialog's NOTIFYs with a 2xx
         self.final: str | None = None  # Subscription-State to end with, once sent
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
+        self.last_status: int | None = None  # final answer to its latest NOTIFY (operators ask)
 
 
 ResourceKey = tuple[str, str]  # (event package, AOR)
@@ -288,6 +289,7 @@ class Notifier:
         # event -> the parts a source holds for an AOR right now, asked when a resource of
         # that event comes into being (see `provide`).
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
+        self.coalesced = 0  # changes folded into a NOTIFY still to be sent (one in flight)
 
     def provide(self, event: str, parts_of: Callable[[str], dict[str, object]]) -> None:
         """A source that keeps its parts of `event` only while someone watches (the registrar
@@ -610,6 +612,7 @@ class Notifier:
     def _notify(self, dlg: _Dialog, now: float, effects: list[Effect]) -> None:
         if dlg.outstanding:
             dlg.dirty = True
+            self.coalesced += 1
             return
         self._send(dlg, now, effects, register=True)
 
@@ -708,6 +711,7 @@ class Notifier:
         if dlg is None:
             return []
         dlg.outstanding = False
+        dlg.last_status = status
         if status < 300:
             dlg.answered = True  # our random branch came back: the address reads what we send
         effects: list[Effect] = []
@@ -840,6 +844,59 @@ class Notifier:
                 self._notify(dlg, now, effects)
         return effects
 
+    def terminate(self, sub_id: str, now: float, reason: str = "deactivated") -> list[Effect]:
+        """End one subscription on the operator's word: its watcher gets a final NOTIFY with
+        `reason` (RFC 6665 §4.1.3: "deactivated" invites an immediate new SUBSCRIBE, "noresource"
+        or "rejected" do not). Empty when there is no such live subscription."""
+        dlg = self.dialogs.get(sub_id)
+        if dlg is None or dlg.final is not None:
+            return []
+        effects: list[Effect] = []
+        self._end(dlg, "giveup", effects, reason=reason)
+        self._notify(dlg, now, effects)
+        return effects
+
+    # --- queries (operators: the admin API; read-only) -----------------------------------------
+
+    def info(self, sub_id: str) -> SubscriptionInfo | None:
+        dlg = self.dialogs.get(sub_id)
+        return None if dlg is None else _info(dlg)
+
+    def watchers_of(self, presentity: str, event: str | None = None) -> list[SubscriptionInfo]:
+        """The subscriptions to a presentity (of `event`, or of every package)."""
+        out: list[SubscriptionInfo] = []
+        for ev in self.packages if event is None else (event,):
+            res = self.resources.get((ev, presentity))
+            if res is not None:
+                out.extend(_info(self.dialogs[s]) for s in res.watchers if s in self.dialogs)
+        return out
+
+    def subscriptions_of(self, watcher: str) -> list[SubscriptionInfo]:
+        """The subscriptions a watcher AOR holds (a scan: for operators, not for SIP)."""
+        return [_info(d) for d in self.dialogs.values() if d.record.watcher == watcher]
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        """Live subscriptions by (event package, state); a terminated one awaits its last
+        NOTIFY's answer."""
+        out: dict[tuple[str, str], int] = {}
+        for d in self.dialogs.values():
+            key = (d.record.event, "terminated" if d.final is not None else d.record.state)
+            out[key] = out.get(key, 0) + 1
+        return out
+
+    def resource_keys(self) -> list[ResourceKey]:
+        """Every (event package, AOR) held: watched, or with a source's part."""
+        return list(self.resources)
+
+    def watcher_count(self, presentity: str, event: str) -> int:
+        res = self.resources.get((event, presentity))
+        return 0 if res is None else len(res.watchers)
+
+    def sources_of(self, presentity: str, event: str = PRESENCE) -> list[str]:
+        """The keys of the parts composing a resource ("registrar", "publish", "jabber" ...)."""
+        res = self.resources.get((event, presentity))
+        return [] if res is None else sorted(res.parts)
+
     # --- restart -------------------------------------------------------------------------------
 
     def load(self, records: Iterable[Subscription], now: float) -> list[Effect]:
@@ -896,11 +953,29 @@ class Notifier:
         ]
 
 
+@dataclass(frozen=True, slots=True)
+class SubscriptionInfo:
+    """What an operator sees of one subscription: its record and what is in flight."""
+
+    record: Subscription
+    flow: str  # where its NOTIFYs go: the flow of the SUBSCRIBE or of its latest refresh
+    status: str  # "active" | "pending" | "terminated" (its final NOTIFY not yet answered)
+    outstanding: bool  # a NOTIFY awaits its answer
+    last_notify_status: int | None  # the final answer to its latest NOTIFY (408: timed out)
+    cseq: int  # CSeq of its latest NOTIFY
+
+
+def _info(dlg: _Dialog) -> SubscriptionInfo:
+    return SubscriptionInfo(
+        dlg.record, str(dlg.flow), "terminated" if dlg.final is not None else dlg.record.state,
+        dlg.outstanding, dlg.last_status, dlg.cseq)
+
+
 def _replace(record: Subscription, **changes: object) -> Subscription:
     return msgspec.structs.replace(record, **changes)
 
 
 __all__ = [
     "PRESENCE", "TRANSITIONS", "Effect", "Forget", "NameAddr", "Notifier", "PaPolicy", "Persist", "Reply",
-    "SendNotify", "WatchStarted", "WatchStopped", "transition",
+    "SendNotify", "SubscriptionInfo", "WatchStarted", "WatchStopped", "transition",
 ]

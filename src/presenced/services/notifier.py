@@ -12,7 +12,9 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 from presenced.pa.model import PresenceDoc
 from presenced.pa.subscription import (
@@ -24,6 +26,7 @@ from presenced.pa.subscription import (
     Persist,
     Reply,
     SendNotify,
+    SubscriptionInfo,
     WatchStarted,
     WatchStopped,
 )
@@ -45,6 +48,24 @@ def _never(host: str) -> bool:
     return False
 
 
+RECENT_FAILURES = 100  # NOTIFY failures kept for operators (the dashboard's list)
+
+
+@dataclass(frozen=True, slots=True)
+class NotifyFailure:
+    at: float  # wall-clock epoch seconds
+    sub_id: str
+    event: str
+    presentity: str
+    watcher: str
+    status: int  # 408: timed out; 430: no flow to the watcher
+
+
+# Optional observers (the admin adapter's histograms): seconds, and for a fan-out the NOTIFYs.
+FanoutObserver = Callable[[float, int], None]
+LatencyObserver = Callable[[float], None]
+
+
 class NotifierService:
     def __init__(self, notifier: Notifier, network: Network, storage: Storage,
                  clock: Clock = time.time, may_connect: Callable[[str], bool] = _never) -> None:
@@ -62,6 +83,11 @@ class NotifierService:
         self.change_listeners: list[ChangeListener] = []
         self.notifies_sent = 0
         self.notify_failures = 0
+        self.recent_failures: deque[NotifyFailure] = deque(maxlen=RECENT_FAILURES)
+        # None unless metrics are served: then one attribute test is all a NOTIFY pays.
+        self.fanout_observer: FanoutObserver | None = None
+        self.latency_observer: LatencyObserver | None = None
+        self._sent_at: dict[str, float] = {}
 
     @property
     def driver(self) -> Network:
@@ -90,6 +116,8 @@ class NotifierService:
     async def set_part(self, presentity: str, key: str, part: object | None,
                        event: str = PRESENCE, quiet: bool = False) -> None:
         """A source's part of a resource changed (see `Notifier.set_part`)."""
+        observer = self.fanout_observer
+        started = time.perf_counter() if observer is not None else 0.0
         effects = self.notifier.set_part(presentity, key, part, self.clock(), event, quiet)
         if self.change_listeners and event == PRESENCE:
             doc = self.notifier.document(presentity)
@@ -97,17 +125,41 @@ class NotifierService:
             for listener in self.change_listeners:
                 listener(presentity, doc)
         await self.run(effects)
+        if observer is not None and effects:
+            n = sum(1 for e in effects if isinstance(e, SendNotify))
+            if n:
+                observer(time.perf_counter() - started, n)
 
     def watching(self, presentity: str, event: str) -> bool:
         return self.notifier.watching(presentity, event)
+
+    async def terminate(self, sub_id: str, reason: str = "deactivated") -> SubscriptionInfo | None:
+        """End one subscription (the operator's word): storage first, then its watcher's final
+        NOTIFY. Returns what it was, or None when there is no such live subscription."""
+        info = self.notifier.info(sub_id)
+        if info is None or info.status == "terminated":
+            return None
+        await self.run(self.notifier.terminate(sub_id, self.clock(), reason))
+        log.info("subscription %s of %s to %s terminated by the operator (reason=%s)",
+                 sub_id, info.record.watcher, info.record.presentity, reason)
+        return info
 
     async def renotify(self, presentity: str, event: str = PRESENCE) -> None:
         await self.run(self.notifier.renotify(presentity, self.clock(), event))
 
     def on_notify_result(self, sub_id: str, status: int) -> None:
+        if self.latency_observer is not None:
+            sent = self._sent_at.pop(sub_id, None)
+            if sent is not None:
+                self.latency_observer(time.perf_counter() - sent)
         if status >= 300:
             self.notify_failures += 1
             log.info("NOTIFY for %s answered %d", sub_id, status)
+            info = self.notifier.info(sub_id)
+            if info is not None:
+                r = info.record
+                self.recent_failures.append(
+                    NotifyFailure(self.clock(), sub_id, r.event, r.presentity, r.watcher, status))
         effects = self.notifier.notify_result(sub_id, status, self.clock())
         if effects:
             self.background.spawn(self.run(effects))
@@ -173,6 +225,8 @@ class NotifierService:
             self.on_notify_result(eff.sub_id, FLOW_FAILED)
             return
         self.notifies_sent += 1
+        if self.latency_observer is not None:
+            self._sent_at[eff.sub_id] = time.perf_counter()
         self.network.send_request(eff.request, peer, ("notify", eff.sub_id), validated=eff.validated)
 
     def _arm(self) -> None:

@@ -81,6 +81,23 @@ class PublishService:
                 # counting the registration (after the part, so no NOTIFY in between).
                 await self.notifier.set_part(name, PUBLISHED, PUBLISHED_MARK, PRESENCE)
 
+    async def remove(self, etag: str) -> bool:
+        """Remove one publication on the operator's word, as if it had expired (its watchers
+        hear the recomposed state). False when no live publication has that entity-tag."""
+        pub = self.pubs.remove(etag)
+        if pub is None:
+            return False
+        try:
+            await self.storage.delete_publication(etag)
+        except Exception:
+            self.pubs.load([pub], self.clock())  # put it back: nothing happened
+            raise
+        log.info("%s publication %s of %s removed by the operator", pub.event, etag, pub.presentity)
+        self._arm()
+        await self.notifier.set_part(pub.presentity, PART, self.part(pub.presentity, pub.event),
+                                     pub.event)
+        return True
+
     def _arm(self) -> None:
         self._alarm.arm(self.pubs.next_deadline())
 

@@ -18,6 +18,7 @@ from email.utils import formatdate
 from presenced.pa.model import PresenceDoc, Tuple
 from presenced.pa.packages.presence import PUBLISHED, presentity_tuple_id
 from presenced.pa.packages.reginfo import (
+    REASON_DEACTIVATED,
     REASON_EXPIRY,
     REASON_REGISTER,
     BindingView,
@@ -174,6 +175,32 @@ class RegistrarService:
             self.bindings[aor] = before
         else:
             self.bindings.pop(aor, None)
+
+    async def remove(self, aor: str, contact: str | None = None) -> int:
+        """Remove a binding of `aor` (every binding when `contact` is None) on the operator's
+        word, as if it had expired; returns how many went."""
+        table = self.bindings.get(aor)
+        if not table:
+            return 0
+        gone = [b for c, b in table.items() if contact is None or c == contact]
+        if not gone:
+            return 0
+        before = dict(table)
+        for b in gone:
+            del table[b.contact]
+            self.expiry.discard((aor, b.contact))
+        self.total -= len(gone)
+        if not table:
+            del self.bindings[aor]
+        try:
+            await asyncio.gather(*(self.storage.delete_binding(aor, b.contact) for b in gone))
+        except Exception:
+            self._restore(aor, before)
+            raise
+        log.info("%d binding(s) of %s removed by the operator", len(gone), aor)
+        self._arm()
+        await self._publish(aor, before, REASON_DEACTIVATED, self.clock())  # RFC 3680 §5.2
+        return len(gone)
 
     def reg_parts(self, aor: str) -> dict[str, object]:
         """The registrar's part of a `reg` resource coming into being (its first watcher, a

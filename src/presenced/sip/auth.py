@@ -596,6 +596,11 @@ class DigestAuthenticator:
             for base, (_, size) in _HASHES.items()
         }
 
+    def replace_credentials(self, credentials: CredentialStore) -> None:
+        """Use another credential store from now on (the users file reloaded); nonces and
+        their counts stay valid."""
+        self._store = credentials
+
     def realm_for(self, domain: str) -> str:
         """The realm of a request whose identity lives in `domain` (lower-cased host)."""
         return domain if domain in self.realms else self.realm

@@ -120,6 +120,11 @@ class EndpointStats:
     rate_dropped: int = 0  # dropped unanswered: the source is blocked
     amplification_dropped: int = 0  # Transmits to an unproven UDP address over its budget
     amplification_dropped_bytes: int = 0
+    retransmitted: int = 0  # our requests (NOTIFYs) sent again by Timer E
+    # New requests by method, and every answer sent by (method, status class 1-6). Methods
+    # outside KNOWN_METHODS count as "OTHER", so the tables stay bounded whatever peers send.
+    requests: dict[str, int] = field(default_factory=dict)
+    responses: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -279,6 +284,9 @@ class Endpoint:
             self.stats.retransmissions_absorbed += 1
             # Same destination as the first copy: the stamped Via is the response's top Via.
             return self._guarded(Transmit(outcome.data, _route(via, peer)), now)
+        counts = self.stats.requests
+        counted = method if method in KNOWN_METHODS else "OTHER"
+        counts[counted] = counts.get(counted, 0) + 1
         resp = self._core_checks(req, key)
         if resp is not None:
             return self.respond(key, resp, peer, now)
@@ -423,6 +431,10 @@ class Endpoint:
         except TransactionError:
             self.stats.late_responses += 1
             return []
+        method = txn[2] if txn[2] in KNOWN_METHODS else "OTHER"
+        counts = self.stats.responses
+        key = (method, resp.status // 100)
+        counts[key] = counts.get(key, 0) + 1
         return self._guarded(Transmit(data, self.response_peer(resp, peer)), now)
 
     def _stateless(self, req: Request, resp: Response, peer: Peer, now: float) -> list[Event]:
@@ -435,6 +447,10 @@ class Endpoint:
             # character: no answer can be written without echoing it. Dropped, counted.
             self.stats.dropped += 1
             return []
+        stats = self.stats
+        method = req.method if req.method in KNOWN_METHODS else "OTHER"
+        key = (method, resp.status // 100)
+        stats.responses[key] = stats.responses.get(key, 0) + 1
         return self._guarded(Transmit(data, self.response_peer(resp, peer)), now)
 
     def _guarded(self, out: Transmit, now: float) -> list[Event]:
@@ -497,6 +513,7 @@ class Endpoint:
         out: list[Event] = []
         for ev in self.txns.handle_timer(now):
             if isinstance(ev, Retransmit):
+                self.stats.retransmitted += 1
                 ctx: tuple[object, Peer, bool] = ev.context  # type: ignore[assignment]
                 if ctx[2]:
                     out.append(Transmit(ev.data, ctx[1]))
