@@ -29,6 +29,7 @@ most its final NOTIFY and is gone.
     pending/active  unsubscribe   terminated   -
     pending/active  expire     terminated   timeout
     pending/active  deauthorize  terminated   rejected
+    active      reconfirm      terminated   deactivated (the rules now say confirm)
     pending/active  too_big    terminated   probation   (no document fits a NOTIFY)
     pending/active  giveup     terminated   giveup      (the resource went away: terminate_all)
     pending/active  notify_failed  terminated   -       (481/408/timeout: no final NOTIFY)
@@ -74,7 +75,8 @@ import msgspec
 
 from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.packages.presence import NAME as PRESENCE
-from presenced.pa.policy.evaluate import Policy
+from presenced.pa.policy.evaluate import Decision, Policy, View
+from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.dialog import hop_of, in_dialog_route
@@ -94,6 +96,9 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, str | None]] = {
     **{(state, "unsubscribe"): ("terminated", None) for state in ("pending", "active")},
     **{(state, "expire"): ("terminated", "timeout") for state in ("pending", "active")},
     **{(state, "deauthorize"): ("terminated", "rejected") for state in ("pending", "active")},
+    # An active watcher whose rules now say confirm: it subscribes again and waits (RFC 6665
+    # §4.1.3: deactivated asks for an immediate retry).
+    ("active", "reconfirm"): ("terminated", "deactivated"),
     **{(state, "too_big"): ("terminated", "probation") for state in ("pending", "active")},
     **{(state, "giveup"): ("terminated", "giveup") for state in ("pending", "active")},
     **{(state, "notify_failed"): ("terminated", None) for state in ("pending", "active")},
@@ -205,7 +210,7 @@ class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
     __slots__ = ("answered", "cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding",
-                 "record", "template", "trusted")
+                 "record", "template", "trusted", "view", "withheld")
 
     def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
@@ -219,6 +224,8 @@ class _Dialog:
         self.answered = False  # the watcher answered one of this dialog's NOTIFYs with a 2xx
         self.final: str | None = None  # Subscription-State to end with, once sent
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
+        self.view: View | None = None  # what of the state this watcher sees (None: all of it)
+        self.withheld = False  # no state at all (blocked: its final NOTIFY has no body)
 
 
 ResourceKey = tuple[str, str]  # (event package, AOR)
@@ -227,7 +234,7 @@ ResourceKey = tuple[str, str]  # (event package, AOR)
 class _Resource:
     """One (package, AOR): its sources' parts, the composed state, its watchers."""
 
-    __slots__ = ("bodies", "package", "parts", "state", "summaries", "watchers")
+    __slots__ = ("bodies", "package", "parts", "state", "summaries", "views", "watchers")
 
     def __init__(self, package: EventPackage, name: str) -> None:
         self.package = package
@@ -236,11 +243,15 @@ class _Resource:
         # content type -> body of the current state, or (prefix, suffix) of a versioned one
         self.bodies: dict[str, bytes | tuple[bytes, bytes]] = {}
         self.summaries: dict[str, bytes | tuple[bytes, bytes] | None] = {}
+        # per watcher view (interned, so keyed by identity): content type -> body
+        self.views: dict[View, dict[str, bytes | tuple[bytes, bytes]]] = {}
         self.watchers: set[str] = set()
 
     def reset_bodies(self) -> None:
         self.bodies = {}
         self.summaries = {}
+        if self.views:
+            self.views = {}
 
 
 def dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
@@ -366,8 +377,8 @@ class Notifier:
         res.reset_bodies()
 
     def body(self, presentity: str, content_type: str, now: float, event: str = PRESENCE,
-             version: int = 0) -> bytes:
-        """The body of a resource's current state for one watcher."""
+             version: int = 0, view: View | None = None) -> bytes:
+        """The body of a resource's current state for one watcher (as `view` shows it)."""
         res = self.resources.get((event, presentity))
         if res is None:
             # A fetch or a final NOTIFY after the last watcher left: encode without creating an
@@ -376,7 +387,20 @@ class Notifier:
             provider = self._providers.get(event)
             parts = provider(presentity) if provider is not None else {}
             state = pkg.compose(presentity, parts) if parts else pkg.empty(presentity)
+            if view is not None:
+                state = apply_view(state, view, presentity)  # type: ignore[arg-type]
             return _body(self._encode(pkg, presentity, state, content_type, now), version)
+        if view is not None:
+            # Encoded once per distinct transformation and state, not per watcher.
+            cache = res.views.get(view)
+            if cache is None:
+                cache = res.views[view] = {}
+            encoded = cache.get(content_type)
+            if encoded is None:
+                viewed = apply_view(res.state, view, presentity)  # type: ignore[arg-type]
+                encoded = cache[content_type] = self._encode(
+                    res.package, presentity, viewed, content_type, now)
+            return _body(encoded, version)
         encoded = res.bodies.get(content_type)
         if encoded is None:
             encoded = res.bodies[content_type] = self._encode(
@@ -391,15 +415,24 @@ class Notifier:
         return pkg.encode(name, state, content_type, now)
 
     def fitting_body(self, presentity: str, content_type: str, budget: int, now: float,
-                     event: str = PRESENCE, version: int = 0) -> bytes | None:
+                     event: str = PRESENCE, version: int = 0,
+                     view: View | None = None) -> bytes | None:
         """The current body, or the package's summary when the body exceeds `budget` bytes;
         None when neither fits. Each is encoded once per state and format."""
-        b = self.body(presentity, content_type, now, event, version)
+        b = self.body(presentity, content_type, now, event, version, view)
         if len(b) <= budget:
             return b
         res = self.resources.get((event, presentity))
         if res is None:
             return None
+        if view is not None:  # the rare case twice over: not cached
+            viewed_summary = res.package.summary(
+                presentity, apply_view(res.state, view, presentity))  # type: ignore[arg-type]
+            if viewed_summary is None:
+                return None
+            body = _body(self._encode(res.package, presentity, viewed_summary, content_type,
+                                      now), version)
+            return body if len(body) <= budget else None
         if content_type in res.summaries:
             small = res.summaries[content_type]
         else:
@@ -455,6 +488,14 @@ class Notifier:
             return [Reply(make_response(req, 400, reason, local_tag))]
         event = req.event
         assert event is not None
+        decision = None
+        if self.authz is not None and package.name == PRESENCE and source == "registrar":
+            # The watcher is the authenticated user, else the From (spoofable without [auth]).
+            decision = self.authz.decide(presentity, identity or remote.uri.aor, now)
+            if decision.handling == "block":
+                return [Reply(make_response(req, 403, "Forbidden", local_tag))]
+            if decision.handling == "confirm":
+                authorized = False
         trusted = self.trusted(flow.host)
         record = Subscription(
             id=dialog_id(call_id, local_tag, remote_tag),
@@ -486,6 +527,8 @@ class Notifier:
         limit_key = identity or (record.watcher if trusted else f"ip:{flow.host}")
         dlg = _Dialog(record, flow, trusted, limit_key)
         dlg.cseq = 0
+        if decision is not None:
+            dlg.view = decision.view
         effects: list[Effect] = []
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): 200, one NOTIFY with the state, no dialog kept.
@@ -574,6 +617,12 @@ class Notifier:
             dlg.trusted = self.trusted(flow.host)
         self.expiry.set(record.id, record.expires_at)
         effects = [Persist(record), Reply(ok)]
+        if self._governed(record):
+            # Rules with validity periods may say otherwise by now (RFC 4745 §7.3).
+            assert self.authz is not None
+            self._apply(dlg, self.authz.decide(record.presentity, record.watcher, now), now,
+                        effects, refresh=True)
+            return effects
         self._notify(dlg, now, effects)
         return effects
 
@@ -642,17 +691,18 @@ class Notifier:
             limit = min(limit, UDP_MAX_PAYLOAD if validated else UNVALIDATED_NOTIFY_SIZE)
         event, presentity, ctype = record.event, record.presentity, record.content_type
         version = dlg.cseq - 1  # the watcher's own document counter (module docstring)
-        if record.state == "pending" and dlg.final is None:
-            # No state until the subscription is authorized (RFC 6665 §4.2.2).
+        if record.state == "pending" or dlg.withheld:
+            # No state until the subscription is authorized (RFC 6665 §4.2.2), not even in
+            # the final NOTIFY of one that ends pending or rejected.
             body: bytes | None = b""
             held_back = False
             static = tuple(e for e in static if e[0] != "content-type")
         else:
             budget = limit - head_size
-            body = self.body(presentity, ctype, now, event, version)
+            body = self.body(presentity, ctype, now, event, version, dlg.view)
             held_back = False
             if len(body) > budget:  # the rare case: a summary, or nothing fits
-                body = self.fitting_body(presentity, ctype, budget, now, event, version)
+                body = self.fitting_body(presentity, ctype, budget, now, event, version, dlg.view)
                 # A shortened document to a watcher not yet proven: the whole one follows its
                 # answer.
                 held_back = not validated and dlg.final is None and register
@@ -829,9 +879,60 @@ class Notifier:
         self._notify(dlg, now, effects)
         return effects
 
+    def _governed(self, record: Subscription) -> bool:
+        # Presence of our own users only: an XMPP user authorizes SIP watchers itself.
+        return self.authz is not None and record.event == PRESENCE and record.source == "registrar"
+
     def reauthorize(self, presentity: str, now: float) -> list[Effect]:
-        """The presentity's rules changed: decide every watcher of its presence again."""
-        return []
+        """The presentity's rules changed: decide every watcher of its presence again and
+        apply the outcome at once (pending -> active gets the state; active -> block ends
+        with rejected; a narrower view sends the narrower document)."""
+        effects: list[Effect] = []
+        res = self.resources.get((PRESENCE, presentity))
+        if res is None or self.authz is None:
+            return effects
+        for sub_id in list(res.watchers):
+            dlg = self.dialogs[sub_id]
+            if dlg.final is None and self._governed(dlg.record):
+                self._apply(dlg, self.authz.decide(presentity, dlg.record.watcher, now), now,
+                            effects)
+        return effects
+
+    def reauthorize_all(self, now: float) -> list[Effect]:
+        """Every presence watcher decided again (after a restart: the rules may have changed
+        while the server was down)."""
+        effects: list[Effect] = []
+        for ev, name in list(self.resources):
+            if ev == PRESENCE:
+                effects.extend(self.reauthorize(name, now))
+        return effects
+
+    def _apply(self, dlg: _Dialog, decision: Decision, now: float, effects: list[Effect],
+               refresh: bool = False) -> None:
+        """Move one dialog to what `decision` says. `refresh`: the caller owes the watcher a
+        NOTIFY anyway (RFC 6665 §4.2.2: every SUBSCRIBE gets one)."""
+        handling = decision.handling
+        state = dlg.record.state
+        if handling == "block" or (state == "active" and handling == "confirm"):
+            dlg.withheld = True
+            self._end(dlg, "deauthorize" if handling == "block" else "reconfirm", effects)
+            # A refresh's own Persist must not outlive the Forget (the last write wins).
+            sub_id = dlg.record.id
+            effects[:] = [e for e in effects if not (isinstance(e, Persist) and e.sub.id == sub_id)]
+        elif state == "pending" and handling == "confirm":
+            if not refresh:
+                return
+        else:
+            changed = decision.view is not dlg.view or dlg.withheld
+            dlg.view = decision.view
+            dlg.withheld = False
+            if state == "pending":
+                new_state, _ = transition(state, "authorize")
+                dlg.record = _replace(dlg.record, state=new_state, local_cseq=dlg.lease)
+                effects.append(Persist(dlg.record))
+            elif not changed and not refresh:
+                return  # nothing this watcher sees changed
+        self._notify(dlg, now, effects)
 
     def terminate_all(self, presentity: str, reason: str, now: float,
                       event: str | None = None) -> list[Effect]:
@@ -870,6 +971,13 @@ class Notifier:
             # its transaction's timeout. So its watcher had answered (saved a moment before a
             # crash is the exception, bounded by the NOTIFY's own retransmissions).
             dlg.answered = True
+            if self._governed(record):
+                # Until reauthorize_all applies the rules: what they show now, and nothing at
+                # all to a watcher they would not let in (no final NOTIFY may leak the state).
+                assert self.authz is not None
+                decision = self.authz.decide(record.presentity, record.watcher, now)
+                dlg.view = decision.view
+                dlg.withheld = decision.handling in ("block", "confirm")
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             res = self._resource(record.event, record.presentity)
