@@ -141,3 +141,64 @@ def test_without_a_policy_nothing_changes() -> None:
     (t,) = decode_pidf(notify(a.subscribe(subscribe_req(), ALICE, "registrar", PEER,
                                           T0)).request.body).tuples
     assert t.contact == "sip:alice@192.0.2.9:5070"
+
+
+# --- presence.winfo (RFC 3857 / RFC 3858) ------------------------------------------------------
+
+WINFO_NS = "{urn:ietf:params:xml:ns:watcherinfo}"
+
+
+def watchers_of(n: SendNotify) -> tuple[str, str, list[tuple[str, str, str]]]:
+    from lxml import etree
+
+    root = etree.fromstring(n.request.body)
+    assert root.tag == f"{WINFO_NS}watcherinfo"
+    wl = root.find(f"{WINFO_NS}watcher-list")
+    assert wl is not None and wl.get("package") == "presence"
+    return root.get("version") or "", root.get("state") or "", [
+        (w.text or "", w.get("status") or "", w.get("event") or "")
+        for w in wl.findall(f"{WINFO_NS}watcher")]
+
+
+def winfo_req() -> object:
+    return subscribe_req(watcher="alice", event="presence.winfo")
+
+
+def flushed(a: Notifier) -> SendNotify:
+    return notify(a.flush_winfo(T0))
+
+
+def test_winfo_lists_a_pending_watcher_then_its_approval_with_versions() -> None:
+    a, p = agent("confirm")
+    answer(a, a.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0))  # bob asks: pending
+    a.flush_winfo(T0)
+    # Offline winfo: alice subscribes after bob asked, and the first document lists him.
+    effects = a.subscribe(winfo_req(), ALICE, "registrar", PEER, T0,  # type: ignore[arg-type]
+                          identity=ALICE)
+    n = notify(effects)
+    assert n.request.headers.get("Content-Type") == "application/watcherinfo+xml"
+    assert watchers_of(n) == ("0", "full", [("sip:bob@example.com", "pending", "subscribe")])
+    answer(a, effects)
+    answer(a, set_rules(a, p, [("a", "allow", ["bob@example.com"])]))
+    assert watchers_of(flushed(a)) == ("1", "full",
+                                       [("sip:bob@example.com", "active", "approved")])
+
+
+def test_winfo_shows_a_rejected_watcher_once() -> None:
+    a, p = agent("allow")
+    answer(a, a.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0))
+    w = a.subscribe(winfo_req(), ALICE, "registrar", PEER, T0, identity=ALICE)  # type: ignore[arg-type]
+    answer(a, w)
+    answer(a, set_rules(a, p, [("b", "block", ["bob@example.com"])]))
+    n = flushed(a)
+    assert watchers_of(n)[2] == [("sip:bob@example.com", "terminated", "rejected")]
+    a.notify_result(n.sub_id, 200, T0)
+    a.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0)
+    assert watchers_of(flushed(a))[2] == [("sip:carol@example.com", "active", "subscribe")]
+
+
+def test_winfo_is_for_the_owner_only_with_authentication() -> None:
+    a, _ = agent("allow")
+    effects = a.subscribe(subscribe_req(watcher="bob", event="presence.winfo"), ALICE,
+                          "registrar", PEER, T0, identity="bob@example.com")
+    assert reply(effects).status == 403

@@ -73,8 +73,12 @@ from dataclasses import dataclass
 
 import msgspec
 
+from presenced.pa.documents.pidf import stable_id
 from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.packages.presence import NAME as PRESENCE
+from presenced.pa.packages.winfo import NAME as WINFO
+from presenced.pa.packages.winfo import PART as WINFO_PART
+from presenced.pa.packages.winfo import Watcher, WatcherList
 from presenced.pa.policy.evaluate import Decision, Policy, View
 from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
@@ -209,8 +213,22 @@ _Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("answered", "cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding",
-                 "record", "template", "trusted", "view", "withheld")
+    __slots__ = (
+        "answered",
+        "approved",
+        "cseq",
+        "dirty",
+        "final",
+        "flow",
+        "lease",
+        "limit_key",
+        "outstanding",
+        "record",
+        "template",
+        "trusted",
+        "view",
+        "withheld",
+    )
 
     def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
@@ -226,6 +244,7 @@ class _Dialog:
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
         self.view: View | None = None  # what of the state this watcher sees (None: all of it)
         self.withheld = False  # no state at all (blocked: its final NOTIFY has no body)
+        self.approved = False  # went pending -> active (winfo event "approved")
 
 
 ResourceKey = tuple[str, str]  # (event package, AOR)
@@ -266,6 +285,13 @@ def _never(host: str) -> bool:
     return False
 
 
+# What ended a presence subscription, as a winfo event (RFC 3857 §3.3).
+_WINFO_EVENTS = {"unsubscribe": "timeout", "expire": "timeout", "deauthorize": "rejected",
+                 "reconfirm": "deactivated", "too_big": "probation", "giveup": "giveup",
+                 "notify_failed": "timeout"}
+MAX_ENDED_WATCHERS = 20  # ended watchers kept per presentity until a winfo document shows them
+
+
 def _body(encoded: bytes | tuple[bytes, bytes], version: int) -> bytes:
     if isinstance(encoded, bytes):
         return encoded
@@ -302,6 +328,12 @@ class Notifier:
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
         # The authorization policy for presence watchers (None: everyone sees everything).
         self.authz: Policy | None = None
+        # presence.winfo (RFC 3857): presentities whose watcher list changed since the last
+        # flush_winfo(), and the ended watchers not yet shown ("offline winfo").
+        self.winfo_dirty: set[str] = set()
+        self._ended: dict[str, list[Watcher]] = {}
+        if WINFO in self.packages:
+            self._providers[WINFO] = self._watcher_parts
 
     def provide(self, event: str, parts_of: Callable[[str], dict[str, object]]) -> None:
         """A source that keeps its parts of `event` only while someone watches (the registrar
@@ -553,6 +585,8 @@ class Notifier:
         if not any(self.dialogs[s].record.source == source for s in res.watchers):
             effects.append(WatchStarted(presentity, source, package.name))
         res.watchers.add(record.id)
+        if package.name == PRESENCE:
+            self._winfo_mark(presentity)
         self.expiry.set(record.id, record.expires_at)
         effects.insert(0, Persist(record))
         effects.insert(1, Reply(ok))
@@ -795,6 +829,8 @@ class Notifier:
         else:
             dlg.final = f"terminated;reason={reason}" if reason else "terminated"
         effects.insert(0, Forget(record.id))
+        if record.event == PRESENCE:
+            self._winfo_ended(dlg, cause)
         self.expiry.discard(record.id)
         key = dlg.limit_key
         n = self.per_watcher.get(key, 0) - 1
@@ -865,6 +901,8 @@ class Notifier:
             return []
         state, _ = transition(dlg.record.state, "authorize")
         dlg.record = _replace(dlg.record, state=state, local_cseq=dlg.lease)
+        dlg.approved = True
+        self._winfo_mark(dlg.record.presentity)
         effects: list[Effect] = [Persist(dlg.record)]
         self._notify(dlg, now, effects)
         return effects
@@ -877,6 +915,50 @@ class Notifier:
         effects: list[Effect] = []
         self._end(dlg, "deauthorize", effects)
         self._notify(dlg, now, effects)
+        return effects
+
+    # --- presence.winfo: the watcher list of each presentity ----------------------------------
+
+    def _watcher_parts(self, presentity: str) -> dict[str, object]:
+        watchers: list[Watcher] = []
+        res = self.resources.get((PRESENCE, presentity))
+        if res is not None:
+            for sub_id in sorted(res.watchers):
+                dlg = self.dialogs[sub_id]
+                r = dlg.record
+                watchers.append(Watcher(stable_id(r.id), r.remote_uri, r.state,
+                                        "approved" if dlg.approved else "subscribe"))
+        watchers.extend(self._ended.get(presentity, ()))
+        return {WINFO_PART: WatcherList(tuple(watchers))}
+
+    def _winfo_mark(self, presentity: str) -> None:
+        if (WINFO, presentity) in self.resources:
+            self.winfo_dirty.add(presentity)
+
+    def _winfo_ended(self, dlg: _Dialog, cause: str) -> None:
+        record = dlg.record
+        status = "terminated"
+        event = _WINFO_EVENTS.get(cause, "timeout")
+        if record.state == "pending" and cause == "expire":
+            status = "waiting"  # RFC 3857 §3.3: it asked, nobody decided before it expired
+        ended = self._ended.setdefault(record.presentity, [])
+        ended.append(Watcher(stable_id(record.id), record.remote_uri, status, event))
+        del ended[:-MAX_ENDED_WATCHERS]
+        if len(self._ended) > self.policy.max_presentities:
+            self._ended.pop(next(iter(self._ended)))
+        self._winfo_mark(record.presentity)
+
+    def flush_winfo(self, now: float) -> list[Effect]:
+        """NOTIFY the winfo watchers of every presentity whose watcher list changed."""
+        effects: list[Effect] = []
+        dirty, self.winfo_dirty = self.winfo_dirty, set()
+        for presentity in dirty:
+            parts = self._watcher_parts(presentity)
+            res = self.resources.get((WINFO, presentity))
+            if res is None or not res.watchers:
+                continue
+            effects.extend(self.set_part(presentity, WINFO_PART, parts[WINFO_PART], now, WINFO))
+            self._ended.pop(presentity, None)  # shown once
         return effects
 
     def _governed(self, record: Subscription) -> bool:
@@ -929,6 +1011,8 @@ class Notifier:
             if state == "pending":
                 new_state, _ = transition(state, "authorize")
                 dlg.record = _replace(dlg.record, state=new_state, local_cseq=dlg.lease)
+                dlg.approved = True
+                self._winfo_mark(dlg.record.presentity)
                 effects.append(Persist(dlg.record))
             elif not changed and not refresh:
                 return  # nothing this watcher sees changed
