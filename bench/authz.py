@@ -18,13 +18,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests" / "unit"))
 
-from test_notifier import contact_for, counter, subscribe_req  # noqa: E402
+from test_notifier import contact_for, counter, subscribe_req
 
-from presenced.pa.model import PresenceDoc, Tuple  # noqa: E402
-from presenced.pa.packages.presence import presentity_tuple_id  # noqa: E402
-from presenced.pa.policy.evaluate import Policy  # noqa: E402
-from presenced.pa.policy.rules import parse_rules, simple_rules  # noqa: E402
-from presenced.pa.subscription import Notifier, PaPolicy, SendNotify  # noqa: E402
+from presenced.pa.model import PresenceDoc, Tuple
+from presenced.pa.packages.presence import presentity_tuple_id
+from presenced.pa.policy.evaluate import Policy
+from presenced.pa.policy.rules import parse_rules, simple_rules
+from presenced.pa.subscription import Notifier, PaPolicy, SendNotify
 
 T0 = 1_700_000_000.0
 
