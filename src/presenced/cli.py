@@ -84,6 +84,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from presenced.admin.ctl import main as ctl_main
 
         return ctl_main(argv[1:])
+    if argv[:1] == ["rules"]:  # the operator's presence rules (presenced/rules_cli.py)
+        from presenced.rules_cli import main as rules_main
+
+        return rules_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     if args.check_config is not None:

@@ -33,6 +33,7 @@ from presenced.config import (
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages import registry
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
+from presenced.pa.policy.evaluate import Policy
 from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
@@ -43,6 +44,7 @@ from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
+from presenced.services.rules import RulesService
 from presenced.sip.auth import (
     AuthThrottle,
     DigestAuthenticator,
@@ -220,8 +222,13 @@ class Server:
             trusted,
             packages,
         )
+        # Authorization (docs/presence.md "Authorization"): the policy the notifier asks per
+        # watcher, and the rules service (ports.RulesStore: XCAP and `presenced rules`).
+        self.policy = Policy(pa.default_policy, pa.expose_contacts)
+        self.notifier.authz = self.policy
         self.notifications = NotifierService(self.notifier, self.driver, self.storage,
                                              may_connect=trusted)
+        self.rules = RulesService(self.storage, self.policy, self.notifications.reauthorize)
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
@@ -281,6 +288,7 @@ class Server:
 
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
+        await self.rules.load()  # before the subscriptions: they are re-decided against it
         closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
         self.notifier.provide("reg", self.registrar.reg_parts)
         effects = self.notifier.load(await self.storage.load_subscriptions(),
@@ -294,6 +302,8 @@ class Server:
             if isinstance(part, PresenceDoc) and part.tuples:
                 self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
         closed |= unpublished
+        # The rules may have changed while we were down (`presenced rules` on a stopped server).
+        effects += self.notifier.reauthorize_all(self.notifications.clock())
 
         started: set[str] = set()
         tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together
@@ -440,6 +450,9 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # `presenced rules` writes to storage; SIGUSR1 makes a running server read it again.
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: server.notifications.background.spawn(server.rules.reload()))
     await stop.wait()
     log.info("shutting down")
     await server.stop()

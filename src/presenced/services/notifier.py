@@ -130,6 +130,10 @@ class NotifierService:
             if n:
                 observer(time.perf_counter() - started, n)
 
+    async def reauthorize(self, presentity: str) -> None:
+        """The presentity's rules changed: apply them to its live subscriptions at once."""
+        await self.run(self.notifier.reauthorize(presentity, self.clock()))
+
     def watching(self, presentity: str, event: str) -> bool:
         return self.notifier.watching(presentity, event)
 
@@ -167,6 +171,8 @@ class NotifierService:
     # --- execution -------------------------------------------------------------------------
 
     async def run(self, effects: Sequence[Effect], event: RequestReceived | None = None) -> None:
+        if self.notifier.winfo_dirty:  # a watcher came, went or was decided (presence.winfo)
+            effects = [*effects, *self.notifier.flush_winfo(self.clock())]
         # The last write per subscription wins; distinct subscriptions are written concurrently.
         latest: dict[str, Persist | Forget] = {}
         for eff in effects:
