@@ -215,6 +215,12 @@ class PaConfig(_Section, frozen=True):
     registrar_presence: Literal["until-published", "fallback", "always", "never"] = "until-published"
     max_subscriptions: PosInt = 500_000  # in this process; beyond: 503 with Retry-After
     max_presentities: PosInt = 100_000  # watched or with parts, in memory; beyond: 503
+    # Authorization (docs/presence.md "Authorization"): what applies to a watcher no rule of
+    # the presentity matches. "allow" is today's behaviour; "confirm" suits public services.
+    default_policy: Literal["allow", "confirm", "polite-block", "block"] = "allow"
+    # Registrar tuples carry the registered contact (the device's IP:port) only when a rule
+    # grants provide-devices, or when this is true for every watcher.
+    expose_contacts: bool = False
 
 
 class RegistrarConfig(_Section, frozen=True):

@@ -25,6 +25,7 @@ from presenced.config import Config, exposed_without_auth
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages import registry
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
+from presenced.pa.policy.evaluate import Policy
 from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
@@ -35,6 +36,7 @@ from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
+from presenced.services.rules import RulesService
 from presenced.sip.auth import (
     AuthThrottle,
     DigestAuthenticator,
@@ -189,8 +191,13 @@ class Server:
             trusted,
             packages,
         )
+        # Authorization (docs/presence.md "Authorization"): the policy the notifier asks per
+        # watcher, and the rules service (ports.RulesStore: XCAP and `presenced rules`).
+        self.policy = Policy(pa.default_policy, pa.expose_contacts)
+        self.notifier.authz = self.policy
         self.notifications = NotifierService(self.notifier, self.driver, self.storage,
                                              may_connect=trusted)
+        self.rules = RulesService(self.storage, self.policy, self.notifications.reauthorize)
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
@@ -248,6 +255,7 @@ class Server:
 
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
+        await self.rules.load()  # before the subscriptions: they are re-decided against it
         closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
         self.notifier.provide("reg", self.registrar.reg_parts)
         effects = self.notifier.load(await self.storage.load_subscriptions(),
@@ -339,6 +347,9 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # `presenced rules` writes to storage; SIGUSR1 makes a running server read it again.
+    loop.add_signal_handler(
+        signal.SIGUSR1, lambda: server.notifications.background.spawn(server.rules.reload()))
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -413,3 +413,18 @@ async def test_missing_redis_package_says_install_the_extra(
     monkeypatch.setitem(sys.modules, "redis.asyncio", None)
     with pytest.raises(StorageError, match=r"install presenced\[redis\]"):
         await RedisStorage("redis://127.0.0.1:1/0").open()
+
+
+async def test_rules_put_replace_delete_load(storage: RedisStorage) -> None:
+    from presenced.pa.records import RulesDocument
+
+    doc = RulesDocument("alice@example.com", b"<cp:ruleset/>\x00\xff", "e1", 1_900_000_000.25)
+    await storage.put_rules(doc)
+    assert await storage.load_rules() == [doc]
+    newer = msgspec.structs.replace(doc, document=b"<x/>", etag="e2")
+    await storage.put_rules(newer)
+    await storage.put_rules(RulesDocument("bob@example.com", b"<y/>", "e3", 1.0))
+    assert sorted(await storage.load_rules(), key=lambda d: d.aor)[0] == newer
+    await storage.delete_rules("bob@example.com")
+    await storage.delete_rules("nobody@example.com")
+    assert await storage.load_rules() == [newer]

@@ -57,3 +57,13 @@ class Publication(msgspec.Struct, frozen=True):
     expires_at: float
     content_type: str
     body: bytes
+
+
+class RulesDocument(msgspec.Struct, frozen=True):
+    """One user's presence-rules document (RFC 5025 `pres-rules`, an RFC 4745 ruleset), as
+    the XCAP server and the operator's tools stored it: whole, with its entity tag."""
+
+    aor: str  # "alice@example.com"
+    document: bytes  # the application/auth-policy+xml document as stored (validated)
+    etag: str
+    updated: float  # wall-clock epoch seconds of the last put

@@ -74,6 +74,7 @@ import msgspec
 
 from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.packages.presence import NAME as PRESENCE
+from presenced.pa.policy.evaluate import Policy
 from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.dialog import hop_of, in_dialog_route
@@ -288,6 +289,8 @@ class Notifier:
         # event -> the parts a source holds for an AOR right now, asked when a resource of
         # that event comes into being (see `provide`).
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
+        # The authorization policy for presence watchers (None: everyone sees everything).
+        self.authz: Policy | None = None
 
     def provide(self, event: str, parts_of: Callable[[str], dict[str, object]]) -> None:
         """A source that keeps its parts of `event` only while someone watches (the registrar
@@ -825,6 +828,10 @@ class Notifier:
         self._end(dlg, "deauthorize", effects)
         self._notify(dlg, now, effects)
         return effects
+
+    def reauthorize(self, presentity: str, now: float) -> list[Effect]:
+        """The presentity's rules changed: decide every watcher of its presence again."""
+        return []
 
     def terminate_all(self, presentity: str, reason: str, now: float,
                       event: str | None = None) -> list[Effect]:

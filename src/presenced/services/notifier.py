@@ -98,6 +98,10 @@ class NotifierService:
                 listener(presentity, doc)
         await self.run(effects)
 
+    async def reauthorize(self, presentity: str) -> None:
+        """The presentity's rules changed: apply them to its live subscriptions at once."""
+        await self.run(self.notifier.reauthorize(presentity, self.clock()))
+
     def watching(self, presentity: str, event: str) -> bool:
         return self.notifier.watching(presentity, event)
 

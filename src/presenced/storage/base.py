@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
 
-__all__ = ["Binding", "Publication", "Storage", "Subscription"]
+__all__ = ["Binding", "Publication", "RulesDocument", "Storage", "Subscription"]
 
 
 class Storage(Protocol):
@@ -41,3 +41,10 @@ class Storage(Protocol):
     async def delete_publication(self, etag: str) -> None: ...
 
     async def load_publications(self) -> list[Publication]: ...
+
+    async def put_rules(self, rules: RulesDocument) -> None:
+        """Insert or replace the user's presence-rules document, keyed by aor."""
+
+    async def delete_rules(self, aor: str) -> None: ...
+
+    async def load_rules(self) -> list[RulesDocument]: ...

@@ -6,7 +6,7 @@ safe; `load_*` returns a fresh list so callers never see later writes through it
 
 from __future__ import annotations
 
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 
@@ -17,6 +17,7 @@ class MemoryStorage:
         self._bindings: dict[tuple[str, str], Binding] = {}
         self._subscriptions: dict[str, Subscription] = {}
         self._publications: dict[str, Publication] = {}
+        self._rules: dict[str, RulesDocument] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -68,3 +69,15 @@ class MemoryStorage:
     async def load_publications(self) -> list[Publication]:
         self._check()
         return list(self._publications.values())
+
+    async def put_rules(self, rules: RulesDocument) -> None:
+        self._check()
+        self._rules[rules.aor] = rules
+
+    async def delete_rules(self, aor: str) -> None:
+        self._check()
+        self._rules.pop(aor, None)
+
+    async def load_rules(self) -> list[RulesDocument]:
+        self._check()
+        return list(self._rules.values())

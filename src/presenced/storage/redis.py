@@ -5,6 +5,7 @@ Layout (with the default prefix ``presenced:``)::
     presenced:bindings       field aor + "\\x00" + contact -> msgpack(Binding)
     presenced:subscriptions  field id                      -> msgpack(Subscription)
     presenced:publications   field etag                    -> msgpack(Publication)
+    presenced:rules          field aor                     -> msgpack(RulesDocument)
 
 Values are msgspec msgpack encodings of the record structs: exact for floats, `bytes` bodies
 stay binary and `route_set` decodes back to a tuple. Several presenced nodes may share one Redis
@@ -39,7 +40,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 DEFAULT_PREFIX = "presenced:"
@@ -48,6 +49,7 @@ _encode = msgspec.msgpack.Encoder().encode
 _decode_binding = msgspec.msgpack.Decoder(Binding).decode
 _decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
 _decode_publication = msgspec.msgpack.Decoder(Publication).decode
+_decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
 
 
 def redact_url(url: str) -> str:
@@ -113,6 +115,7 @@ class RedisStorage:
         self._bindings_key = f"{self.prefix}bindings"
         self._subscriptions_key = f"{self.prefix}subscriptions"
         self._publications_key = f"{self.prefix}publications"
+        self._rules_key = f"{self.prefix}rules"
         self._client: Any = None  # redis.asyncio.Redis once open
         self._pool: Any = None
         self._redis_error: type[BaseException] = Exception
@@ -256,3 +259,12 @@ class RedisStorage:
 
     async def load_publications(self) -> list[Publication]:
         return await self._load("load_publications", self._publications_key, _decode_publication)
+
+    async def put_rules(self, rules: RulesDocument) -> None:
+        await self._hset("put_rules", self._rules_key, rules.aor, _encode(rules))
+
+    async def delete_rules(self, aor: str) -> None:
+        await self._hdel("delete_rules", self._rules_key, aor)
+
+    async def load_rules(self) -> list[RulesDocument]:
+        return await self._load("load_rules", self._rules_key, _decode_rules)

@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 log = logging.getLogger(__name__)
@@ -153,6 +153,11 @@ _PUT_PUBLICATION = _upsert("publications", _PUBLICATION_COLS, ("etag",))
 _DELETE_PUBLICATION = "DELETE FROM publications WHERE etag = ?"
 _SELECT_PUBLICATIONS = f"SELECT {', '.join(_PUBLICATION_COLS)} FROM publications"
 
+_RULES_COLS = RulesDocument.__struct_fields__
+_PUT_RULES = _upsert("rules", _RULES_COLS, ("aor",))
+_DELETE_RULES = "DELETE FROM rules WHERE aor = ?"
+_SELECT_RULES = f"SELECT {', '.join(_RULES_COLS)} FROM rules"
+
 _encode_json = msgspec.json.Encoder().encode
 _decode_route_set = msgspec.json.Decoder(tuple[str, ...]).decode
 _astuple = msgspec.structs.astuple
@@ -208,6 +213,19 @@ def _op_delete_publication(conn: sqlite3.Connection, etag: str) -> None:
 
 def _op_load_publications(conn: sqlite3.Connection) -> list[Publication]:
     return [Publication(*row) for row in conn.execute(_SELECT_PUBLICATIONS)]
+
+
+def _op_put_rules(conn: sqlite3.Connection, rules: RulesDocument) -> None:
+    conn.execute(_PUT_RULES, _astuple(rules))
+
+
+def _op_delete_rules(conn: sqlite3.Connection, aor: str) -> None:
+    conn.execute(_DELETE_RULES, (aor,))
+
+
+def _op_load_rules(conn: sqlite3.Connection) -> list[RulesDocument]:
+    return [RulesDocument(aor, bytes(doc), etag, updated)
+            for aor, doc, etag, updated in conn.execute(_SELECT_RULES)]
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -346,6 +364,16 @@ class SqliteStorage:
 
     async def load_publications(self) -> list[Publication]:
         result: list[Publication] = await self._submit(_op_load_publications, ())
+        return result
+
+    async def put_rules(self, rules: RulesDocument) -> None:
+        await self._submit(_op_put_rules, (rules,))
+
+    async def delete_rules(self, aor: str) -> None:
+        await self._submit(_op_delete_rules, (aor,))
+
+    async def load_rules(self) -> list[RulesDocument]:
+        result: list[RulesDocument] = await self._submit(_op_load_rules, ())
         return result
 
     # --- writer thread ---------------------------------------------------------------------------
