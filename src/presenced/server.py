@@ -51,6 +51,7 @@ from presenced.storage import open_storage
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
+from presenced.xcap.server import XcapServer, XcapSettings
 
 log = logging.getLogger("presenced.server")
 
@@ -108,6 +109,7 @@ class Server:
         self.transports: list[UdpTransport | TcpTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
+        self.xcap: XcapServer | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -293,6 +295,15 @@ class Server:
             self.driver.add_transport(t)
             self.transports.append(t)
             log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+        # --- xcap server start (begin) ---
+        if cfg.xcap is not None:  # HTTP on this loop, over the rules service (docs/xcap.md)
+            host, port = cfg.xcap.address
+            self.xcap = XcapServer(XcapSettings(host, port, cfg.xcap.root,
+                                                cfg.xcap.max_document_size,
+                                                cfg.xcap.max_uri_length),
+                                   self.rules, auth, throttle)
+            await self.xcap.start()
+        # --- xcap server start (end) ---
         # --- jabber gateway start (begin) ---
         if self.jabber is not None:
             await self.jabber.start()  # connects in the background, re-announces on Connected
@@ -313,6 +324,10 @@ class Server:
         sys.setswitchinterval(0.0005)
 
     async def stop(self) -> None:
+        # --- xcap server stop (begin) ---
+        if self.xcap is not None:  # first: its writes need the storage
+            await self.xcap.stop()
+        # --- xcap server stop (end) ---
         # --- jabber gateway stop (begin) ---
         if self.jabber is not None:
             await self.jabber.stop()

@@ -246,7 +246,7 @@ def parse_element_body(body: bytes, context: ElementT | None, max_size: int,
         text = body.decode("utf-8")
     except UnicodeDecodeError:
         raise XcapConflict("not-utf-8") from None
-    nsmap: dict[str | None, str] = dict(known or {})
+    nsmap: dict[Any, str] = dict(known or {})  # (None: the default namespace)
     if context is not None:
         nsmap.update(context.nsmap)
     nsmap.update(bindings or {})

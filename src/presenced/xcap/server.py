@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
+from aiohttp.http_exceptions import HttpProcessingError
 from lxml import etree
 
 from presenced.pa.documents.xml import DocumentError, parse_xml
@@ -69,6 +70,25 @@ _RETRIES = 3  # conflicting writes retried for a client without preconditions
 _Edit = Callable[[bytes | None], tuple[bytes, bool]]
 
 
+class _PeerErrorsOneLine(logging.Filter):
+    """aiohttp logs a request it cannot parse (a request line over the limit, a broken
+    header) with a traceback at ERROR: that is the peer's fault, one INFO line says it."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, HttpProcessingError):
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg = "xcap: refused a malformed request: %s"
+            record.args = (" ".join(str(exc).split())[:300],)
+            record.exc_info = None
+            record.exc_text = None
+        return True
+
+
+_HTTP_LOG = logging.getLogger("presenced.xcap.http")
+_HTTP_LOG.addFilter(_PeerErrorsOneLine())
+
+
 @dataclass(frozen=True, slots=True)
 class XcapSettings:
     host: str = "127.0.0.1"
@@ -114,7 +134,8 @@ class XcapServer:
 
     async def start(self) -> None:
         runner = web.AppRunner(self.app(), access_log=None, handle_signals=False,
-                               max_line_size=self.settings.max_uri_length + 64)
+                               max_line_size=self.settings.max_uri_length + 64,
+                               logger=_HTTP_LOG)
         await runner.setup()
         site = web.TCPSite(runner, self.settings.host, self.settings.port)
         await site.start()
@@ -168,6 +189,8 @@ class XcapServer:
                 log.info("xcap: %s as %s forbidden for %s's documents (source %s)", method,
                          identity, aor, request.remote)
                 raise XcapError(403, "not your document")
+        if uri.node is not None:
+            self._selector(uri, auid)  # a broken selector is 400 before any document is read
         if auid is XCAP_CAPS:
             return self._caps_get(request, uri, auid)
         assert auid is PRES_RULES and aor is not None
