@@ -1,15 +1,17 @@
 """The XCAP server (RFC 4825, RFC 5025 pres-rules) of a real presenced process, over real HTTP.
 
 Clients: aiohttp's client with its own DigestAuthMiddleware (an HTTP digest implementation
-independent of ours, SHA-256 as we offer first), and the standard library's urllib with
-HTTPDigestAuthHandler for MD5. No XCAP client could be installed from Debian or PyPI (see
+independent of ours, SHA-256 as we offer first), the standard library's urllib with
+HTTPDigestAuthHandler for MD5, and curl --digest. No XCAP client could be installed from Debian or PyPI (see
 docs/xcap.md), so the XCAP side is this module's own requests, written from the RFC.
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import socket
+import subprocess
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -349,3 +351,23 @@ async def test_the_document_survives_kill9(xcap_factory: XcapFactory) -> None:
         assert etag_of(r) == tag
         doc = etree.fromstring(await r.read())
         assert [rule.get("id") for rule in doc] == ["a", "b", "c"]
+
+
+def _curl(*args: str) -> subprocess.CompletedProcess[bytes]:
+    curl = shutil.which("curl")
+    assert curl is not None, "curl is missing (.ci/run installs it)"
+    return subprocess.run([curl, "-sS", "--digest", "-u", f"alice:{USERS['alice']}", *args],
+                          capture_output=True, timeout=30, check=False)
+
+
+async def test_curl_puts_and_gets_with_digest(xcap_factory: XcapFactory) -> None:
+    x = xcap_factory()
+    await x.wait()
+    put = await asyncio.to_thread(
+        _curl, "-o", "/dev/null", "-w", "%{http_code}", "-X", "PUT",
+        "-H", f"Content-Type: {DOC_MIME}", "--data-binary", RULES.decode(), x.doc())
+    assert put.stdout == b"201", (put.stdout, put.stderr)
+    got = await asyncio.to_thread(_curl, "-D", "-", x.doc())
+    # -D - prints the challenge's 401 headers, then the 200's, then the body.
+    assert b"HTTP/1.1 401" in got.stdout and b"HTTP/1.1 200" in got.stdout, got.stdout[:500]
+    assert got.stdout.endswith(RULES), got.stdout[-300:]
