@@ -77,6 +77,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["rules"]:  # the operator's presence rules (presenced/rules_cli.py)
+        from presenced.rules_cli import main as rules_main
+
+        return rules_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     if args.check_config is not None:

@@ -271,6 +271,8 @@ class Server:
             if isinstance(part, PresenceDoc) and part.tuples:
                 self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
         closed |= unpublished
+        # The rules may have changed while we were down (`presenced rules` on a stopped server).
+        effects += self.notifier.reauthorize_all(self.notifications.clock())
 
         started: set[str] = set()
         tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together

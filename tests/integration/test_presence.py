@@ -121,7 +121,7 @@ def test_registration_opens_refresh_does_not_flap_unregistration_closes(
     n = w.expect_request("NOTIFY")
     assert in_dialog(n, r) and state(n).startswith("active")
     doc = parse_pidf(n.body)
-    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]
+    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@example.com"]  # device privacy: the AOR
     assert doc.tuples[0][0] == closed_id  # one service going open and closed (RFC 3863 §4.1.2)
     assert register(alice, expires=900).status == 200  # a refresh: nothing a watcher sees
     w.expect_no_request("NOTIFY", timeout=0.7)
@@ -277,7 +277,8 @@ def test_accept_xpidf_gets_xpidf_bodies(sip_client: Client) -> None:
     assert register(alice, expires=600).status == 200
     n = w.expect_request("NOTIFY")
     assert n.content_type == "application/xpidf+xml"
-    assert parse_xpidf(n.body) == [("open", "online", alice.contact_uri)]
+    # Device privacy: the address is the presentity's URI, not the registered contact.
+    assert parse_xpidf(n.body) == [("open", "online", "sip:alice@example.com")]
 
 
 def test_accept_lpidf_gets_lpidf_bodies(sip_client: Client) -> None:
@@ -291,7 +292,7 @@ def test_accept_lpidf_gets_lpidf_bodies(sip_client: Client) -> None:
     n = w.expect_request("NOTIFY")
     lines = n.body.decode().splitlines()
     assert lines[0] == "To: <sip:alice@example.com>"
-    assert lines[1].startswith(f"Contact: <{alice.contact_uri}>;q=")
+    assert lines[1].startswith("Contact: <sip:alice@example.com>;q=")  # device privacy
     assert float(lines[1].rsplit("q=", 1)[1]) > 0  # open: a non-zero priority
 
 
@@ -304,7 +305,7 @@ def test_accept_cpim_pidf_gets_cpim_pidf_bodies(sip_client: Client) -> None:
     assert register(alice, expires=600).status == 200
     n = w.expect_request("NOTIFY")
     doc = parse_pidf(n.body, CPIM_PIDF_NS)
-    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]
+    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@example.com"]  # device privacy: the AOR
 
 
 def test_accept_list_picks_a_format_we_produce(sip_client: Client) -> None:
@@ -352,7 +353,8 @@ def test_changes_while_a_notify_is_unanswered_coalesce_into_the_latest_state(
     w.reply(n, 200)
     assert in_dialog(n, r) and n.cseq.seq > first.cseq.seq
     doc = parse_pidf(n.body)
-    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@192.0.2.99:5060"]
+    # Device privacy: the registered contact shows as the AOR.
+    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@example.com"]
     w.expect_no_request("NOTIFY", timeout=1.0)  # nothing older follows the newest state
 
 

@@ -171,7 +171,7 @@ def test_published_closed_wins_over_registration_and_a_withdrawn_publication_sta
     assert register(alice, expires=600).status == 200
     w = sip_client(user="bob")
     doc = parse_pidf(watch(w).body)
-    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]
+    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@example.com"]  # device privacy: the AOR
     # docs/presence.md: publications are authoritative, closed while registered shows closed.
     etag = etag_of(publish(alice, pidf("closed", "do not disturb")))
     assert parse_pidf(w.expect_request("NOTIFY").body).basics == ["closed"]
@@ -199,7 +199,7 @@ def test_fallback_policy_brings_the_registration_back_when_the_publication_goes(
     assert parse_pidf(w.expect_request("NOTIFY").body).basics == ["closed"]
     assert publish(alice, etag=etag, expires=0).status == 200
     doc = parse_pidf(w.expect_request("NOTIFY").body)
-    assert doc.basics == ["open"] and doc.contacts == [alice.contact_uri]  # the registrar's again
+    assert doc.basics == ["open"] and doc.contacts == ["sip:alice@example.com"]  # the registrar's again (the AOR)
 
 
 def test_publication_expires_on_time(server_factory: Factory, sip_client: Client) -> None:

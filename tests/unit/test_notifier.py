@@ -272,14 +272,14 @@ def test_too_long_expires_is_capped() -> None:
     assert agent.next_deadline() == T0 + 7200
 
 
-@pytest.mark.parametrize("event", [None, "conference", "presence.winfo"])
+@pytest.mark.parametrize("event", [None, "conference", "dialog.winfo"])
 def test_other_or_missing_event_is_489_with_allow_events(event: str | None) -> None:
     # RFC 6665 §4.1.2.1 / §8.2.1
     agent = make_agent()
     effects = agent.subscribe(subscribe_req(event=event), ALICE, "registrar", PEER, T0)
     r = reply(effects)
     assert r.status == 489
-    assert r.headers.get_list("Allow-Events") == ["presence", "dialog", "message-summary", "reg"]
+    assert r.headers.get_list("Allow-Events") == ["presence", "dialog", "message-summary", "reg", "presence.winfo"]
     assert len(effects) == 1 and not agent.dialogs
 
 

@@ -79,8 +79,8 @@ def published_dialogs(*states: str) -> object:
 
 
 def test_registry_names_every_package_served_in_allow_events_order() -> None:
-    assert list(registry()) == ["presence", "dialog", "message-summary", "reg"]
-    assert make_notifier().allow_events == "presence, dialog, message-summary, reg"
+    assert list(registry()) == ["presence", "dialog", "message-summary", "reg", "presence.winfo"]
+    assert make_notifier().allow_events == "presence, dialog, message-summary, reg, presence.winfo"
 
 
 @pytest.mark.parametrize(

@@ -29,6 +29,7 @@ most its final NOTIFY and is gone.
     pending/active  unsubscribe   terminated   -
     pending/active  expire     terminated   timeout
     pending/active  deauthorize  terminated   rejected
+    active      reconfirm      terminated   deactivated (the rules now say confirm)
     pending/active  too_big    terminated   probation   (no document fits a NOTIFY)
     pending/active  giveup     terminated   giveup      (the resource went away: terminate_all)
     pending/active  notify_failed  terminated   -       (481/408/timeout: no final NOTIFY)
@@ -72,9 +73,14 @@ from dataclasses import dataclass
 
 import msgspec
 
+from presenced.pa.documents.pidf import stable_id
 from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.packages.presence import NAME as PRESENCE
-from presenced.pa.policy.evaluate import Policy
+from presenced.pa.packages.winfo import NAME as WINFO
+from presenced.pa.packages.winfo import PART as WINFO_PART
+from presenced.pa.packages.winfo import Watcher, WatcherList
+from presenced.pa.policy.evaluate import Decision, Policy, View
+from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
 from presenced.pa.timers import DeadlineHeap
 from presenced.sip.dialog import hop_of, in_dialog_route
@@ -94,6 +100,9 @@ TRANSITIONS: dict[tuple[str, str], tuple[str, str | None]] = {
     **{(state, "unsubscribe"): ("terminated", None) for state in ("pending", "active")},
     **{(state, "expire"): ("terminated", "timeout") for state in ("pending", "active")},
     **{(state, "deauthorize"): ("terminated", "rejected") for state in ("pending", "active")},
+    # An active watcher whose rules now say confirm: it subscribes again and waits (RFC 6665
+    # §4.1.3: deactivated asks for an immediate retry).
+    ("active", "reconfirm"): ("terminated", "deactivated"),
     **{(state, "too_big"): ("terminated", "probation") for state in ("pending", "active")},
     **{(state, "giveup"): ("terminated", "giveup") for state in ("pending", "active")},
     **{(state, "notify_failed"): ("terminated", None) for state in ("pending", "active")},
@@ -204,8 +213,22 @@ _Template = tuple[Subscription, str, str | None, tuple[tuple[str, str, str], ...
 class _Dialog:
     """Runtime state of one subscription: the persisted record plus what is in flight."""
 
-    __slots__ = ("answered", "cseq", "dirty", "final", "flow", "lease", "limit_key", "outstanding",
-                 "record", "template", "trusted")
+    __slots__ = (
+        "answered",
+        "approved",
+        "cseq",
+        "dirty",
+        "final",
+        "flow",
+        "lease",
+        "limit_key",
+        "outstanding",
+        "record",
+        "template",
+        "trusted",
+        "view",
+        "withheld",
+    )
 
     def __init__(self, record: Subscription, flow: Peer, trusted: bool, limit_key: str) -> None:
         self.record = record
@@ -219,6 +242,9 @@ class _Dialog:
         self.answered = False  # the watcher answered one of this dialog's NOTIFYs with a 2xx
         self.final: str | None = None  # Subscription-State to end with, once sent
         self.template: _Template | None = None  # NOTIFY parts fixed for this record
+        self.view: View | None = None  # what of the state this watcher sees (None: all of it)
+        self.withheld = False  # no state at all (blocked: its final NOTIFY has no body)
+        self.approved = False  # went pending -> active (winfo event "approved")
 
 
 ResourceKey = tuple[str, str]  # (event package, AOR)
@@ -227,7 +253,7 @@ ResourceKey = tuple[str, str]  # (event package, AOR)
 class _Resource:
     """One (package, AOR): its sources' parts, the composed state, its watchers."""
 
-    __slots__ = ("bodies", "package", "parts", "state", "summaries", "watchers")
+    __slots__ = ("bodies", "package", "parts", "state", "summaries", "views", "watchers")
 
     def __init__(self, package: EventPackage, name: str) -> None:
         self.package = package
@@ -236,11 +262,15 @@ class _Resource:
         # content type -> body of the current state, or (prefix, suffix) of a versioned one
         self.bodies: dict[str, bytes | tuple[bytes, bytes]] = {}
         self.summaries: dict[str, bytes | tuple[bytes, bytes] | None] = {}
+        # per watcher view (interned, so keyed by identity): content type -> body
+        self.views: dict[View, dict[str, bytes | tuple[bytes, bytes]]] = {}
         self.watchers: set[str] = set()
 
     def reset_bodies(self) -> None:
         self.bodies = {}
         self.summaries = {}
+        if self.views:
+            self.views = {}
 
 
 def dialog_id(call_id: str, local_tag: str, remote_tag: str) -> str:
@@ -253,6 +283,13 @@ def _as_peer(peer: Peer | str) -> Peer:
 
 def _never(host: str) -> bool:
     return False
+
+
+# What ended a presence subscription, as a winfo event (RFC 3857 §3.3).
+_WINFO_EVENTS = {"unsubscribe": "timeout", "expire": "timeout", "deauthorize": "rejected",
+                 "reconfirm": "deactivated", "too_big": "probation", "giveup": "giveup",
+                 "notify_failed": "timeout"}
+MAX_ENDED_WATCHERS = 20  # ended watchers kept per presentity until a winfo document shows them
 
 
 def _body(encoded: bytes | tuple[bytes, bytes], version: int) -> bytes:
@@ -291,6 +328,12 @@ class Notifier:
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
         # The authorization policy for presence watchers (None: everyone sees everything).
         self.authz: Policy | None = None
+        # presence.winfo (RFC 3857): presentities whose watcher list changed since the last
+        # flush_winfo(), and the ended watchers not yet shown ("offline winfo").
+        self.winfo_dirty: set[str] = set()
+        self._ended: dict[str, list[Watcher]] = {}
+        if WINFO in self.packages:
+            self._providers[WINFO] = self._watcher_parts
 
     def provide(self, event: str, parts_of: Callable[[str], dict[str, object]]) -> None:
         """A source that keeps its parts of `event` only while someone watches (the registrar
@@ -366,8 +409,8 @@ class Notifier:
         res.reset_bodies()
 
     def body(self, presentity: str, content_type: str, now: float, event: str = PRESENCE,
-             version: int = 0) -> bytes:
-        """The body of a resource's current state for one watcher."""
+             version: int = 0, view: View | None = None) -> bytes:
+        """The body of a resource's current state for one watcher (as `view` shows it)."""
         res = self.resources.get((event, presentity))
         if res is None:
             # A fetch or a final NOTIFY after the last watcher left: encode without creating an
@@ -376,7 +419,20 @@ class Notifier:
             provider = self._providers.get(event)
             parts = provider(presentity) if provider is not None else {}
             state = pkg.compose(presentity, parts) if parts else pkg.empty(presentity)
+            if view is not None:
+                state = apply_view(state, view, presentity)  # type: ignore[arg-type]
             return _body(self._encode(pkg, presentity, state, content_type, now), version)
+        if view is not None:
+            # Encoded once per distinct transformation and state, not per watcher.
+            cache = res.views.get(view)
+            if cache is None:
+                cache = res.views[view] = {}
+            encoded = cache.get(content_type)
+            if encoded is None:
+                viewed = apply_view(res.state, view, presentity)  # type: ignore[arg-type]
+                encoded = cache[content_type] = self._encode(
+                    res.package, presentity, viewed, content_type, now)
+            return _body(encoded, version)
         encoded = res.bodies.get(content_type)
         if encoded is None:
             encoded = res.bodies[content_type] = self._encode(
@@ -391,15 +447,24 @@ class Notifier:
         return pkg.encode(name, state, content_type, now)
 
     def fitting_body(self, presentity: str, content_type: str, budget: int, now: float,
-                     event: str = PRESENCE, version: int = 0) -> bytes | None:
+                     event: str = PRESENCE, version: int = 0,
+                     view: View | None = None) -> bytes | None:
         """The current body, or the package's summary when the body exceeds `budget` bytes;
         None when neither fits. Each is encoded once per state and format."""
-        b = self.body(presentity, content_type, now, event, version)
+        b = self.body(presentity, content_type, now, event, version, view)
         if len(b) <= budget:
             return b
         res = self.resources.get((event, presentity))
         if res is None:
             return None
+        if view is not None:  # the rare case twice over: not cached
+            viewed_summary = res.package.summary(
+                presentity, apply_view(res.state, view, presentity))  # type: ignore[arg-type]
+            if viewed_summary is None:
+                return None
+            body = _body(self._encode(res.package, presentity, viewed_summary, content_type,
+                                      now), version)
+            return body if len(body) <= budget else None
         if content_type in res.summaries:
             small = res.summaries[content_type]
         else:
@@ -455,6 +520,14 @@ class Notifier:
             return [Reply(make_response(req, 400, reason, local_tag))]
         event = req.event
         assert event is not None
+        decision = None
+        if self.authz is not None and package.name == PRESENCE and source == "registrar":
+            # The watcher is the authenticated user, else the From (spoofable without [auth]).
+            decision = self.authz.decide(presentity, identity or remote.uri.aor, now)
+            if decision.handling == "block":
+                return [Reply(make_response(req, 403, "Forbidden", local_tag))]
+            if decision.handling == "confirm":
+                authorized = False
         trusted = self.trusted(flow.host)
         record = Subscription(
             id=dialog_id(call_id, local_tag, remote_tag),
@@ -486,6 +559,8 @@ class Notifier:
         limit_key = identity or (record.watcher if trusted else f"ip:{flow.host}")
         dlg = _Dialog(record, flow, trusted, limit_key)
         dlg.cseq = 0
+        if decision is not None:
+            dlg.view = decision.view
         effects: list[Effect] = []
         if expires == 0:
             # A fetch (RFC 6665 §4.4.3): 200, one NOTIFY with the state, no dialog kept.
@@ -510,6 +585,8 @@ class Notifier:
         if not any(self.dialogs[s].record.source == source for s in res.watchers):
             effects.append(WatchStarted(presentity, source, package.name))
         res.watchers.add(record.id)
+        if package.name == PRESENCE:
+            self._winfo_mark(presentity)
         self.expiry.set(record.id, record.expires_at)
         effects.insert(0, Persist(record))
         effects.insert(1, Reply(ok))
@@ -574,6 +651,12 @@ class Notifier:
             dlg.trusted = self.trusted(flow.host)
         self.expiry.set(record.id, record.expires_at)
         effects = [Persist(record), Reply(ok)]
+        if self._governed(record):
+            # Rules with validity periods may say otherwise by now (RFC 4745 §7.3).
+            assert self.authz is not None
+            self._apply(dlg, self.authz.decide(record.presentity, record.watcher, now), now,
+                        effects, refresh=True)
+            return effects
         self._notify(dlg, now, effects)
         return effects
 
@@ -642,17 +725,18 @@ class Notifier:
             limit = min(limit, UDP_MAX_PAYLOAD if validated else UNVALIDATED_NOTIFY_SIZE)
         event, presentity, ctype = record.event, record.presentity, record.content_type
         version = dlg.cseq - 1  # the watcher's own document counter (module docstring)
-        if record.state == "pending" and dlg.final is None:
-            # No state until the subscription is authorized (RFC 6665 §4.2.2).
+        if record.state == "pending" or dlg.withheld:
+            # No state until the subscription is authorized (RFC 6665 §4.2.2), not even in
+            # the final NOTIFY of one that ends pending or rejected.
             body: bytes | None = b""
             held_back = False
             static = tuple(e for e in static if e[0] != "content-type")
         else:
             budget = limit - head_size
-            body = self.body(presentity, ctype, now, event, version)
+            body = self.body(presentity, ctype, now, event, version, dlg.view)
             held_back = False
             if len(body) > budget:  # the rare case: a summary, or nothing fits
-                body = self.fitting_body(presentity, ctype, budget, now, event, version)
+                body = self.fitting_body(presentity, ctype, budget, now, event, version, dlg.view)
                 # A shortened document to a watcher not yet proven: the whole one follows its
                 # answer.
                 held_back = not validated and dlg.final is None and register
@@ -745,6 +829,8 @@ class Notifier:
         else:
             dlg.final = f"terminated;reason={reason}" if reason else "terminated"
         effects.insert(0, Forget(record.id))
+        if record.event == PRESENCE:
+            self._winfo_ended(dlg, cause)
         self.expiry.discard(record.id)
         key = dlg.limit_key
         n = self.per_watcher.get(key, 0) - 1
@@ -815,6 +901,8 @@ class Notifier:
             return []
         state, _ = transition(dlg.record.state, "authorize")
         dlg.record = _replace(dlg.record, state=state, local_cseq=dlg.lease)
+        dlg.approved = True
+        self._winfo_mark(dlg.record.presentity)
         effects: list[Effect] = [Persist(dlg.record)]
         self._notify(dlg, now, effects)
         return effects
@@ -829,9 +917,106 @@ class Notifier:
         self._notify(dlg, now, effects)
         return effects
 
+    # --- presence.winfo: the watcher list of each presentity ----------------------------------
+
+    def _watcher_parts(self, presentity: str) -> dict[str, object]:
+        watchers: list[Watcher] = []
+        res = self.resources.get((PRESENCE, presentity))
+        if res is not None:
+            for sub_id in sorted(res.watchers):
+                dlg = self.dialogs[sub_id]
+                r = dlg.record
+                watchers.append(Watcher(stable_id(r.id), r.remote_uri, r.state,
+                                        "approved" if dlg.approved else "subscribe"))
+        watchers.extend(self._ended.get(presentity, ()))
+        return {WINFO_PART: WatcherList(tuple(watchers))}
+
+    def _winfo_mark(self, presentity: str) -> None:
+        if (WINFO, presentity) in self.resources:
+            self.winfo_dirty.add(presentity)
+
+    def _winfo_ended(self, dlg: _Dialog, cause: str) -> None:
+        record = dlg.record
+        status = "terminated"
+        event = _WINFO_EVENTS.get(cause, "timeout")
+        if record.state == "pending" and cause == "expire":
+            status = "waiting"  # RFC 3857 §3.3: it asked, nobody decided before it expired
+        ended = self._ended.setdefault(record.presentity, [])
+        ended.append(Watcher(stable_id(record.id), record.remote_uri, status, event))
+        del ended[:-MAX_ENDED_WATCHERS]
+        if len(self._ended) > self.policy.max_presentities:
+            self._ended.pop(next(iter(self._ended)))
+        self._winfo_mark(record.presentity)
+
+    def flush_winfo(self, now: float) -> list[Effect]:
+        """NOTIFY the winfo watchers of every presentity whose watcher list changed."""
+        effects: list[Effect] = []
+        dirty, self.winfo_dirty = self.winfo_dirty, set()
+        for presentity in dirty:
+            parts = self._watcher_parts(presentity)
+            res = self.resources.get((WINFO, presentity))
+            if res is None or not res.watchers:
+                continue
+            effects.extend(self.set_part(presentity, WINFO_PART, parts[WINFO_PART], now, WINFO))
+            self._ended.pop(presentity, None)  # shown once
+        return effects
+
+    def _governed(self, record: Subscription) -> bool:
+        # Presence of our own users only: an XMPP user authorizes SIP watchers itself.
+        return self.authz is not None and record.event == PRESENCE and record.source == "registrar"
+
     def reauthorize(self, presentity: str, now: float) -> list[Effect]:
-        """The presentity's rules changed: decide every watcher of its presence again."""
-        return []
+        """The presentity's rules changed: decide every watcher of its presence again and
+        apply the outcome at once (pending -> active gets the state; active -> block ends
+        with rejected; a narrower view sends the narrower document)."""
+        effects: list[Effect] = []
+        res = self.resources.get((PRESENCE, presentity))
+        if res is None or self.authz is None:
+            return effects
+        for sub_id in list(res.watchers):
+            dlg = self.dialogs[sub_id]
+            if dlg.final is None and self._governed(dlg.record):
+                self._apply(dlg, self.authz.decide(presentity, dlg.record.watcher, now), now,
+                            effects)
+        return effects
+
+    def reauthorize_all(self, now: float) -> list[Effect]:
+        """Every presence watcher decided again (after a restart: the rules may have changed
+        while the server was down)."""
+        effects: list[Effect] = []
+        for ev, name in list(self.resources):
+            if ev == PRESENCE:
+                effects.extend(self.reauthorize(name, now))
+        return effects
+
+    def _apply(self, dlg: _Dialog, decision: Decision, now: float, effects: list[Effect],
+               refresh: bool = False) -> None:
+        """Move one dialog to what `decision` says. `refresh`: the caller owes the watcher a
+        NOTIFY anyway (RFC 6665 §4.2.2: every SUBSCRIBE gets one)."""
+        handling = decision.handling
+        state = dlg.record.state
+        if handling == "block" or (state == "active" and handling == "confirm"):
+            dlg.withheld = True
+            self._end(dlg, "deauthorize" if handling == "block" else "reconfirm", effects)
+            # A refresh's own Persist must not outlive the Forget (the last write wins).
+            sub_id = dlg.record.id
+            effects[:] = [e for e in effects if not (isinstance(e, Persist) and e.sub.id == sub_id)]
+        elif state == "pending" and handling == "confirm":
+            if not refresh:
+                return
+        else:
+            changed = decision.view is not dlg.view or dlg.withheld
+            dlg.view = decision.view
+            dlg.withheld = False
+            if state == "pending":
+                new_state, _ = transition(state, "authorize")
+                dlg.record = _replace(dlg.record, state=new_state, local_cseq=dlg.lease)
+                dlg.approved = True
+                self._winfo_mark(dlg.record.presentity)
+                effects.append(Persist(dlg.record))
+            elif not changed and not refresh:
+                return  # nothing this watcher sees changed
+        self._notify(dlg, now, effects)
 
     def terminate_all(self, presentity: str, reason: str, now: float,
                       event: str | None = None) -> list[Effect]:
@@ -870,6 +1055,13 @@ class Notifier:
             # its transaction's timeout. So its watcher had answered (saved a moment before a
             # crash is the exception, bounded by the NOTIFY's own retransmissions).
             dlg.answered = True
+            if self._governed(record):
+                # Until reauthorize_all applies the rules: what they show now, and nothing at
+                # all to a watcher they would not let in (no final NOTIFY may leak the state).
+                assert self.authz is not None
+                decision = self.authz.decide(record.presentity, record.watcher, now)
+                dlg.view = decision.view
+                dlg.withheld = decision.handling in ("block", "confirm")
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             res = self._resource(record.event, record.presentity)

@@ -119,6 +119,8 @@ class NotifierService:
     # --- execution -------------------------------------------------------------------------
 
     async def run(self, effects: Sequence[Effect], event: RequestReceived | None = None) -> None:
+        if self.notifier.winfo_dirty:  # a watcher came, went or was decided (presence.winfo)
+            effects = [*effects, *self.notifier.flush_winfo(self.clock())]
         # The last write per subscription wins; distinct subscriptions are written concurrently.
         latest: dict[str, Persist | Forget] = {}
         for eff in effects:

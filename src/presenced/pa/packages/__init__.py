@@ -12,6 +12,7 @@ from presenced.pa.packages.dialog_info import DialogPackage
 from presenced.pa.packages.message_summary import MessageSummaryPackage
 from presenced.pa.packages.presence import PresencePackage, RegistrarPolicy
 from presenced.pa.packages.reginfo import RegPackage
+from presenced.pa.packages.winfo import WinfoPackage
 
 Registry = dict[str, EventPackage]
 
@@ -23,6 +24,7 @@ def registry(registrar_policy: RegistrarPolicy = "until-published") -> Registry:
         DialogPackage(),
         MessageSummaryPackage(),
         RegPackage(),
+        WinfoPackage(),
     ]
     return {p.name: p for p in packages}
 

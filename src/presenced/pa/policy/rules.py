@@ -325,6 +325,13 @@ def _transformations(el: etree._Element | None, rule_id: str) -> Transformations
             continue  # transformations of other extensions grant nothing
         if name in _PROVIDE_ALL:
             provides[name] = _provide(child, name, rule_id)
+        elif name == "provide-user-input":
+            # RFC 5025 §3.3.19: false | bare | thresholds | full, not a boolean
+            value = (child.text or "").strip()
+            if value not in ("false", "bare", "thresholds", "full"):
+                raise RulesError(f"rule {rule_id!r}: unknown provide-user-input {value!r}")
+            if value != "false":
+                attributes.add(name)
         elif name in ATTRIBUTES:
             if _boolean(child, rule_id):
                 attributes.add(name)
