@@ -371,3 +371,56 @@ async def test_curl_puts_and_gets_with_digest(xcap_factory: XcapFactory) -> None
     # -D - prints the challenge's 401 headers, then the 200's, then the body.
     assert b"HTTP/1.1 401" in got.stdout and b"HTTP/1.1 200" in got.stdout, got.stdout[:500]
     assert got.stdout.endswith(RULES), got.stdout[-300:]
+
+
+BLOCK_BOB = b"""<?xml version="1.0" encoding="UTF-8"?>
+<cp:ruleset xmlns:cp="urn:ietf:params:xml:ns:common-policy"
+            xmlns:pr="urn:ietf:params:xml:ns:pres-rules">
+  <cp:rule id="no-bob">
+    <cp:conditions><cp:identity><cp:one id="sip:bob@example.com"/></cp:identity></cp:conditions>
+    <cp:actions><pr:sub-handling>block</pr:sub-handling></cp:actions>
+  </cp:rule>
+</cp:ruleset>
+"""
+
+
+async def test_rules_put_over_xcap_decide_sip_subscriptions(
+        xcap_factory: XcapFactory, sip_client: Callable[..., Any]) -> None:
+    """End to end: alice blocks bob over XCAP, bob's SUBSCRIBE gets 403 (RFC 5025 §3.2.1
+    block); alice deletes her rules over XCAP, the default policy (allow) lets him in."""
+    from harness import digest_authorization, parse_auth_params
+
+    x = xcap_factory()
+    await x.wait()
+    async with session() as http, http.put(x.doc(), data=BLOCK_BOB,
+                                           headers={"Content-Type": DOC_MIME}) as r:
+        assert r.status == 201, await r.text()
+    alice = "sip:alice@example.com"
+    bob = sip_client(server=x.server, user="bob")
+    h: dict[str, str | None] = {"Event": "presence", "Expires": "600"}
+    first = bob.request("SUBSCRIBE", alice, headers=h)
+    assert first.status == 401
+    challenge = parse_auth_params(first.headers.get("WWW-Authenticate") or "")
+
+    def with_auth(nc: int) -> dict[str, str | None]:
+        auth = digest_authorization(challenge, "SUBSCRIBE", alice, "bob", USERS["bob"], nc=nc)
+        return {**h, "Authorization": auth}
+
+    blocked = bob.request("SUBSCRIBE", alice, headers=with_auth(1))
+    assert blocked.status == 403, blocked
+    async with session() as http, http.delete(x.doc()) as r:
+        assert r.status == 200
+    allowed = bob.request("SUBSCRIBE", alice, headers=with_auth(2))
+    assert allowed.status == 200, allowed
+    first_notify = bob.expect_request("NOTIFY", timeout=5)
+    assert "active" in (first_notify.headers.get("Subscription-State") or "")
+    bob.reply(first_notify, 200)
+    # A rule put over XCAP applies to the live subscription before the 201 (RFC 5025 block:
+    # terminated;reason=rejected).
+    async with session() as http, http.put(x.doc(), data=BLOCK_BOB,
+                                           headers={"Content-Type": DOC_MIME}) as r:
+        assert r.status == 201, await r.text()
+    final = bob.expect_request("NOTIFY", timeout=5)
+    state = final.headers.get("Subscription-State") or ""
+    assert state.startswith("terminated") and "rejected" in state, state
+    bob.reply(final, 200)

@@ -384,7 +384,7 @@ def delete_node(root: ElementT, sel: NodeSelector) -> None:
             raise XcapConflict("cannot-delete", "the URI would select another attribute")
         return
     if sel.namespaces:
-        raise XcapError(405, "namespace bindings are read-only")
+        raise XcapError(405, "read-only: namespace bindings")
     parent = el.getparent()
     if parent is None:
         raise XcapConflict("cannot-delete", "the root element (DELETE the document instead)")
