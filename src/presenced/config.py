@@ -36,6 +36,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StorageConfig",
+    "XcapConfig",
     "exposed_without_auth",
     "load_config",
     "load_default_config",
@@ -334,6 +335,19 @@ class AdminConfig(_Section, frozen=True):
         return repr(value)
 
 
+class XcapConfig(_Section, frozen=True):
+    """The XCAP server (RFC 4825; docs/xcap.md): presence rules over HTTP."""
+
+    listen: NonEmptyStr  # "127.0.0.1:8090"
+    root: NonEmptyStr = "/xcap-root"
+    max_document_size: Annotated[int, msgspec.Meta(ge=1024, le=256 * 1024)] = 64 * 1024
+    max_uri_length: Annotated[int, msgspec.Meta(ge=256, le=65536)] = 4096
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return parse_host_port(self.listen)
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     pa: PaConfig = PaConfig()
@@ -344,6 +358,7 @@ class Config(_Section, frozen=True):
     auth: AuthConfig | None = None
     routing: RoutingConfig | None = None
     admin: AdminConfig | None = None
+    xcap: XcapConfig | None = None
 
     def storage_path(self) -> Path | None:
         """The absolute SQLite database path, or None for the memory and Redis backends."""
@@ -514,6 +529,9 @@ def _check(config: Config, base: Path) -> Config:
             assert admin.token_file is not None
             _read_token_file(admin.token_file)
 
+    if config.xcap is not None:
+        _check_xcap(config.xcap, auth is not None, server.allow_anonymous)
+
     if auth is None and not server.allow_anonymous:
         exposed = _exposed(server)
         if exposed:
@@ -549,6 +567,19 @@ def _read_token_file(path: str) -> str:
     token = (text.splitlines() or [""])[0].strip()
     _check_token(key, token)
     return token
+
+
+def _check_xcap(xcap: XcapConfig, authenticated: bool, anonymous_ok: bool) -> None:
+    try:
+        parse_host_port(xcap.listen)
+    except ValueError as exc:
+        raise ConfigError("xcap.listen", f"{exc} (got {xcap.listen!r})") from None
+    root = xcap.root
+    if not root.startswith("/") or root.endswith("/") or "?" in root or "#" in root or "//" in root:
+        raise ConfigError("xcap.root", f'must be a path like "/xcap-root" (got {root!r})')
+    if not authenticated and not anonymous_ok:
+        raise ConfigError("xcap", "needs [auth]: without it anyone could read and rewrite "
+                          "anyone's presence rules (or set server.allow_anonymous = true)")
 
 
 def _is_loopback(host: str) -> bool:

@@ -59,6 +59,7 @@ from presenced.storage import open_storage
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
+from presenced.xcap.server import XcapServer, XcapSettings
 
 if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only when configured
     from presenced.admin.metrics import Histograms, MeteredStorage
@@ -129,6 +130,7 @@ class Server:
             "users": self._reload_users, "routing": self._reload_routing,
             "log_level": self._reload_log_level,
         }
+        self.xcap: XcapServer | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -328,6 +330,15 @@ class Server:
             self.driver.add_transport(t)
             self.transports.append(t)
             log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+        # --- xcap server start (begin) ---
+        if cfg.xcap is not None:  # HTTP on this loop, over the rules service (docs/xcap.md)
+            host, port = cfg.xcap.address
+            self.xcap = XcapServer(XcapSettings(host, port, cfg.xcap.root,
+                                                cfg.xcap.max_document_size,
+                                                cfg.xcap.max_uri_length),
+                                   self.rules, auth, throttle)
+            await self.xcap.start()
+        # --- xcap server start (end) ---
         # --- jabber gateway start (begin) ---
         if self.jabber is not None:
             await self.jabber.start()  # connects in the background, re-announces on Connected
@@ -416,6 +427,10 @@ class Server:
         if self.admin is not None:
             await self.admin.stop()
         # --- admin server stop (end) ---
+        # --- xcap server stop (begin) ---
+        if self.xcap is not None:  # first: its writes need the storage
+            await self.xcap.stop()
+        # --- xcap server stop (end) ---
         # --- jabber gateway stop (begin) ---
         if self.jabber is not None:
             await self.jabber.stop()

@@ -21,6 +21,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "config": frozenset({"sip"}),
     # The admin HTTP adapter reads the services through their query methods (issue 15).
     "admin": frozenset({"sip", "pa", "services", "config"}),
+    # The XCAP server: its sans-IO core and its aiohttp adapter, over the RulesStore port.
+    "xcap": frozenset({"sip", "pa", "services"}),
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
                            "storage"}),
@@ -68,6 +70,9 @@ def violations() -> list[str]:
             elif layer == "services" and to in PORTS and target not in PORTS[to]:
                 out.append(f"{path.relative_to(SRC)}:{line}: services may use only the ports of "
                            f"{to} ({', '.join(sorted(PORTS[to]))}), not {target}")
+            elif layer == "xcap" and to == "services" and target != "presenced.services.ports":
+                out.append(f"{path.relative_to(SRC)}:{line}: xcap may use only the ports of "
+                           f"services (presenced.services.ports), not {target}")
             elif layer == "services" and to in PORT_MODULES and module not in PORT_MODULES[to]:
                 out.append(f"{path.relative_to(SRC)}:{line}: services reach {to} through "
                            f"{', '.join(sorted(PORT_MODULES[to]))}, not directly")

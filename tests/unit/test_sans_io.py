@@ -25,6 +25,12 @@ SANS_IO_PATHS = (
     "registrar/bindings.py",
     "jabber/addressing.py",
     "jabber/mapping.py",
+    "xcap/auids.py",
+    "xcap/caps.py",
+    "xcap/conditions.py",
+    "xcap/errors.py",
+    "xcap/selectors.py",
+    "xcap/uri.py",
 )
 
 

@@ -641,12 +641,13 @@ class DigestAuthenticator:
         self,
         creds: DigestCredentials,
         method: str,
-        request_uri: SipUri,
+        request_uri: SipUri | str,
         now: float,
         *,
         realm: str | None = None,
     ) -> AuthResult:
-        """Check `creds` sent with a request of `method` to `request_uri` in `realm`.
+        """Check `creds` sent with a request of `method` to `request_uri` in `realm`
+        (`request_uri` a str: an HTTP request-target, for the XCAP server).
 
         RFC 3261 §22.4 and RFC 7616 §3.4: the realm must be the request's (default: the first),
         qop=auth is required, the digest-uri must name the Request-URI, the response must be
@@ -668,7 +669,10 @@ class DigestAuthenticator:
             creds.opaque.encode("utf-8", "surrogateescape"), self._opaque[realm].encode()
         ):
             return AuthResult(AuthOutcome.FAILED, reason="opaque mismatch")
-        if creds.uri != str(request_uri) and not same_request_target(creds.uri, request_uri):
+        # A str is an HTTP request-target (XCAP), compared exactly (RFC 7616 §3.4.6).
+        if creds.uri != str(request_uri) and (
+            isinstance(request_uri, str) or not same_request_target(creds.uri, request_uri)
+        ):
             return AuthResult(AuthOutcome.FAILED, reason="digest-uri is not the Request-URI")
 
         base = ALGORITHMS[creds.algorithm][0]
