@@ -48,7 +48,9 @@ from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
+from presenced.transport.tls import Certificates, TlsFiles, TlsTransport
 from presenced.transport.udp import UdpTransport
+from presenced.transport.ws import WsTransport
 
 log = logging.getLogger("presenced.server")
 
@@ -103,9 +105,10 @@ class Server:
 
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.transports: list[UdpTransport | TcpTransport] = []
+        self.transports: list[UdpTransport | TcpTransport | WsTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
+        self.certificates: Certificates | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -176,6 +179,11 @@ class Server:
                 hostport = via_hosts.get(transport)
             hostport = hostport or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
+            if transport == "tls":  # RFC 5630 §3.1.3: sips:, not the deprecated transport=tls
+                return f"sips:{prefix}{hostport}"
+            if transport in ("ws", "wss"):  # RFC 7118 §5.2: transport=ws for both, sips: for WSS
+                scheme = "sips" if transport == "wss" else "sip"
+                return f"{scheme}:{prefix}{hostport};transport=ws"
             return f"sip:{prefix}{hostport};transport={transport}"
 
         pa = cfg.pa
@@ -263,20 +271,40 @@ class Server:
         closed |= unpublished
 
         started: set[str] = set()
-        tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together
+        # The stream caps count every TCP, TLS and WebSocket listener together.
+        tcp_table = ConnectionTable()
+        if cfg.tls is not None:
+            tls = cfg.tls
+            self.certificates = Certificates(TlsFiles(tls.certificate, tls.private_key, tls.ca_file,
+                                                      tls.verify_client, tls.verify_server))
+        srv = cfg.server
         for a in addresses:
             advertised = _reachable_host(a.host)
+            t: UdpTransport | TcpTransport | WsTransport
             if a.transport == "udp":
-                t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port,
-                                                              advertised)
+                t = UdpTransport(self.driver.receive, a.host, a.port, advertised)
+            elif a.transport in ("ws", "wss"):
+                secure = a.transport == "wss"
+                t = WsTransport(self.driver.receive, a.host, a.port, secure=secure,
+                                ssl_context=self.certificates.server if secure and self.certificates else None,
+                                advertised_host=advertised, table=tcp_table,
+                                max_message_size=srv.max_message_size,
+                                max_connections=srv.max_tcp_connections,
+                                max_connections_per_source=srv.max_connections_per_source,
+                                idle_timeout=srv.connection_idle_timeout,
+                                first_message_timeout=srv.connection_first_message_timeout,
+                                ping_interval=srv.websocket_ping_interval)
             else:
                 t = TcpTransport(self.driver.receive, a.host, a.port,
                                  advertised_host=advertised, table=tcp_table,
-                                 max_message_size=cfg.server.max_message_size,
-                                 max_connections=cfg.server.max_tcp_connections,
-                                 max_connections_per_source=cfg.server.max_connections_per_source,
-                                 idle_timeout=cfg.server.connection_idle_timeout,
-                                 first_message_timeout=cfg.server.connection_first_message_timeout)
+                                 max_message_size=srv.max_message_size,
+                                 max_connections=srv.max_tcp_connections,
+                                 max_connections_per_source=srv.max_connections_per_source,
+                                 idle_timeout=srv.connection_idle_timeout,
+                                 first_message_timeout=srv.connection_first_message_timeout)
+                if a.transport == "tls":
+                    assert self.certificates is not None  # config.py refuses tls without [tls]
+                    t = TlsTransport.over(t, self.certificates)
                 t.may_connect = trusted  # outbound connections: trusted proxies only
             await t.start()
             if a.transport not in started:  # the bound port (a configured 0 gets one)
@@ -303,6 +331,18 @@ class Server:
         # The storage writer thread needs the GIL briefly per commit; the default 5 ms switch
         # interval makes every durable write wait behind the loop (docs/performance.md).
         sys.setswitchinterval(0.0005)
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the [tls] files again; new handshakes use them. False (the old
+        certificate still serving) when they do not load."""
+        if self.certificates is None:
+            return True
+        try:
+            self.certificates.reload()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return False
+        return True
 
     async def stop(self) -> None:
         # --- jabber gateway stop (begin) ---
@@ -339,6 +379,7 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     log.info("shutting down")
     await server.stop()
