@@ -96,7 +96,7 @@ def free_tcp_port(host: str = LOCALHOST) -> int:
 
 
 @dataclass
-class TestCertificates:
+class CertificateSet:
     """A throwaway CA and a server certificate for 127.0.0.1 / localhost, as PEM files in
     `directory` (what a `[tls]` section names), plus what a client needs to trust them."""
 
@@ -120,7 +120,7 @@ class TestCertificates:
         return ctx
 
 
-def make_certificates(directory: Path, names: Sequence[str] = ("127.0.0.1", "localhost")) -> TestCertificates:
+def make_certificates(directory: Path, names: Sequence[str] = ("127.0.0.1", "localhost")) -> CertificateSet:
     import trustme
 
     directory.mkdir(parents=True, exist_ok=True)
@@ -136,7 +136,7 @@ def make_certificates(directory: Path, names: Sequence[str] = ("127.0.0.1", "loc
     server.private_key_pem.write_to_path(str(key))
     client_file = directory / "client.pem"
     client.private_key_and_cert_chain_pem.write_to_path(str(client_file))
-    return TestCertificates(directory, ca_file, cert, key, client_file, ca)
+    return CertificateSet(directory, ca_file, cert, key, client_file, ca)
 
 
 def free_udp_port(host: str = LOCALHOST) -> int:
@@ -534,7 +534,7 @@ class SipClient:
     """A user agent on a real socket (UDP, one TCP or TLS connection, or one WebSocket) for
     integration tests.
 
-    TLS: `ssl_context` (e.g. `TestCertificates.client_context()`) wraps the TCP connection.
+    TLS: `ssl_context` (e.g. `CertificateSet.client_context()`) wraps the TCP connection.
     WS/WSS (RFC 7118): `server` is the listener's address; an aiohttp client WebSocket with the
     `sip` subprotocol runs on a loop thread of its own, one SIP message per text frame; Via
     and Contact name a `.invalid` host as browsers do (RFC 7118 §5.2).
