@@ -27,7 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from loadclient import HOST, SIPP, free_port, header, rss_kb, run_sipp  # noqa: E402
+from loadclient import HOST, SIPP, free_port, header, rss_kb, run_sipp
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -18,9 +18,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 from harness import (
+    CertificateSet,
     ServerProcess,
     SipClient,
-    CertificateSet,
     make_certificates,
     parse_pidf,
     register,
