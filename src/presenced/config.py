@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+import ssl
 import tomllib
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
     "RoutingConfig",
     "ServerConfig",
     "StorageConfig",
+    "TlsConfig",
     "XcapConfig",
     "exposed_without_auth",
     "load_config",
@@ -110,7 +112,7 @@ class _Section(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=
 class ListenAddress(NamedTuple):
     """One `server.listen` entry; `host` has no brackets, `str()` gives the config form back."""
 
-    transport: Literal["udp", "tcp"]
+    transport: Literal["udp", "tcp", "tls", "ws", "wss"]
     host: str
     port: int
 
@@ -161,15 +163,23 @@ def _host_port(text: str, form: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
+_TRANSPORTS: dict[str, Literal["udp", "tcp", "tls", "ws", "wss"]] = {
+    "udp": "udp", "tcp": "tcp", "tls": "tls", "ws": "ws", "wss": "wss"}
+# Listeners that need [tls] certificate and private_key.
+SECURE_TRANSPORTS = frozenset({"tls", "wss"})
+
+
 def parse_listen(text: str) -> ListenAddress:
-    """Parse ``udp:HOST:PORT`` / ``tcp:HOST:PORT`` (IPv6 as ``udp:[::1]:5060``)."""
+    """Parse ``TRANSPORT:HOST:PORT`` with TRANSPORT one of udp, tcp, tls, ws, wss (IPv6 as
+    ``udp:[::1]:5060``)."""
     transport, sep, rest = text.partition(":")
     if not sep:
         raise ValueError("expected TRANSPORT:HOST:PORT")
-    if transport not in ("udp", "tcp"):
-        raise ValueError('transport must be "udp" or "tcp"')
+    name = _TRANSPORTS.get(transport)
+    if name is None:
+        raise ValueError('transport must be "udp", "tcp", "tls", "ws" or "wss"')
     host, port = _host_port(rest, "TRANSPORT:HOST:PORT")
-    return ListenAddress("udp" if transport == "udp" else "tcp", host, port)
+    return ListenAddress(name, host, port)
 
 
 # --------------------------------------------------------------------------------------------
@@ -193,6 +203,9 @@ class ServerConfig(_Section, frozen=True):
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
     # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
     allow_anonymous: bool = False
+    # WebSocket listeners (RFC 7118): seconds between our pings; a peer that misses the pong
+    # is closed (docs/transports.md).
+    websocket_ping_interval: PosInt = 30
 
     @property
     def listen_addresses(self) -> tuple[ListenAddress, ...]:
@@ -303,6 +316,18 @@ class AuthConfig(_Section, frozen=True):
         return repr(value)
 
 
+class TlsConfig(_Section, frozen=True):
+    """Certificates for `tls:` and `wss:` listeners and outbound TLS (docs/transports.md)."""
+
+    certificate: NonEmptyStr  # PEM chain, ours first; absolute after loading
+    private_key: NonEmptyStr  # PEM; absolute after loading
+    ca_file: str | None = None  # PEM CAs for client certificates and outbound servers
+    verify_client: bool = False  # mutual TLS: a client without a certificate from ca_file is refused
+    # Outbound TLS (to trusted proxies only): check the server's certificate and name against
+    # ca_file or the system store. false is for labs with self-signed proxies.
+    verify_server: bool = True
+
+
 class RoutingConfig(_Section, frozen=True):
     script: NonEmptyStr  # absolute after loading
 
@@ -359,6 +384,7 @@ class Config(_Section, frozen=True):
     routing: RoutingConfig | None = None
     admin: AdminConfig | None = None
     xcap: XcapConfig | None = None
+    tls: TlsConfig | None = None
 
     def storage_path(self) -> Path | None:
         """The absolute SQLite database path, or None for the memory and Redis backends."""
@@ -438,6 +464,9 @@ def _check(config: Config, base: Path) -> Config:
             raise ConfigError(f"server.listen[{i}]", f"{exc} (got {entry!r})") from None
         if addr in seen:
             raise ConfigError(f"server.listen[{i}]", f"duplicates server.listen[{seen[addr]}]")
+        if addr.transport in SECURE_TRANSPORTS and config.tls is None:
+            raise ConfigError("tls", f"server.listen[{i}] ({entry!r}) needs a [tls] section with "
+                              "certificate and private_key")
         seen[addr] = i
 
     if not server.domains:
@@ -513,6 +542,13 @@ def _check(config: Config, base: Path) -> Config:
             raise ConfigError("routing.script", f"no such file: {script}")
         routing = replace(routing, script=str(script))
 
+    tls = config.tls
+    if tls is not None:
+        tls = replace(tls, certificate=_resolve(base, tls.certificate),
+                      private_key=_resolve(base, tls.private_key),
+                      ca_file=_resolve(base, tls.ca_file) if tls.ca_file else None)
+        check_tls_files(tls)
+
     admin = config.admin
     if admin is not None:
         try:
@@ -542,7 +578,7 @@ def _check(config: Config, base: Path) -> Config:
                 "server.allow_anonymous = true",
             )
 
-    return replace(config, server=server, jabber=jabber, auth=auth, routing=routing, admin=admin)
+    return replace(config, server=server, jabber=jabber, auth=auth, routing=routing, admin=admin, tls=tls)
 
 
 def _check_token(key: str, token: str) -> None:
@@ -580,6 +616,38 @@ def _check_xcap(xcap: XcapConfig, authenticated: bool, anonymous_ok: bool) -> No
     if not authenticated and not anonymous_ok:
         raise ConfigError("xcap", "needs [auth]: without it anyone could read and rewrite "
                           "anyone's presence rules (or set server.allow_anonymous = true)")
+
+
+
+def check_tls_files(tls: TlsConfig) -> None:
+    """Load the [tls] files as a listener would; raise ConfigError naming the key at fault.
+
+    Also what a reload (SIGHUP) runs before it touches a live context."""
+    files = [("tls.certificate", tls.certificate, b"-----BEGIN CERTIFICATE-----"),
+             ("tls.private_key", tls.private_key, b"PRIVATE KEY-----")]
+    if tls.ca_file:
+        files.append(("tls.ca_file", tls.ca_file, b"-----BEGIN CERTIFICATE-----"))
+    for key, path, marker in files:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise ConfigError(key, f"cannot read {path}: {_os_reason(exc)}") from None
+        if marker not in data:
+            raise ConfigError(key, f"{path} holds no PEM {marker.decode().strip('-')}")
+    if tls.verify_client and not tls.ca_file:
+        raise ConfigError("tls.verify_client", "needs tls.ca_file (the CAs client certificates "
+                          "must come from)")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        ctx.load_cert_chain(tls.certificate, tls.private_key)
+    except ssl.SSLError as exc:
+        raise ConfigError("tls.private_key", f"does not load with tls.certificate "
+                          f"({exc.reason or exc}): wrong key, or a broken file") from None
+    if tls.ca_file:
+        try:
+            ctx.load_verify_locations(cafile=tls.ca_file)
+        except ssl.SSLError as exc:
+            raise ConfigError("tls.ca_file", f"cannot load {tls.ca_file}: {exc.reason or exc}") from None
 
 
 def _is_loopback(host: str) -> bool:

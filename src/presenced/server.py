@@ -58,7 +58,9 @@ from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
+from presenced.transport.tls import Certificates, TlsFiles, TlsTransport
 from presenced.transport.udp import UdpTransport
+from presenced.transport.ws import WsTransport
 from presenced.xcap.server import XcapServer, XcapSettings
 
 if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only when configured
@@ -119,16 +121,17 @@ class Server:
     def __init__(self, config: Config, config_path: str | None = None) -> None:
         self.config = config
         self.config_path = config_path  # what `reload()` reads again (None: the built-in one)
-        self.transports: list[UdpTransport | TcpTransport] = []
+        self.transports: list[UdpTransport | TcpTransport | WsTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
         self.admin: AdminServer | None = None
+        self.certificates: Certificates | None = None
         self.auth: DigestAuthenticator | None = None
         # What `reload()` can apply without a restart: name -> hook(new config) -> what it did.
-        # Other parts add theirs (TLS certificates: "tls").
+        # ("tls": the certificate files again, as SIGHUP does.)
         self.reload_hooks: dict[str, Callable[[Config], Awaitable[str]]] = {
             "users": self._reload_users, "routing": self._reload_routing,
-            "log_level": self._reload_log_level,
+            "log_level": self._reload_log_level, "tls": self._reload_tls,
         }
         self.xcap: XcapServer | None = None
 
@@ -211,6 +214,11 @@ class Server:
                 hostport = via_hosts.get(transport)
             hostport = hostport or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
+            if transport == "tls":  # RFC 5630 §3.1.3: sips:, not the deprecated transport=tls
+                return f"sips:{prefix}{hostport}"
+            if transport in ("ws", "wss"):  # RFC 7118 §5.2: transport=ws for both, sips: for WSS
+                scheme = "sips" if transport == "wss" else "sip"
+                return f"{scheme}:{prefix}{hostport};transport=ws"
             return f"sip:{prefix}{hostport};transport={transport}"
 
         pa = cfg.pa
@@ -308,20 +316,40 @@ class Server:
         effects += self.notifier.reauthorize_all(self.notifications.clock())
 
         started: set[str] = set()
-        tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together
+        # The stream caps count every TCP, TLS and WebSocket listener together.
+        tcp_table = ConnectionTable()
+        if cfg.tls is not None:
+            tls = cfg.tls
+            self.certificates = Certificates(TlsFiles(tls.certificate, tls.private_key, tls.ca_file,
+                                                      tls.verify_client, tls.verify_server))
+        srv = cfg.server
         for a in addresses:
             advertised = _reachable_host(a.host)
+            t: UdpTransport | TcpTransport | WsTransport
             if a.transport == "udp":
-                t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port,
-                                                              advertised)
+                t = UdpTransport(self.driver.receive, a.host, a.port, advertised)
+            elif a.transport in ("ws", "wss"):
+                secure = a.transport == "wss"
+                t = WsTransport(self.driver.receive, a.host, a.port, secure=secure,
+                                ssl_context=self.certificates.server if secure and self.certificates else None,
+                                advertised_host=advertised, table=tcp_table,
+                                max_message_size=srv.max_message_size,
+                                max_connections=srv.max_tcp_connections,
+                                max_connections_per_source=srv.max_connections_per_source,
+                                idle_timeout=srv.connection_idle_timeout,
+                                first_message_timeout=srv.connection_first_message_timeout,
+                                ping_interval=srv.websocket_ping_interval)
             else:
                 t = TcpTransport(self.driver.receive, a.host, a.port,
                                  advertised_host=advertised, table=tcp_table,
-                                 max_message_size=cfg.server.max_message_size,
-                                 max_connections=cfg.server.max_tcp_connections,
-                                 max_connections_per_source=cfg.server.max_connections_per_source,
-                                 idle_timeout=cfg.server.connection_idle_timeout,
-                                 first_message_timeout=cfg.server.connection_first_message_timeout)
+                                 max_message_size=srv.max_message_size,
+                                 max_connections=srv.max_tcp_connections,
+                                 max_connections_per_source=srv.max_connections_per_source,
+                                 idle_timeout=srv.connection_idle_timeout,
+                                 first_message_timeout=srv.connection_first_message_timeout)
+                if a.transport == "tls":
+                    assert self.certificates is not None  # config.py refuses tls without [tls]
+                    t = TlsTransport.over(t, self.certificates)
                 t.may_connect = trusted  # outbound connections: trusted proxies only
             await t.start()
             if a.transport not in started:  # the bound port (a configured 0 gets one)
@@ -422,6 +450,27 @@ class Server:
         logging.getLogger().setLevel(cfg.server.log_level.upper())
         return f"log level {cfg.server.log_level}"
 
+    async def _reload_tls(self, cfg: Config) -> str:
+        if self.certificates is None:
+            return "unchanged: no tls: or wss: listener"
+        try:
+            self.certificates.reload()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            raise ValueError(f"TLS certificates (the old ones keep serving): {exc}") from None
+        return "TLS certificates loaded: new connections use them"
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the [tls] files again; new handshakes use them. False (the old
+        certificate still serving) when they do not load."""
+        if self.certificates is None:
+            return True
+        try:
+            self.certificates.reload()
+        except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+            log.error("TLS reload failed, keeping the old certificate: %s", exc)
+            return False
+        return True
+
     async def stop(self) -> None:
         # --- admin server stop (begin) ---
         if self.admin is not None:
@@ -468,6 +517,7 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     # `presenced rules` writes to storage; SIGUSR1 makes a running server read it again.
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: server.notifications.background.spawn(server.rules.reload()))
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     await stop.wait()
     log.info("shutting down")
     await server.stop()

@@ -37,7 +37,8 @@ class BaresipProcess:
     """One baresip process with its own config dir (`-f home -s -v`)."""
 
     def __init__(self, binary: str, home: Path, listen: str, modules: Iterable[str],
-                 account: str, contacts: str | None = None) -> None:
+                 account: str, contacts: str | None = None, extra_config: str = "") -> None:
+        """`extra_config`: more config lines (e.g. `sip_cafile` for TLS)."""
         home.mkdir(parents=True, exist_ok=True)
         (home / "config").write_text(
             "poll_method epoll\n"
@@ -46,6 +47,7 @@ class BaresipProcess:
             "module stdio.so\n"
             + "".join(f"module_app {m}\n" for m in modules)
             + "audio_player aufile,/dev/null\naudio_source aufile,/dev/null\n"
+            + extra_config
         )
         (home / "accounts").write_text(account + "\n")
         if contacts is not None:

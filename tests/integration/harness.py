@@ -85,6 +85,60 @@ def free_port_pair(host: str = LOCALHOST, attempts: int = 50) -> int:
     raise RuntimeError("no free UDP+TCP port pair found")
 
 
+def free_tcp_port(host: str = LOCALHOST) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
+        t.bind((host, 0))
+        return int(t.getsockname()[1])
+
+
+# --------------------------------------------------------------------------------------------
+# TLS test certificates (made at test time with trustme)
+
+
+@dataclass
+class CertificateSet:
+    """A throwaway CA and a server certificate for 127.0.0.1 / localhost, as PEM files in
+    `directory` (what a `[tls]` section names), plus what a client needs to trust them."""
+
+    directory: Path
+    ca_file: Path
+    certificate: Path
+    private_key: Path
+    client_certificate: Path  # a client certificate from the same CA (mutual TLS), key included
+    ca: Any = None
+
+    def tls_section(self, **extra: Any) -> dict[str, Any]:
+        return {"certificate": str(self.certificate), "private_key": str(self.private_key),
+                "ca_file": str(self.ca_file), **extra}
+
+    def client_context(self, with_certificate: bool = False) -> Any:
+        import ssl
+
+        ctx = ssl.create_default_context(cafile=str(self.ca_file))
+        if with_certificate:
+            ctx.load_cert_chain(str(self.client_certificate))
+        return ctx
+
+
+def make_certificates(directory: Path, names: Sequence[str] = ("127.0.0.1", "localhost")) -> CertificateSet:
+    import trustme
+
+    directory.mkdir(parents=True, exist_ok=True)
+    ca = trustme.CA()
+    server = ca.issue_cert(*names)
+    client = ca.issue_cert("watcher@example.com")
+    ca_file = directory / "ca.pem"
+    ca.cert_pem.write_to_path(str(ca_file))
+    cert = directory / "server.pem"
+    key = directory / "server.key"
+    for blob in server.cert_chain_pems:
+        blob.write_to_path(str(cert), append=True)
+    server.private_key_pem.write_to_path(str(key))
+    client_file = directory / "client.pem"
+    client.private_key_and_cert_chain_pem.write_to_path(str(client_file))
+    return CertificateSet(directory, ca_file, cert, key, client_file, ca)
+
+
 def free_udp_port(host: str = LOCALHOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
         u.bind((host, 0))
@@ -162,8 +216,13 @@ class ServerProcess:
         log_level: str = "debug",
         port: int | None = None,
         env: Mapping[str, str] | None = None,
+        extra_listen: Sequence[str] = (),
     ) -> None:
+        """`extra_listen`: stream transports ("tls", "ws", "wss") to serve beside UDP and TCP,
+        each on a free port of its own (`ports[transport]`, `addr_of(transport)`)."""
         self.root = Path(root)
+        self.extra_listen = tuple(extra_listen)
+        self.ports: dict[str, int] = {}
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir = self.root / "data"
         self.config_path = self.root / "presenced.toml"
@@ -193,6 +252,13 @@ class ServerProcess:
     def domain(self) -> str:
         return self.domains[0]
 
+    def addr_of(self, transport: str) -> tuple[str, int]:
+        """Where `transport` is served ("udp"/"tcp": the main port; "tls", "ws", "wss": theirs)."""
+        return (self.host, self.ports.get(transport, self.port))
+
+    def ws_url(self, transport: str = "ws") -> str:
+        return f"{transport}://{self.host}:{self.ports[transport]}/"
+
     def uri(self, user: str | None = None) -> str:
         """``sip:user@domain`` (or ``sip:domain``) for this server's first domain."""
         return f"sip:{user}@{self.domain}" if user else f"sip:{self.domain}"
@@ -205,8 +271,12 @@ class ServerProcess:
     # --- configuration ------------------------------------------------------------------------
 
     def config_text(self) -> str:
+        for transport in self.extra_listen:
+            if transport not in self.ports:
+                self.ports[transport] = free_tcp_port(self.host)
         server: dict[str, Any] = {
-            "listen": [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}"],
+            "listen": [f"udp:{self.host}:{self.port}", f"tcp:{self.host}:{self.port}",
+                       *(f"{t}:{self.host}:{self.ports[t]}" for t in self.extra_listen)],
             "domains": list(self.domains),
             "data_dir": str(self.data_dir),
             "log_level": self.log_level,
@@ -240,6 +310,7 @@ class ServerProcess:
         for attempt in range(attempts):
             if not self._fixed_port and (self.starts == 0 or attempt > 0):
                 self.port = free_port_pair(self.host)
+                self.ports = {t: free_tcp_port(self.host) for t in self.extra_listen}
             self.write_config()
             self._spawn()
             try:
@@ -311,15 +382,18 @@ class ServerProcess:
                         f"server did not answer OPTIONS within {timeout}s\n{self.log_tail()}"
                     )
                 time.sleep(0.05)
-        while True:  # UDP answers first; TCP may come up a moment later
-            try:
-                socket.create_connection(self.addr, timeout=1).close()
-                return
-            except OSError:
-                self._check_alive("while starting")
-                if time.monotonic() > deadline:
-                    raise ServerError(f"server TCP port not accepting\n{self.log_tail()}") from None
-                time.sleep(0.05)
+        # UDP answers first; TCP (and TLS, WS listeners) may come up a moment later.
+        for addr in (self.addr, *(self.addr_of(t) for t in self.extra_listen)):
+            while True:
+                try:
+                    socket.create_connection(addr, timeout=1).close()
+                    break
+                except OSError:
+                    self._check_alive("while starting")
+                    if time.monotonic() > deadline:
+                        raise ServerError(f"server port {addr[1]} not accepting\n"
+                                          f"{self.log_tail()}") from None
+                    time.sleep(0.05)
 
     def _check_alive(self, when: str) -> None:
         if self.proc is None or self.proc.poll() is not None:
@@ -457,7 +531,13 @@ class SipTimeout(AssertionError):
 
 
 class SipClient:
-    """A user agent on a real socket (UDP, or one TCP connection) for integration tests.
+    """A user agent on a real socket (UDP, one TCP or TLS connection, or one WebSocket) for
+    integration tests.
+
+    TLS: `ssl_context` (e.g. `CertificateSet.client_context()`) wraps the TCP connection.
+    WS/WSS (RFC 7118): `server` is the listener's address; an aiohttp client WebSocket with the
+    `sip` subprotocol runs on a loop thread of its own, one SIP message per text frame; Via
+    and Contact name a `.invalid` host as browsers do (RFC 7118 §5.2).
 
     Messages are parsed with `parse_message`; a reader thread sorts them into responses
     (matched by top-Via branch) and requests (a FIFO for `expect_request`). Requests whose
@@ -477,10 +557,15 @@ class SipClient:
         retransmit: bool = True,
         connect_timeout: float = 5.0,
         local_host: str = LOCALHOST,
+        ssl_context: Any = None,
+        ws_protocols: Sequence[str] = ("sip",),
     ) -> None:
         """`local_host`: the address the client's socket binds (its family follows)."""
-        if transport not in ("udp", "tcp"):
-            raise ValueError(f"transport must be udp or tcp, not {transport!r}")
+        if transport not in ("udp", "tcp", "tls", "ws", "wss"):
+            raise ValueError(f"transport must be udp, tcp, tls, ws or wss, not {transport!r}")
+        self._stream = transport in ("tcp", "tls")
+        self._ws: Any = None
+        self._ws_host = f"{token(4)}.invalid"  # RFC 7118 §5.2: a client has no reachable host
         self.server = server
         self.transport = transport
         self.user = user
@@ -504,6 +589,10 @@ class SipClient:
         self._stopping = False
         self.local_host = local_host
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
+        self._framer = StreamFramer(1 << 20)
+        if transport in ("ws", "wss"):
+            self._ws_start(connect_timeout, ssl_context, tuple(ws_protocols))
+            return
         if transport == "udp":
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.bind((local_host, 0))
@@ -512,13 +601,89 @@ class SipClient:
             self.sock = socket.create_connection(server, timeout=connect_timeout,
                                                  source_address=(local_host, 0))
             self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if transport == "tls":
+                import ssl
+
+                ctx = ssl_context or ssl.create_default_context()
+                self.sock = ctx.wrap_socket(self.sock, server_hostname=server[0])
         self.sock.settimeout(0.2)
         self.local_port = int(self.sock.getsockname()[1])
-        self._framer = StreamFramer(1 << 20)
         self._reader = threading.Thread(
             target=self._read_loop, name=f"sipclient-{transport}", daemon=True
         )
         self._reader.start()
+
+    # --- WebSocket flavour ----------------------------------------------------------------------
+
+    def _ws_start(self, timeout: float, ssl_context: Any, protocols: tuple[str, ...]) -> None:
+        self._loop = asyncio.new_event_loop()
+        self._reader = threading.Thread(target=self._loop.run_forever,
+                                        name=f"sipclient-{self.transport}", daemon=True)
+        self._reader.start()
+        url = f"{'wss' if self.transport == 'wss' else 'ws'}://{self.server[0]}:{self.server[1]}/"
+        fut = asyncio.run_coroutine_threadsafe(self._ws_open(url, ssl_context, protocols), self._loop)
+        try:
+            fut.result(timeout)
+        except BaseException:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._reader.join(2)
+            raise
+
+    async def _ws_open(self, url: str, ssl_context: Any, protocols: tuple[str, ...]) -> None:
+        import aiohttp
+
+        self._session = aiohttp.ClientSession(
+            connector=aiohttp.TCPConnector(local_addr=(self.local_host, 0)))
+        try:
+            self._ws = await self._session.ws_connect(
+                url, protocols=protocols, ssl=ssl_context if ssl_context is not None else True,
+                max_msg_size=1 << 20, autoping=True)
+        except BaseException:
+            await self._session.close()
+            raise
+        self.ws_protocol = self._ws.protocol
+        self.local_port = int(self._ws.get_extra_info("sockname")[1])
+        self._ws_task = asyncio.get_running_loop().create_task(self._ws_read())
+
+    async def _ws_read(self) -> None:
+        import aiohttp
+
+        async for msg in self._ws:
+            if msg.type == aiohttp.WSMsgType.TEXT:
+                data = msg.data.encode()
+            elif msg.type == aiohttp.WSMsgType.BINARY:
+                data = msg.data
+            else:
+                break
+            with self._cond:
+                self.raw_received += data
+                self._cond.notify_all()
+            self._on_message(data)  # one frame, one message (RFC 7118 §5.1)
+        with self._cond:
+            self.closed.set()
+            self._cond.notify_all()
+
+    def _ws_send(self, data: bytes) -> None:
+        ws = self._ws
+        if ws is None or ws.closed:
+            raise OSError("WebSocket closed")
+        coro = ws.send_str(data.decode())
+        if threading.current_thread() is self._reader:  # answering from the reader itself
+            self._loop.create_task(coro)
+        else:
+            asyncio.run_coroutine_threadsafe(coro, self._loop).result(5)
+
+    def _ws_close(self) -> None:
+        async def shut() -> None:
+            if self._ws is not None:
+                await self._ws.close()
+            await self._session.close()
+
+        if self._reader.is_alive():
+            with contextlib.suppress(Exception):
+                asyncio.run_coroutine_threadsafe(shut(), self._loop).result(5)
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._reader.join(2)
 
     # --- identity -----------------------------------------------------------------------------
 
@@ -528,6 +693,10 @@ class SipClient:
 
     @property
     def contact_uri(self) -> str:
+        if self.transport in ("ws", "wss"):
+            return f"sip:{self.user}@{self._ws_host};transport=ws"
+        if self.transport == "tls":
+            return f"sips:{self.user}@{self._host_ref}:{self.local_port}"
         t = ";transport=tcp" if self.transport == "tcp" else ""
         return f"sip:{self.user}@{self._host_ref}:{self.local_port}{t}"
 
@@ -540,6 +709,8 @@ class SipClient:
         return f"<{self.contact_uri}>"
 
     def via(self, branch: str) -> str:
+        if self.transport in ("ws", "wss"):
+            return f"SIP/2.0/{self.transport.upper()} {self._ws_host};branch={branch}"
         return (
             f"SIP/2.0/{self.transport.upper()} {self._host_ref}:{self.local_port};branch={branch};rport"
         )
@@ -547,6 +718,9 @@ class SipClient:
     # --- sending ------------------------------------------------------------------------------
 
     def send_raw(self, data: bytes) -> None:
+        if self._ws is not None:
+            self._ws_send(data)
+            return
         with self._send_lock:
             if self.transport == "udp":
                 self.sock.send(data)
@@ -784,10 +958,10 @@ class SipClient:
                 break
             except OSError:
                 break  # RST from the server, or our own close()
-            if self.transport == "tcp" and not data:
+            if self._stream and not data:
                 break
             self._on_data(data)
-        if self.transport == "tcp":
+        if self._stream:
             with self._cond:
                 self.closed.set()
                 self._cond.notify_all()
@@ -861,8 +1035,11 @@ class SipClient:
 
     def close(self) -> None:
         self._stopping = True
-        with contextlib.suppress(OSError):
-            if self.transport == "tcp":
+        if self.transport in ("ws", "wss"):
+            self._ws_close()
+            return
+        with contextlib.suppress(OSError, ValueError):
+            if self._stream:
                 self.sock.shutdown(socket.SHUT_RDWR)
         self._reader.join(2)
         self.sock.close()

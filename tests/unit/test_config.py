@@ -294,8 +294,8 @@ def test_bad_domain() -> None:
     [
         ("udp:1.2.3.4", "expected TRANSPORT:HOST:PORT"),
         ("udp", "expected TRANSPORT:HOST:PORT"),
-        ("sctp:1.2.3.4:5060", 'transport must be "udp" or "tcp"'),
-        ("UDP:1.2.3.4:5060", 'transport must be "udp" or "tcp"'),
+        ("sctp:1.2.3.4:5060", 'transport must be "udp", "tcp", "tls", "ws" or "wss"'),
+        ("UDP:1.2.3.4:5060", 'transport must be "udp", "tcp", "tls", "ws" or "wss"'),
         ("udp:1.2.3.4:65536", "port must be an integer between 0 and 65535"),
         ("udp:1.2.3.4:", "port must be an integer between 0 and 65535"),
         ("udp:1.2.3.4:-1", "port must be an integer between 0 and 65535"),

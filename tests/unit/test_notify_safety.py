@@ -123,7 +123,8 @@ def test_restored_dialog_is_judged_by_its_stored_flow() -> None:
 def test_hop_of_uses_transport_param_and_default_ports() -> None:
     flow = Peer("udp", "192.0.2.1", 5060)
     assert hop_of("sip:198.51.100.1;transport=tcp", flow) == Peer("tcp", "198.51.100.1", 5060)
-    assert hop_of("sips:[2001:db8::1]", flow) == Peer("udp", "2001:db8::1", 5061)
+    # A sips: hop is reached over TLS, never UDP (RFC 5630 §3.1.3).
+    assert hop_of("sips:[2001:db8::1]", flow) == Peer("tls", "2001:db8::1", 5061)
     assert hop_of("sip:192.0.2.1:5060", flow) is flow
 
 

@@ -54,6 +54,9 @@ def hop_of(uri_text: str, flow: Peer) -> Peer:
     if not host or not _is_ip(host):
         return flow
     transport = (uri.params.get("transport") or flow.transport).lower()
+    if uri.scheme == "sips":
+        # RFC 5630 §3.1.3 / RFC 7118 §5.2: a sips: URI is reached over TLS, or WSS for "ws".
+        transport = {"tcp": "tls", "udp": "tls", "ws": "wss"}.get(transport, transport)
     port = uri.port or (5061 if uri.scheme == "sips" else 5060)
     if transport == flow.transport and host == flow.host and port == flow.port:
         return flow

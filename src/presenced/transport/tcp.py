@@ -15,6 +15,10 @@ Several TCP listeners (IPv4 and IPv6, or two addresses) share one `ConnectionTab
 caps hold for the process, not per listener, and a connection id names the flow whichever
 listener accepted it. A connection we open to a trusted proxy leaves from the listener's own
 address when it has one (not a wildcard).
+
+TLS (transport/tls.py) is this machinery with an `ssl.SSLContext` on each side: `name` says
+which transport a listener is ("tcp" or "tls"), and every stream listener of the process (TCP,
+TLS, WebSocket) counts against one table's caps.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import ssl
 import time
 from collections.abc import Callable
 from typing import cast
@@ -56,19 +61,19 @@ class _Connection(asyncio.Protocol):
         transport = cast(asyncio.Transport, transport)
         self.transport = transport
         addr = transport.get_extra_info("peername")
-        self.peer = Peer("tcp", addr[0], addr[1], self.id, self.owner.local)
+        self.peer = Peer(self.owner.name, addr[0], addr[1], self.id, self.owner.local)
         # The limits guard against peers; connections we open to deliver NOTIFYs are not refused.
         owner = self.owner
         if self.outbound_key is None:
-            if len(owner.connections) >= owner.max_connections:
-                log.warning("too many TCP connections: refusing %s:%s", addr[0], addr[1])
+            if len(owner.connections) + owner.table.others >= owner.max_connections:
+                log.warning("too many stream connections: refusing %s:%s", addr[0], addr[1])
                 owner.refused += 1
                 transport.abort()
                 return
             host = addr[0]
             held = owner.per_source.get(host, 0)
             if held >= owner.max_connections_per_source:
-                log.warning("%s holds %d TCP connections: refusing another", host, held)
+                log.warning("%s holds %d stream connections: refusing another", host, held)
                 owner.refused_per_source += 1
                 transport.abort()
                 return
@@ -87,7 +92,7 @@ class _Connection(asyncio.Protocol):
                 log.exception("framing failed on %s", self.peer)
                 self.transport.abort()
                 return
-            log.info("closing TCP connection from %s: %s", self.peer, exc.reason)
+            log.info("closing %s connection from %s: %s", self.peer.transport, self.peer, exc.reason)
             self.owner.framing_errors += 1
             answer = _refusal(exc)
             if answer is not None:
@@ -152,15 +157,26 @@ def _never(host: str) -> bool:
 
 
 class ConnectionTable:
-    """What every TCP listener of one process shares: live connections and per-IP counts."""
+    """What every stream listener of one process shares: live connections and per-IP counts.
+
+    TCP and TLS connections are in `connections`; WebSocket ones (transport/ws.py) only count
+    in `others` and `per_source`."""
 
     def __init__(self) -> None:
         self.connections: dict[int, _Connection] = {}
         self.per_source: dict[str, int] = {}  # source IP -> inbound connections held
+        self.others = 0  # inbound WebSocket connections held
+
+    def next_id(self) -> int:
+        """A connection id unique among every stream transport's."""
+        return next(_ids)
 
 
 class TcpTransport:
     name = "tcp"
+    # TLS (transport/tls.py): the context handshakes run with, either way.
+    ssl_server: ssl.SSLContext | None = None
+    ssl_client: ssl.SSLContext | None = None
     may_connect: Callable[[str], bool] = staticmethod(_never)  # IPs we may open connections to
     refused_outbound = 0
 
@@ -207,8 +223,11 @@ class TcpTransport:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        # A TLS handshake must end as soon as a first message must have come.
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024
+            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024,
+            ssl=self.ssl_server,
+            ssl_handshake_timeout=None if self.ssl_server is None else float(self.first_message_timeout),
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.local = f"{self._advertised}:{self.port}"
@@ -228,7 +247,7 @@ class TcpTransport:
                           and now - conn.opened > self.first_message_timeout)
                 if (stalled or idle or silent) and conn.transport is not None:
                     why = "stalled" if stalled else "idle" if idle else "silent"
-                    log.info("closing %s TCP connection %s", why, conn.peer)
+                    log.info("closing %s %s connection %s", why, self.name, conn.peer)
                     self.reaped += 1
                     conn.transport.abort()
 
@@ -279,9 +298,13 @@ class TcpTransport:
         # wildcard listener leaves the choice to the kernel.
         wildcard = self.host in ("0.0.0.0", "::", "")
         local_addr = None if wildcard or self.v6 != (":" in key[0]) else (self.host, 0)
+        # TLS: the certificate must name the address we dial (RFC 5922 §7.2: no DNS here, so
+        # an IP literal, matched against the certificate's IP SANs).
         await asyncio.wait_for(
             loop.create_connection(lambda: _Connection(self, key), key[0], key[1],
-                                   local_addr=local_addr), timeout=5.0
+                                   local_addr=local_addr, ssl=self.ssl_client,
+                                   server_hostname=None if self.ssl_client is None else key[0]),
+            timeout=5.0,
         )
 
     async def stop(self) -> None:
