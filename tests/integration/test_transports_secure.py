@@ -154,6 +154,25 @@ def test_closed_websocket_watcher_fails_at_once_and_others_are_notified(
     assert "answered 430" in secure_server.log_text()[mark:]
 
 
+def test_closed_websocket_from_a_trusted_address_fails_at_once_too(
+        server_factory: Factory, certs: CertificateSet, clients: list[SipClient]) -> None:
+    """Trust lets us dial TCP/TLS to a proxy, never a WebSocket (RFC 7118 §5: only the client
+    opens one): a gone WS flow from a trusted address fails at once instead of waiting out
+    Timer F."""
+    srv = server_factory("ws-trusted", extra_listen=SECURE, sections={
+        "tls": certs.tls_section(), "server": {"trusted_proxies": ["127.0.0.1"]}})
+    gone = client(clients, srv, "ws", certs, "tab1")
+    assert subscribe(gone, "sip:fred@example.com")[1] == 200
+    gone.expect_request("NOTIFY")
+    gone.close()
+    fred = SipClient(srv.addr, "udp", user="fred", domain=srv.domain)
+    clients.append(fred)
+    mark = len(srv.log_text())
+    assert register(fred, expires=300).status == 200
+    asyncio.run(srv.wait_log("not dialling out", after=mark, timeout=5))
+    assert "answered 430" in srv.log_text()[mark:]
+
+
 def test_websocket_refresh_after_reload_gets_481_and_a_new_subscription_works(
         secure_server: ServerProcess, certs: CertificateSet, clients: list[SipClient]) -> None:
     """The choice documented in docs/transports.md: the subscription of a gone flow ends when

@@ -44,6 +44,11 @@ WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started
 ChangeListener = Callable[[str, PresenceDoc], None]
 
 
+# Stream transports we open connections on (to trusted proxies only); a WebSocket flow is
+# always the client's own (RFC 7118 §5: the server never initiates one).
+_DIALLABLE = frozenset({"tcp", "tls"})
+
+
 def _never(host: str) -> bool:
     return False
 
@@ -223,7 +228,8 @@ class NotifierService:
         # The notifier chose the destination (docs/presence.md "Where NOTIFYs go"); the typed
         # peer keeps the TCP connection id of the SUBSCRIBE's flow.
         peer = eff.dest
-        if peer.reliable and not self.network.has_flow(peer) and not self.may_connect(peer.host):
+        if peer.reliable and not self.network.has_flow(peer) and (
+                peer.transport not in _DIALLABLE or not self.may_connect(peer.host)):
             # The watcher's connection is gone and we dial nobody but trusted proxies (no
             # SSRF): the NOTIFY fails here and now, and its dialog ends like one whose NOTIFY
             # failed (the watcher's next refresh gets 481 and subscribes afresh).
