@@ -28,6 +28,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "HepConfig",
     "JabberConfig",
     "LimitsConfig",
     "ListenAddress",
@@ -308,6 +309,21 @@ class AdminConfig(_Section, frozen=True):
         return parse_host_port(self.listen)
 
 
+class HepConfig(_Section, frozen=True):
+    # The capture server (Homer's heplify-server, sngrep -L) every SIP message is copied to
+    # over UDP as HEP3: "HOST:PORT" or "[IPv6]:PORT".
+    address: NonEmptyStr
+    capture_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 2001  # names this node
+    password: str | None = None  # sent in the HEP3 authentication key chunk when set
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        return _MASK if name == "password" and value else repr(value)
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return parse_host_port(self.address)
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     pa: PaConfig = PaConfig()
@@ -318,6 +334,7 @@ class Config(_Section, frozen=True):
     auth: AuthConfig | None = None
     routing: RoutingConfig | None = None
     admin: AdminConfig | None = None
+    hep: HepConfig | None = None
 
     def storage_path(self) -> Path | None:
         """The absolute SQLite database path, or None for the memory and Redis backends."""
@@ -477,6 +494,12 @@ def _check(config: Config, base: Path) -> Config:
             parse_host_port(config.admin.listen)
         except ValueError as exc:
             raise ConfigError("admin.listen", f"{exc} (got {config.admin.listen!r})") from None
+
+    if config.hep is not None:
+        try:
+            parse_host_port(config.hep.address)
+        except ValueError as exc:
+            raise ConfigError("hep.address", f"{exc} (got {config.hep.address!r})") from None
 
     if auth is None and not server.allow_anonymous:
         exposed = _exposed(server)

@@ -47,6 +47,7 @@ from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
+from presenced.transport.mirror import HepMirror
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
 
@@ -161,6 +162,8 @@ class Server:
             make_token,
         )
         self.driver = Driver(self.endpoint)
+        if cfg.hep is not None:
+            self.driver.mirror = await _hep_mirror(cfg)
 
         def contact_for(presentity: str, flow: Peer | str) -> str:
             """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
@@ -324,8 +327,28 @@ class Server:
         for t in self.transports:
             await t.stop()
         self.driver.close()
+        if self.driver.mirror is not None:
+            self.driver.mirror.close()
         await self.storage.close()
         log.info("stopped")
+
+
+async def _hep_mirror(cfg: Config) -> HepMirror:
+    """The `[hep]` capture copy; its address is resolved once, here (a name that does not
+    resolve stops the start-up, like a listen address that cannot be bound)."""
+    assert cfg.hep is not None
+    host, port = cfg.hep.target
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    address = infos[0][4]
+    mirror = HepMirror((str(address[0]), int(address[1])), cfg.hep.capture_id, cfg.hep.password)
+    log.info("hep: mirroring every SIP message to %s as capture id %d",
+             _hostport(mirror.address[0], mirror.address[1]), cfg.hep.capture_id)
+    return mirror
+
+
+def _hostport(host: str, port: int) -> str:
+    """"host:port", an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(config: Config) -> int:
