@@ -190,6 +190,10 @@ class ServerConfig(_Section, frozen=True):
     # addresses presenced opens connections to ("IP" or "IP/prefix"; docs/presence.md).
     trusted_proxies: tuple[str, ...] = ()
     log_level: LogLevel = "info"
+    # One line per REGISTER, SUBSCRIBE, PUBLISH and NOTIFY outcome at info (at debug they are
+    # on anyway, as debug lines); off, they cost nothing (docs/operations.md).
+    log_requests: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for shippers
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
     # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
     allow_anonymous: bool = False

@@ -35,6 +35,7 @@ from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
+from presenced.services.reqlog import RequestLog
 from presenced.sip.auth import (
     AuthThrottle,
     DigestAuthenticator,
@@ -107,6 +108,7 @@ class Server:
         self.transports: list[UdpTransport | TcpTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
+        self.request_log: RequestLog | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -164,6 +166,12 @@ class Server:
         self.driver = Driver(self.endpoint)
         if cfg.hep is not None:
             self.driver.mirror = await _hep_mirror(cfg)
+        # What the services answer and send through: the driver, or the request log in front
+        # of it ([server] log_requests, or debug); off, the services hold the driver itself.
+        net: Driver | RequestLog = self.driver
+        requests_level = logging.INFO if cfg.server.log_requests else logging.DEBUG
+        if logging.getLogger("presenced.requests").isEnabledFor(requests_level):
+            net = self.request_log = RequestLog(self.driver, requests_level)
 
         def contact_for(presentity: str, flow: Peer | str) -> str:
             """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
@@ -192,12 +200,12 @@ class Server:
             trusted,
             packages,
         )
-        self.notifications = NotifierService(self.notifier, self.driver, self.storage,
+        self.notifications = NotifierService(self.notifier, net, self.storage,
                                              may_connect=trusted)
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
-            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
+            net, self.storage, self.notifications, frozenset(cfg.server.domains),
             max_bindings=reg.max_bindings,
         )
         self.publish = PublishService(
@@ -206,7 +214,7 @@ class Server:
                                        max_publications=pa.max_publications,
                                        max_total_bytes=pa.max_publication_bytes), make_token,
                          packages=packages),
-            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
+            net, self.storage, self.notifications, frozenset(cfg.server.domains),
         )
 
         script = None
@@ -243,11 +251,13 @@ class Server:
             # The gateway admits (caps, rate, faithful addresses) before the presence service.
             sources["jabber"] = self.jabber.subscribe
         self.dispatcher = Dispatcher(
-            self.driver, router,
+            net, router,
             handlers={"REGISTER": self.registrar.register, "PUBLISH": self.publish.publish},
             sources=sources, notify_results=self.notifications.on_notify_result,
             auth=auth, throttle=throttle, trusted=trusted)
-        self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
+        # The one late binding (services/ports.py); the request log sees the events first.
+        self.driver.attach(net.wrap(self.dispatcher) if isinstance(net, RequestLog)
+                           else self.dispatcher)
 
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
@@ -287,7 +297,7 @@ class Server:
                 via_hosts[a.transport] = t.local
             self.driver.add_transport(t)
             self.transports.append(t)
-            log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+            log.info("listening on %s:%s", a.transport, _hostport(a.host, t.port))
         # --- jabber gateway start (begin) ---
         if self.jabber is not None:
             await self.jabber.start()  # connects in the background, re-announces on Connected
