@@ -1,4 +1,5 @@
-"""Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``.
+"""Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``,
+and ``presenced ping ...`` (presenced/ping.py: one OPTIONS, the health check).
 
 Exit codes: 0 normal stop or config ok, 1 --check-config found a problem, 2 bad usage or a bad
 --config (argparse uses 2 for usage errors too), 130 interrupted.
@@ -104,6 +105,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["ping"]:  # `presenced ping ...`: the health check (presenced/ping.py)
+        from presenced.ping import main as ping_main
+
+        return ping_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     if args.check_config is not None:

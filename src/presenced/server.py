@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote
 
+from presenced import sdnotify
 from presenced.config import Config, exposed_without_auth
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages import registry
@@ -372,8 +373,12 @@ async def serve(config: Config) -> int:
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    # Sockets bound, state loaded, owed NOTIFYs sent: systemd's Type=notify may go on.
+    listening = ", ".join(f"{t.name}:{_hostport(t.host, t.port)}" for t in server.transports)
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {listening}")
     await stop.wait()
     log.info("shutting down")
+    sdnotify.notify("STOPPING=1")
     await server.stop()
     return 0
 

@@ -19,6 +19,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transport": frozenset({"sip"}),
     "storage": frozenset({"pa"}),  # it stores the core's records
     "config": frozenset({"sip"}),
+    "sdnotify": frozenset(),  # systemd readiness (a datagram)
+    "ping": frozenset({"sip", "config"}),  # `presenced ping`: the health check
     "admin": frozenset(),  # reserved for the admin HTTP adapter (issue 15)
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
