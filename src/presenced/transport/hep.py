@@ -49,16 +49,17 @@ IPPROTO_UDP = 17
 
 MAX_PACKET = 0xFFFF  # the 16-bit total length
 
-# "HEP3", total length, then the eight fixed-size chunks.
-_FIXED = struct.Struct("!4sH" "HHHB" "HHHB" "HHHH" "HHHH" "HHHI" "HHHI" "HHHB" "HHHI")
+# "HEP3", total length, the eight fixed-size chunks, then the two address chunks.
+_FIXED = "!4sH" "HHHB" "HHHB" "HHHH" "HHHH" "HHHI" "HHHI" "HHHB" "HHHI"
+_HEAD4 = struct.Struct(_FIXED + "HHH4s" "HHH4s")
+_HEAD6 = struct.Struct(_FIXED + "HHH16s" "HHH16s")
 _CHUNK = struct.Struct("!HHH")
 
 
 def overhead(v6: bool, auth_key: bytes = b"") -> int:
     """The bytes a packet adds to its payload (to check a size before encoding)."""
-    addresses = 2 * (_CHUNK.size + (16 if v6 else 4))
     key = _CHUNK.size + len(auth_key) if auth_key else 0
-    return _FIXED.size + addresses + key + _CHUNK.size
+    return (_HEAD6 if v6 else _HEAD4).size + key + _CHUNK.size
 
 
 def encode_hep3(payload: bytes, *, v6: bool, udp: bool, src: bytes, src_port: int, dst: bytes,
@@ -71,27 +72,28 @@ def encode_hep3(payload: bytes, *, v6: bool, udp: bool, src: bytes, src_port: in
     size = 16 if v6 else 4
     if len(src) != size or len(dst) != size:
         raise ValueError(f"addresses must be {size} bytes")
-    total = overhead(v6, auth_key) + len(payload)
+    head = _HEAD6 if v6 else _HEAD4
+    key_len = _CHUNK.size + len(auth_key) if auth_key else 0
+    total = head.size + key_len + _CHUNK.size + len(payload)
     if total > MAX_PACKET:
         raise ValueError(f"a HEP3 packet holds at most {MAX_PACKET} bytes, this one {total}")
     src_type, dst_type = (IPV6_SRC, IPV6_DST) if v6 else (IPV4_SRC, IPV4_DST)
     addr_len = _CHUNK.size + size
-    parts = [
-        _FIXED.pack(
-            b"HEP3", total,
-            0, IP_FAMILY, 7, AF_INET6 if v6 else AF_INET,
-            0, IP_PROTOCOL, 7, IPPROTO_UDP if udp else IPPROTO_TCP,
-            0, SRC_PORT, 8, src_port,
-            0, DST_PORT, 8, dst_port,
-            0, TIME_SEC, 10, sec,
-            0, TIME_USEC, 10, usec,
-            0, PROTO_TYPE, 7, PROTO_SIP,
-            0, CAPTURE_ID, 10, capture_id,
-        ),
-        _CHUNK.pack(0, src_type, addr_len), src,
-        _CHUNK.pack(0, dst_type, addr_len), dst,
-    ]
+    packed = head.pack(
+        b"HEP3", total,
+        0, IP_FAMILY, 7, AF_INET6 if v6 else AF_INET,
+        0, IP_PROTOCOL, 7, IPPROTO_UDP if udp else IPPROTO_TCP,
+        0, SRC_PORT, 8, src_port,
+        0, DST_PORT, 8, dst_port,
+        0, TIME_SEC, 10, sec,
+        0, TIME_USEC, 10, usec,
+        0, PROTO_TYPE, 7, PROTO_SIP,
+        0, CAPTURE_ID, 10, capture_id,
+        0, src_type, addr_len, src,
+        0, dst_type, addr_len, dst,
+    )
+    payload_head = _CHUNK.pack(0, PAYLOAD, _CHUNK.size + len(payload))
     if auth_key:
-        parts += (_CHUNK.pack(0, AUTH_KEY, _CHUNK.size + len(auth_key)), auth_key)
-    parts += (_CHUNK.pack(0, PAYLOAD, _CHUNK.size + len(payload)), payload)
-    return b"".join(parts)
+        return b"".join((packed, _CHUNK.pack(0, AUTH_KEY, key_len), auth_key, payload_head,
+                         payload))
+    return b"".join((packed, payload_head, payload))

@@ -38,6 +38,9 @@ class HepMirror:
         self.address = address
         self.capture_id = capture_id
         self.auth_key = password.encode() if password else b""
+        # The largest message one datagram carries, per family of the packet.
+        self._room = {False: MAX_DATAGRAM - overhead(False, self.auth_key),
+                      True: MAX_DATAGRAM - overhead(True, self.auth_key)}
         self._clock_ns = clock_ns
         family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
         self._sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -82,7 +85,7 @@ class HepMirror:
                     remote = _V4_IN_V6 + remote
                 if not local_v6:
                     local_addr = _V4_IN_V6 + local_addr
-            if len(data) + overhead(v6, self.auth_key) > MAX_DATAGRAM:
+            if len(data) > self._room[v6]:
                 self.dropped += 1
                 return
             sec, ns = divmod(self._clock_ns(), 1_000_000_000)
