@@ -14,7 +14,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from harness import ServerProcess, SipClient, free_udp_port, register, wait_until
+from harness import (
+    ServerProcess,
+    SipClient,
+    free_port_pair,
+    free_udp_port,
+    register,
+    wait_until,
+)
 from hep_capture import HepCollector, HepPacket
 
 from presenced.sip.message import Request, Response, parse_message
@@ -192,3 +199,32 @@ def test_sngrep_listening_for_hep_records_the_register_its_200_and_a_notify(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
+
+
+def test_ipv6_listener_and_ipv6_capture_server_give_ipv6_chunks(server_factory: Factory) -> None:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+    except OSError:
+        pytest.fail("no IPv6 loopback (::1) on this machine")
+    with HepCollector("::1") as hep:
+        port = free_port_pair()
+        with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as probe:
+            probe.bind(("::1", 0))
+            v6_port = int(probe.getsockname()[1])
+        listen = [f"udp:127.0.0.1:{port}", f"tcp:127.0.0.1:{port}", f"udp:[::1]:{v6_port}"]
+        srv = server_factory(port=port, sections={"hep": {"address": hep.address},
+                                                  "server": {"listen": listen}})
+        with SipClient(("::1", v6_port), "udp", domain=srv.domain, local_host="::1") as c:
+            r = register(c, user="six")
+            assert r.status == 200, r
+            inbound = hep.wait_for(lambda p: p.payload.startswith(b"REGISTER ")
+                                   and r.call_id.encode() in p.payload)
+            outbound = hep.wait_for(lambda p: p.payload.startswith(b"SIP/2.0 200")
+                                    and r.call_id.encode() in p.payload)
+        assert (inbound.family, inbound.protocol) == (10, 17)
+        assert (inbound.src_ip, inbound.src_port) == ("::1", c.local_port)
+        assert (inbound.dst_ip, inbound.dst_port) == ("::1", v6_port)
+        assert (outbound.src_ip, outbound.dst_ip, outbound.dst_port) == ("::1", "::1",
+                                                                         c.local_port)
+        assert 0x05 in inbound.order and 0x03 not in inbound.order  # IPv6 address chunks
