@@ -1,5 +1,6 @@
 """Command-line entry point: ``presenced [--config FILE] [--check-config FILE] [--log-level L]``,
-and ``presenced ctl [--config FILE] COMMAND`` (the admin API's client, presenced/admin/ctl.py).
+and ``presenced ctl [--config FILE] COMMAND`` (the admin API's client, presenced/admin/ctl.py),
+and ``presenced ping ...`` (presenced/ping.py: one OPTIONS, the health check).
 
 Exit codes: 0 normal stop or config ok, 1 --check-config found a problem, 2 bad usage or a bad
 --config (argparse uses 2 for usage errors too), 130 interrupted.
@@ -8,6 +9,7 @@ Exit codes: 0 normal stop or config ok, 1 --check-config found a problem, 2 bad 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 import time
@@ -41,10 +43,36 @@ class OneLineFormatter(logging.Formatter):
         return text
 
 
-def configure_logging(level: str, stream: TextIO | None = None) -> None:
-    """Send every log record at `level` or above to `stream` (stderr) in the one-line format."""
+class JsonFormatter(logging.Formatter):
+    """One JSON object per line: time, level, logger, message, and the fields a line carries
+    as keys (`record.presenced_fields`: a request line's method, aor, status, call_id, ...);
+    a traceback goes in "exception". For log shippers ([server] log_format = "json")."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+        out: dict[str, object] = {
+            "time": f"{stamp}.{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "logger": record.name,
+            "message": record.getMessage(),
+        }
+        fields = getattr(record, "presenced_fields", None)
+        if isinstance(fields, dict):
+            for key, value in fields.items():
+                out.setdefault(str(key), value)
+        if record.exc_info:
+            out["exception"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            out["exception"] = record.exc_text
+        # ensure_ascii: every byte a peer sent stays escaped, each object stays one line
+        return json.dumps(out, default=str)
+
+
+def configure_logging(level: str, stream: TextIO | None = None, fmt: str = "text") -> None:
+    """Send every log record at `level` or above to `stream` (stderr), one line per record:
+    the text format, or with `fmt="json"` one JSON object per line."""
     handler = logging.StreamHandler(stream if stream is not None else sys.stderr)
-    handler.setFormatter(OneLineFormatter())
+    handler.setFormatter(JsonFormatter() if fmt == "json" else OneLineFormatter())
     root = logging.getLogger()
     for old in root.handlers[:]:
         root.removeHandler(old)
@@ -88,6 +116,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from presenced.rules_cli import main as rules_main
 
         return rules_main(argv[1:])
+    if argv[:1] == ["ping"]:  # `presenced ping ...`: the health check (presenced/ping.py)
+        from presenced.ping import main as ping_main
+
+        return ping_main(argv[1:])
     args = build_parser().parse_args(argv)
 
     if args.check_config is not None:
@@ -106,7 +138,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"{args.config or 'default config'}: {exc}", file=sys.stderr)
         return 2
 
-    configure_logging(args.log_level or config.server.log_level)
+    configure_logging(args.log_level or config.server.log_level, fmt=config.server.log_format)
     log = logging.getLogger("presenced")
     log.info(
         "presenced %s starting config=%s listen=%s domains=%s storage=%s",

@@ -29,6 +29,7 @@ __all__ = [
     "AuthConfig",
     "Config",
     "ConfigError",
+    "HepConfig",
     "JabberConfig",
     "LimitsConfig",
     "ListenAddress",
@@ -200,6 +201,10 @@ class ServerConfig(_Section, frozen=True):
     # addresses presenced opens connections to ("IP" or "IP/prefix"; docs/presence.md).
     trusted_proxies: tuple[str, ...] = ()
     log_level: LogLevel = "info"
+    # One line per REGISTER, SUBSCRIBE, PUBLISH and NOTIFY outcome at info (at debug they are
+    # on anyway, as debug lines); off, they cost nothing (docs/operations.md).
+    log_requests: bool = False
+    log_format: Literal["text", "json"] = "text"  # json: one object per line, for shippers
     data_dir: NonEmptyStr = "presenced-data"  # absolute after loading
     # Serve a non-loopback address without [auth] (anyone may act as anyone): opt-in only.
     allow_anonymous: bool = False
@@ -373,6 +378,21 @@ class XcapConfig(_Section, frozen=True):
         return parse_host_port(self.listen)
 
 
+class HepConfig(_Section, frozen=True):
+    # The capture server (Homer's heplify-server, sngrep -L) every SIP message is copied to
+    # over UDP as HEP3: "HOST:PORT" or "[IPv6]:PORT".
+    address: NonEmptyStr
+    capture_id: Annotated[int, msgspec.Meta(ge=0, le=0xFFFFFFFF)] = 2001  # names this node
+    password: str | None = None  # sent in the HEP3 authentication key chunk when set
+
+    def _repr_value(self, name: str, value: Any) -> str:
+        return _MASK if name == "password" and value else repr(value)
+
+    @property
+    def target(self) -> tuple[str, int]:
+        return parse_host_port(self.address)
+
+
 class Config(_Section, frozen=True):
     server: ServerConfig = ServerConfig()
     pa: PaConfig = PaConfig()
@@ -385,6 +405,7 @@ class Config(_Section, frozen=True):
     admin: AdminConfig | None = None
     xcap: XcapConfig | None = None
     tls: TlsConfig | None = None
+    hep: HepConfig | None = None
 
     def storage_path(self) -> Path | None:
         """The absolute SQLite database path, or None for the memory and Redis backends."""
@@ -567,6 +588,12 @@ def _check(config: Config, base: Path) -> Config:
 
     if config.xcap is not None:
         _check_xcap(config.xcap, auth is not None, server.allow_anonymous)
+
+    if config.hep is not None:
+        try:
+            parse_host_port(config.hep.address)
+        except ValueError as exc:
+            raise ConfigError("hep.address", f"{exc} (got {config.hep.address!r})") from None
 
     if auth is None and not server.allow_anonymous:
         exposed = _exposed(server)

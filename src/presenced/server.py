@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote
 
-from presenced import __version__
+from presenced import __version__, sdnotify
 from presenced.config import (
     Config,
     ConfigError,
@@ -44,6 +44,7 @@ from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
+from presenced.services.reqlog import RequestLog
 from presenced.services.rules import RulesService
 from presenced.sip.auth import (
     AuthThrottle,
@@ -57,6 +58,7 @@ from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
 from presenced.storage import open_storage
 from presenced.transport.driver import Driver
+from presenced.transport.mirror import HepMirror
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.tls import Certificates, TlsFiles, TlsTransport
 from presenced.transport.udp import UdpTransport
@@ -134,6 +136,7 @@ class Server:
             "log_level": self._reload_log_level, "tls": self._reload_tls,
         }
         self.xcap: XcapServer | None = None
+        self.request_log: RequestLog | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -199,6 +202,14 @@ class Server:
             make_token,
         )
         self.driver = Driver(self.endpoint)
+        if cfg.hep is not None:
+            self.driver.mirror = await _hep_mirror(cfg)
+        # What the services answer and send through: the driver, or the request log in front
+        # of it ([server] log_requests, or debug); off, the services hold the driver itself.
+        net: Driver | RequestLog = self.driver
+        requests_level = logging.INFO if cfg.server.log_requests else logging.DEBUG
+        if logging.getLogger("presenced.requests").isEnabledFor(requests_level):
+            net = self.request_log = RequestLog(self.driver, requests_level)
 
         def contact_for(presentity: str, flow: Peer | str) -> str:
             """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
@@ -236,13 +247,13 @@ class Server:
         # watcher, and the rules service (ports.RulesStore: XCAP and `presenced rules`).
         self.policy = Policy(pa.default_policy, pa.expose_contacts)
         self.notifier.authz = self.policy
-        self.notifications = NotifierService(self.notifier, self.driver, self.storage,
+        self.notifications = NotifierService(self.notifier, net, self.storage,
                                              may_connect=trusted)
         self.rules = RulesService(self.storage, self.policy, self.notifications.reauthorize)
         reg = cfg.registrar
         self.registrar = RegistrarService(
             RegistrarPolicy(reg.default_expires, reg.min_expires, reg.max_expires, reg.max_contacts_per_aor),
-            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
+            net, self.storage, self.notifications, frozenset(cfg.server.domains),
             max_bindings=reg.max_bindings,
         )
         self.publish = PublishService(
@@ -251,7 +262,7 @@ class Server:
                                        max_publications=pa.max_publications,
                                        max_total_bytes=pa.max_publication_bytes), make_token,
                          packages=packages),
-            self.driver, self.storage, self.notifications, frozenset(cfg.server.domains),
+            net, self.storage, self.notifications, frozenset(cfg.server.domains),
         )
 
         script = None
@@ -290,11 +301,13 @@ class Server:
             # The gateway admits (caps, rate, faithful addresses) before the presence service.
             sources["jabber"] = self.jabber.subscribe
         self.dispatcher = Dispatcher(
-            self.driver, router,
+            net, router,
             handlers={"REGISTER": self.registrar.register, "PUBLISH": self.publish.publish},
             sources=sources, notify_results=self.notifications.on_notify_result,
             auth=auth, throttle=throttle, trusted=trusted)
-        self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
+        # The one late binding (services/ports.py); the request log sees the events first.
+        self.driver.attach(net.wrap(self.dispatcher) if isinstance(net, RequestLog)
+                           else self.dispatcher)
 
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
@@ -357,7 +370,7 @@ class Server:
                 via_hosts[a.transport] = t.local
             self.driver.add_transport(t)
             self.transports.append(t)
-            log.info("listening on %s:%s:%d", a.transport, a.host, t.port)
+            log.info("listening on %s:%s", a.transport, _hostport(a.host, t.port))
         # --- xcap server start (begin) ---
         if cfg.xcap is not None:  # HTTP on this loop, over the rules service (docs/xcap.md)
             host, port = cfg.xcap.address
@@ -499,8 +512,28 @@ class Server:
         for t in self.transports:
             await t.stop()
         self.driver.close()
+        if self.driver.mirror is not None:
+            self.driver.mirror.close()
         await self.storage.close()
         log.info("stopped")
+
+
+async def _hep_mirror(cfg: Config) -> HepMirror:
+    """The `[hep]` capture copy; its address is resolved once, here (a name that does not
+    resolve stops the start-up, like a listen address that cannot be bound)."""
+    assert cfg.hep is not None
+    host, port = cfg.hep.target
+    infos = await asyncio.get_running_loop().getaddrinfo(host, port, type=socket.SOCK_DGRAM)
+    address = infos[0][4]
+    mirror = HepMirror((str(address[0]), int(address[1])), cfg.hep.capture_id, cfg.hep.password)
+    log.info("hep: mirroring every SIP message to %s as capture id %d",
+             _hostport(mirror.address[0], mirror.address[1]), cfg.hep.capture_id)
+    return mirror
+
+
+def _hostport(host: str, port: int) -> str:
+    """"host:port", an IPv6 address in brackets (RFC 3986 §3.2.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 async def serve(config: Config, config_path: str | None = None) -> int:
@@ -518,8 +551,12 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     loop.add_signal_handler(
         signal.SIGUSR1, lambda: server.notifications.background.spawn(server.rules.reload()))
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
+    # Sockets bound, state loaded, owed NOTIFYs sent: systemd's Type=notify may go on.
+    listening = ", ".join(f"{t.name}:{_hostport(t.host, t.port)}" for t in server.transports)
+    sdnotify.notify(f"READY=1\nSTATUS=serving on {listening}")
     await stop.wait()
     log.info("shutting down")
+    sdnotify.notify("STOPPING=1")
     await server.stop()
     return 0
 

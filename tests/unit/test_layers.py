@@ -23,6 +23,8 @@ ALLOWED: dict[str, frozenset[str]] = {
     "admin": frozenset({"sip", "pa", "services", "config"}),
     # The XCAP server: its sans-IO core and its aiohttp adapter, over the RulesStore port.
     "xcap": frozenset({"sip", "pa", "services"}),
+    "sdnotify": frozenset(),  # systemd readiness (a datagram)
+    "ping": frozenset({"sip", "config"}),  # `presenced ping`: the health check
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
                            "storage"}),

@@ -25,6 +25,7 @@ SANS_IO_PATHS = (
     "registrar/bindings.py",
     "jabber/addressing.py",
     "jabber/mapping.py",
+    "transport/hep.py",
     "xcap/auids.py",
     "xcap/caps.py",
     "xcap/conditions.py",

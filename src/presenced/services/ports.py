@@ -3,7 +3,8 @@
 A service never holds a transport or a driver; it holds a `Responder` (answer a request it was
 handed), a `RequestSender` (send a request to a `Peer`), a `FlowCheck` (is a flow to that peer
 still open?), a `Storage` and a `Clock`. The composition root (`server.py`) hands it the real
-`transport.driver.Driver`, which provides all three network ports; the unit tests hand it a
+`transport.driver.Driver`, which provides all three network ports (or, with request logs on,
+`services.reqlog.RequestLog` in front of it, which provides the same); the unit tests hand it a
 fake that records what was sent (tests/unit/test_services_*.py). The registrar and the
 publication service reach the notifier service through a `PartSink`.
 

@@ -30,6 +30,7 @@ from presenced.sip.endpoint import (
     Transmit,
 )
 from presenced.sip.message import Request, Response
+from presenced.transport.mirror import HepMirror
 
 log = logging.getLogger("presenced.driver")
 
@@ -67,6 +68,8 @@ class Driver:
         # The first listener per transport name (what one-listener callers knew as "the" one).
         self.transports: dict[str, Transport] = {}
         self.app: Application | None = None
+        # A copy of every message received and sent for a capture server ([hep]); None = off.
+        self.mirror: HepMirror | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._deadline: float | None = None
         self._loop = asyncio.get_running_loop()
@@ -123,6 +126,8 @@ class Driver:
     # --- from the transports ----------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer) -> None:
+        if self.mirror is not None:
+            self.mirror.received(data, peer)
         self._process(self.endpoint.receive(data, peer, self._loop.time()))
 
     # --- from the application ---------------------------------------------------------------
@@ -140,6 +145,7 @@ class Driver:
 
     def _process(self, events: Iterable[Event]) -> None:
         app = self.app
+        mirror = self.mirror
         for ev in events:
             if isinstance(ev, Transmit):
                 transport = self.listener_for(ev.peer)
@@ -147,6 +153,8 @@ class Driver:
                     log.warning("no %s transport to reach %s", ev.peer.transport, ev.peer)
                     continue
                 transport.send(ev.data, ev.peer)
+                if mirror is not None:
+                    mirror.sent(ev.data, ev.peer, transport.local)
             elif app is None:
                 continue
             elif isinstance(ev, RequestReceived):

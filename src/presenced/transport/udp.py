@@ -48,7 +48,8 @@ class UdpTransport(asyncio.DatagramProtocol):
                     break
                 except OSError:
                     continue
-        log.info("udp %s:%d buffers: receive %d, send %d bytes", self.host, self.port,
+        log.info("udp %s:%d buffers: receive %d, send %d bytes",
+                 f"[{self.host}]" if self.v6 else self.host, self.port,
                  sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF),
                  sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF))
         sock.bind((self.host, self.port))
