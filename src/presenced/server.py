@@ -21,6 +21,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from urllib.parse import quote
 
+from presenced.cluster.node import ClusterNode
+from presenced.cluster.store import ClusterStore, ClusterUnavailable
 from presenced.config import Config, exposed_without_auth
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages import registry
@@ -30,6 +32,7 @@ from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
 from presenced.services.alarm import drain_all
+from presenced.services.cluster import ClusterReplica
 from presenced.services.dispatch import Dispatcher, SourceHandler
 from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
@@ -45,7 +48,8 @@ from presenced.sip.auth import (
 from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer
 from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
-from presenced.storage import open_storage
+from presenced.storage import Storage, open_storage
+from presenced.storage.redis import DEFAULT_PREFIX, split_prefix
 from presenced.transport.driver import Driver
 from presenced.transport.tcp import ConnectionTable, TcpTransport
 from presenced.transport.udp import UdpTransport
@@ -101,11 +105,14 @@ _USER_SAFE = "-_.!~*'()&=+$,;?/"
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, worker: int | None = None) -> None:
+        """`worker`: this process's index when `[server] workers` > 1 (supervisor.py)."""
         self.config = config
+        self.worker = worker
         self.transports: list[UdpTransport | TcpTransport] = []
         self.stopped = asyncio.Event()
         self.jabber: JabberGateway | None = None
+        self.cluster: ClusterNode | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -114,7 +121,16 @@ class Server:
             log.warning("serving %s without [auth] (server.allow_anonymous = true): anyone can "
                         "register, publish and subscribe as anyone", ", ".join(exposed))
         data_dir = Path(cfg.server.data_dir)
-        self.storage = open_storage(cfg.storage.url, data_dir)
+        store: ClusterStore | None = None
+        self.storage: Storage
+        if cfg.clustered:
+            # --- cluster (begin) ---
+            url, prefix = split_prefix(cfg.storage.url)
+            store = ClusterStore(url, prefix or DEFAULT_PREFIX, node_id(cfg, self.worker))
+            self.storage = store
+            # --- cluster (end) ---
+        else:
+            self.storage = open_storage(cfg.storage.url, data_dir)
         await self.storage.open()
 
         addresses = cfg.server.listen_addresses
@@ -162,6 +178,10 @@ class Server:
         )
         self.driver = Driver(self.endpoint)
 
+        advertise = cfg.cluster.advertise if cfg.cluster is not None else None
+        if advertise is not None:
+            local_hosts.add(advertise.rpartition(":")[0].lower())
+
         def contact_for(presentity: str, flow: Peer | str) -> str:
             """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
             with `local`), else the first listener of its transport (a transport name)."""
@@ -174,7 +194,7 @@ class Server:
             else:
                 transport = flow
                 hostport = via_hosts.get(transport)
-            hostport = hostport or next(iter(via_hosts.values()))
+            hostport = advertise or hostport or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
             return f"sip:{prefix}{hostport};transport={transport}"
 
@@ -246,6 +266,19 @@ class Server:
             auth=auth, throttle=throttle, trusted=trusted)
         self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
 
+        if store is not None:
+            # --- cluster (begin) ---
+            self.registrar.claims = self.publish.claims = self.notifications.claims = store
+            replica = ClusterReplica(self.notifications, self.registrar, self.publish,
+                                     self.endpoint.accept_hosts)
+            node_hosts = {_reachable_host(a.host).lower() for a in addresses}
+            if advertise is not None:
+                node_hosts.add(advertise.rpartition(":")[0].lower())
+            assert cfg.cluster is not None or cfg.server.workers > 1
+            lease = cfg.cluster.lease_time if cfg.cluster is not None else 5.0
+            self.cluster = ClusterNode(store, replica, node_hosts, lease)
+            await self.cluster.join()  # the feed first: no change after the load is missed
+            # --- cluster (end) ---
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
         closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
@@ -262,13 +295,16 @@ class Server:
                 self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
         closed |= unpublished
 
+        if self.cluster is not None:
+            self.cluster.ready()
         started: set[str] = set()
+        reuse_port = cfg.server.workers > 1  # the workers share each listen address
         tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together
         for a in addresses:
             advertised = _reachable_host(a.host)
             if a.transport == "udp":
                 t: UdpTransport | TcpTransport = UdpTransport(self.driver.receive, a.host, a.port,
-                                                              advertised)
+                                                              advertised, reuse_port=reuse_port)
             else:
                 t = TcpTransport(self.driver.receive, a.host, a.port,
                                  advertised_host=advertised, table=tcp_table,
@@ -276,7 +312,8 @@ class Server:
                                  max_connections=cfg.server.max_tcp_connections,
                                  max_connections_per_source=cfg.server.max_connections_per_source,
                                  idle_timeout=cfg.server.connection_idle_timeout,
-                                 first_message_timeout=cfg.server.connection_first_message_timeout)
+                                 first_message_timeout=cfg.server.connection_first_message_timeout,
+                                 reuse_port=reuse_port)
                 t.may_connect = trusted  # outbound connections: trusted proxies only
             await t.start()
             if a.transport not in started:  # the bound port (a configured 0 gets one)
@@ -321,6 +358,8 @@ class Server:
         if cancelled:
             log.warning("shutdown: %d task(s) did not finish within %.0f s and were cancelled",
                         cancelled, SHUTDOWN_DRAIN_TIMEOUT)
+        if self.cluster is not None:
+            await self.cluster.leave()
         for t in self.transports:
             await t.stop()
         self.driver.close()
@@ -328,10 +367,20 @@ class Server:
         log.info("stopped")
 
 
-async def serve(config: Config) -> int:
-    server = Server(config)
+def node_id(config: Config, worker: int | None) -> str:
+    """This process's cluster node id: `[cluster] node_id` (or the host name), and the worker
+    index when there are several workers."""
+    base = (config.cluster.node_id if config.cluster is not None else "") or socket.gethostname()
+    return base if worker is None else f"{base}-{worker}"
+
+
+async def serve(config: Config, worker: int | None = None) -> int:
+    server = Server(config, worker)
     try:
         await server.start()
+    except ClusterUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -345,7 +394,7 @@ async def serve(config: Config) -> int:
     return 0
 
 
-def run(config: Config) -> int:
+def run(config: Config, worker: int | None = None) -> int:
     loop_factory = None
     try:
         import uvloop
@@ -354,4 +403,4 @@ def run(config: Config) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config))
+        return runner.run(serve(config, worker))

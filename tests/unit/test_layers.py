@@ -19,6 +19,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "transport": frozenset({"sip"}),
     "storage": frozenset({"pa"}),  # it stores the core's records
     "config": frozenset({"sip"}),
+    "cluster": frozenset({"pa"}),  # the multi-node adapter on Redis: it stores the core's records
     "admin": frozenset(),  # reserved for the admin HTTP adapter (issue 15)
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",

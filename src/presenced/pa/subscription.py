@@ -789,6 +789,24 @@ class Notifier:
             self.per_watcher.pop(key, None)
         self._unwatch(dlg.record, None)
 
+    def release(self, sub_id: str) -> list[Effect]:
+        """Another node of a cluster took this dialog over: forget it here without a NOTIFY
+        or a storage write (the new owner holds the record and its CSeq lease). Returns the
+        WatchStopped the dialog's departure causes, if any."""
+        dlg = self.dialogs.pop(sub_id, None)
+        if dlg is None:
+            return []
+        self.expiry.discard(sub_id)
+        key = dlg.limit_key
+        n = self.per_watcher.get(key, 0) - 1
+        if n > 0:
+            self.per_watcher[key] = n
+        else:
+            self.per_watcher.pop(key, None)
+        effects: list[Effect] = []
+        self._unwatch(dlg.record, effects)
+        return effects
+
     def next_deadline(self) -> float | None:
         return self.expiry.next_deadline()
 

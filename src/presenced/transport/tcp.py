@@ -178,6 +178,7 @@ class TcpTransport:
         first_message_timeout: float = 20.0,
         advertised_host: str | None = None,
         table: ConnectionTable | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """`advertised_host` as for `UdpTransport`; `table` shared by every TCP listener (the
         connection caps count them all)."""
@@ -204,11 +205,13 @@ class TcpTransport:
         self.refused = 0
         self.refused_per_source = 0
         self.reaped = 0
+        self.reuse_port = reuse_port  # several worker processes share this address
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024
+            lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024,
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.local = f"{self._advertised}:{self.port}"
