@@ -226,6 +226,7 @@ class ClusterNode:
             return
         if origin == self.node_id:
             return
+        log.debug("feed: %s from %s", kind, origin)
         try:
             await self._dispatch(kind, origin, rest)
         except self._failures:

@@ -807,6 +807,17 @@ class Notifier:
         self._unwatch(dlg.record, effects)
         return effects
 
+    def touch(self, sub_ids: Iterable[str], now: float) -> list[Effect]:
+        """NOTIFY these dialogs with their resource's current state (a cluster node that
+        adopted them: changes made while nobody owned them reach their watchers, and the
+        NOTIFY's Contact refreshes their target to the adopter, RFC 6665 §4.1.2.2)."""
+        effects: list[Effect] = []
+        for sub_id in sub_ids:
+            dlg = self.dialogs.get(sub_id)
+            if dlg is not None and dlg.final is None:
+                self._notify(dlg, now, effects)
+        return effects
+
     def next_deadline(self) -> float | None:
         return self.expiry.next_deadline()
 

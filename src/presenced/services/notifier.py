@@ -135,7 +135,10 @@ class NotifierService:
     async def adopt(self, records: list[Subscription]) -> None:
         """Dialogs of a dead node, now ours: its watchers get later changes from here."""
         fresh = [r for r in records if r.id not in self.notifier.dialogs]
-        await self.run(self.notifier.load(fresh, self.clock()))
+        now = self.clock()
+        effects = self.notifier.load(fresh, now)
+        effects += self.notifier.touch((r.id for r in fresh), now)
+        await self.run(effects)
 
     async def release(self, sub_ids: list[str]) -> None:
         """Dialogs another node took over: dropped here without a NOTIFY."""
