@@ -70,6 +70,14 @@ class Redis:
     def cpu(self) -> float:
         return cpu_seconds(self.proc.pid)
 
+    def wait_nodes(self, n: int) -> None:
+        """Until n workers joined, and a moment for the last to bind: a worker binding later
+        changes the SO_REUSEPORT group and the kernel rehashes flows mid-dialog."""
+        deadline = time.monotonic() + 30
+        while self.client.hlen("presenced:nodes") < n and time.monotonic() < deadline:
+            time.sleep(0.1)
+        time.sleep(1.5)
+
     def close(self) -> None:
         self.proc.terminate()
         self.proc.wait(10)
@@ -116,7 +124,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     redis.client.flushall()
                     with make() as srv:
                         if key == "c":
-                            time.sleep(2)  # both workers up
+                            redis.wait_nodes(2)
                         before = redis.stats()
                         lad: Ladder = await ladder(srv, scenario, rates, args.seconds,
                                                    inject if scenario == "publish" else None)
@@ -131,7 +139,7 @@ async def main_async(args: argparse.Namespace) -> None:
                     redis.client.flushall()
                     with make() as srv:
                         if key == "c":
-                            time.sleep(2)
+                            redis.wait_nodes(2)
                         t = await fanout(srv, n)
                     shown = "failed" if t is None else f"{t * 1000:,.0f} ms"
                     rows.append(f"({key}) fan-out to {n:,} watchers: {shown} (median)")
