@@ -161,9 +161,11 @@ class BenchServer:
         storage: str = "memory:",
         extra: str = "",
         profile: str | None = None,
+        server_extra: str = "",
     ) -> None:
         self.storage = storage
         self.extra = extra
+        self.server_extra = server_extra  # more [server] keys ("workers = 2\n")
         self.profile = profile  # a cProfile output path: run the server under cProfile
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
@@ -201,7 +203,7 @@ class BenchServer:
         (d / "presenced.toml").write_text(
             f'[server]\nlisten = ["udp:{HOST}:{self.port}", "tcp:{HOST}:{self.port}"]\n'
             f'domains = ["{DOMAIN}"]\ndata_dir = "{d}"\nlog_level = "warning"\n'
-            f"{limits}{storage}{self.extra}\n"
+            f"{self.server_extra}{limits}{storage}{self.extra}\n"
         )
         python = str(PRESENCED.parent / "python")
         if self.profile:

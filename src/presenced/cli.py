@@ -11,6 +11,9 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import signal
+import subprocess
 import sys
 import time
 from collections.abc import Sequence
@@ -20,6 +23,11 @@ from presenced import __version__
 from presenced.config import Config, ConfigError, load_config, load_default_config
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+# Set by the supervisor in each worker's environment: the worker's index (0, 1, ...).
+WORKER_ENV = "PRESENCED_WORKER"
+# A worker that dies this many times within RESTART_WINDOW seconds stops the whole server.
+MAX_RESTARTS = 5
+RESTART_WINDOW = 60.0
 
 
 class OneLineFormatter(logging.Formatter):
@@ -106,8 +114,57 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def supervise(argv: Sequence[str], workers: int, log: logging.Logger) -> int:
+    """`[server] workers` > 1: run that many `presenced` processes on the same addresses
+    (SO_REUSEPORT), each its own cluster node, and watch them. SIGTERM/SIGINT stop them all.
+    A worker that dies is started again (same node id: it takes back the dialogs it still
+    owns, the others having adopted the rest); one dying MAX_RESTARTS times within
+    RESTART_WINDOW seconds stops every worker and the supervisor exits 1."""
+    def spawn(index: int) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, **{WORKER_ENV: str(index)})
+        return subprocess.Popen([sys.executable, "-m", "presenced", *argv], env=env)
+
+    stopping = False
+    failed = False
+
+    def stop(signum: int = signal.SIGTERM, frame: object = None) -> None:
+        nonlocal stopping
+        stopping = True
+        for p in procs.values():
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+
+    procs = {i: spawn(i) for i in range(workers)}
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    log.info("supervising %d workers: %s", workers, ", ".join(str(p.pid) for p in procs.values()))
+    deaths: list[float] = []
+    while not stopping:
+        time.sleep(0.2)
+        for i, p in list(procs.items()):
+            if stopping or p.poll() is None:
+                continue
+            now = time.monotonic()
+            deaths = [d for d in deaths if now - d < RESTART_WINDOW] + [now]
+            if len(deaths) >= MAX_RESTARTS:
+                log.error("worker %d exited with %s; too many restarts, stopping", i, p.returncode)
+                failed = True
+                stop()
+                break
+            log.error("worker %d exited with %s; starting it again", i, p.returncode)
+            procs[i] = spawn(i)
+    for p in procs.values():
+        try:
+            p.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+    log.info("all workers stopped")
+    return 1 if failed else 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    argv = raw_argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == ["ctl"]:  # presenced ctl ...: a client of the admin API (admin/ctl.py)
         from presenced.admin.ctl import main as ctl_main
 
@@ -149,11 +206,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         config.storage.backend,
     )
 
+    worker_text = os.environ.get(WORKER_ENV)
+    if config.server.workers > 1 and worker_text is None:
+        return supervise(raw_argv, config.server.workers, log)
+    worker = int(worker_text) if worker_text is not None and config.server.workers > 1 else None
+
     # Imported here so that config checking never pulls in the network stack.
     from presenced.server import run
 
     try:
-        result = run(config, args.config)
+        result = run(config, args.config, worker)
     except KeyboardInterrupt:
         log.info("interrupted")
         return 130

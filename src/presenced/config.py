@@ -211,6 +211,9 @@ class ServerConfig(_Section, frozen=True):
     # WebSocket listeners (RFC 7118): seconds between our pings; a peer that misses the pong
     # is closed (docs/transports.md).
     websocket_ping_interval: PosInt = 30
+    # Processes serving the same listen addresses (SO_REUSEPORT); > 1 needs Redis storage,
+    # and each worker is a cluster node (docs/design.md "Running a cluster").
+    workers: PosInt = 1
 
     @property
     def listen_addresses(self) -> tuple[ListenAddress, ...]:
@@ -278,6 +281,15 @@ class StorageConfig(_Section, frozen=True):
 
     def _repr_value(self, name: str, value: Any) -> str:
         return repr(_redact_url(value)) if name == "url" else repr(value)
+
+
+class ClusterConfig(_Section, frozen=True):
+    """Several presenced processes or machines on one Redis (docs/design.md "Running a
+    cluster"). Present (or `server.workers > 1`) means clustering is on."""
+
+    node_id: str = ""  # unique per node; "" = the host name (workers add "-<index>")
+    lease_time: Annotated[float, msgspec.Meta(ge=1.0, le=60.0)] = 5.0  # seconds; death detection
+    advertise: str | None = None  # "host:port" put in our Contacts instead of the listener's
 
 
 class JabberConfig(_Section, frozen=True):
@@ -406,6 +418,12 @@ class Config(_Section, frozen=True):
     xcap: XcapConfig | None = None
     tls: TlsConfig | None = None
     hep: HepConfig | None = None
+    cluster: ClusterConfig | None = None
+
+    @property
+    def clustered(self) -> bool:
+        """Several nodes share the Redis state: [cluster] is set, or workers > 1."""
+        return self.cluster is not None or self.server.workers > 1
 
     def storage_path(self) -> Path | None:
         """The absolute SQLite database path, or None for the memory and Redis backends."""
@@ -595,6 +613,8 @@ def _check(config: Config, base: Path) -> Config:
         except ValueError as exc:
             raise ConfigError("hep.address", f"{exc} (got {config.hep.address!r})") from None
 
+    _check_cluster(config)
+
     if auth is None and not server.allow_anonymous:
         exposed = _exposed(server)
         if exposed:
@@ -757,6 +777,32 @@ def _check_storage_url(url: str) -> None:
             raise ConfigError(key, f"Redis database must be a number (got {shown!r})")
         return
     raise ConfigError(key, f"{_STORAGE_FORMS} (got {_redact_url(url)!r})")
+
+
+def _check_cluster(config: Config) -> None:
+    cluster = config.cluster
+    if config.server.workers > 1 and config.storage.backend != "redis":
+        raise ConfigError(
+            "server.workers",
+            f"workers = {config.server.workers} needs a shared store: set storage.url to a "
+            f"redis:// URL ({config.storage.backend} storage belongs to one process)")
+    if cluster is None:
+        return
+    if config.storage.backend != "redis":
+        raise ConfigError("cluster", "a cluster shares its state through Redis: set storage.url "
+                                     f"to a redis:// URL (got {config.storage.backend} storage)")
+    if cluster.node_id and not all(c.isalnum() or c in "-_." for c in cluster.node_id):
+        raise ConfigError("cluster.node_id", "letters, digits, '-', '_' and '.' only "
+                                             f"(got {cluster.node_id!r})")
+    if cluster.advertise is not None:
+        try:
+            parse_host_port(cluster.advertise)
+        except ValueError as exc:
+            raise ConfigError("cluster.advertise", f"{exc} (got {cluster.advertise!r})") from None
+    if config.jabber is not None:
+        # One component connection per domain: the leader lease is not built yet.
+        raise ConfigError("jabber", "the XMPP gateway does not run in a cluster yet "
+                                    "(one node must hold the component connection)")
 
 
 def _check_jabber(jabber: JabberConfig) -> None:

@@ -20,12 +20,15 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from presenced.cluster.store import ClusterStore
 from presenced.config import ConfigError, load_config, load_default_config
 from presenced.pa.policy.evaluate import Policy
 from presenced.pa.policy.rules import SUB_HANDLING_VALUE, simple_rules
 from presenced.services.ports import RulesInvalid
 from presenced.services.rules import RulesService
 from presenced.storage import open_storage
+from presenced.storage.base import Storage
+from presenced.storage.redis import DEFAULT_PREFIX, split_prefix
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +45,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 async def _run(args: argparse.Namespace) -> int:
     config = load_config(args.config) if args.config else load_default_config()
-    storage = open_storage(config.storage.url, Path(config.server.data_dir))
+    storage: Storage
+    if config.clustered:
+        # In a cluster the write is announced on the change feed: every node applies it at
+        # once, no signal needed (docs/design.md "Running a cluster").
+        url, prefix = split_prefix(config.storage.url)
+        storage = ClusterStore(url, prefix or DEFAULT_PREFIX, "rules-cli")
+    else:
+        storage = open_storage(config.storage.url, Path(config.server.data_dir))
     await storage.open()
     try:
         rules = RulesService(storage, Policy())
@@ -72,7 +82,9 @@ async def _run(args: argparse.Namespace) -> int:
         except RulesInvalid as exc:
             print(f"{args.aor}: invalid rules: {exc.detail}", file=sys.stderr)
             return 1
-        print(f"{args.aor}: rules set (etag {etag}); a running server applies them on SIGUSR1")
+        how = ("every node applies them now" if config.clustered
+               else "a running server applies them on SIGUSR1")
+        print(f"{args.aor}: rules set (etag {etag}); {how}")
         return 0
     finally:
         await storage.close()

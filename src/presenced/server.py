@@ -23,6 +23,8 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from presenced import __version__, sdnotify
+from presenced.cluster.node import ClusterNode
+from presenced.cluster.store import ClusterStore, ClusterUnavailable
 from presenced.config import (
     Config,
     ConfigError,
@@ -39,6 +41,7 @@ from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
 from presenced.services.alarm import drain_all
+from presenced.services.cluster import ClusterReplica
 from presenced.services.dispatch import Dispatcher, SourceHandler
 from presenced.services.jabber import JabberGateway
 from presenced.services.notifier import NotifierService
@@ -56,7 +59,8 @@ from presenced.sip.auth import (
 from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer
 from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
-from presenced.storage import open_storage
+from presenced.storage import Storage, open_storage
+from presenced.storage.redis import DEFAULT_PREFIX, split_prefix
 from presenced.transport.driver import Driver
 from presenced.transport.mirror import HepMirror
 from presenced.transport.tcp import ConnectionTable, TcpTransport
@@ -120,8 +124,11 @@ _USER_SAFE = "-_.!~*'()&=+$,;?/"
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
 
-    def __init__(self, config: Config, config_path: str | None = None) -> None:
+    def __init__(self, config: Config, config_path: str | None = None,
+                 worker: int | None = None) -> None:
+        """`worker`: this process's index when `[server] workers` > 1 (cli.supervise)."""
         self.config = config
+        self.worker = worker
         self.config_path = config_path  # what `reload()` reads again (None: the built-in one)
         self.transports: list[UdpTransport | TcpTransport | WsTransport] = []
         self.stopped = asyncio.Event()
@@ -137,6 +144,7 @@ class Server:
         }
         self.xcap: XcapServer | None = None
         self.request_log: RequestLog | None = None
+        self.cluster: ClusterNode | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -145,7 +153,16 @@ class Server:
             log.warning("serving %s without [auth] (server.allow_anonymous = true): anyone can "
                         "register, publish and subscribe as anyone", ", ".join(exposed))
         data_dir = Path(cfg.server.data_dir)
-        self.storage = open_storage(cfg.storage.url, data_dir)
+        store: ClusterStore | None = None
+        self.storage: Storage
+        if cfg.clustered:
+            # --- cluster (begin) ---
+            url, prefix = split_prefix(cfg.storage.url)
+            store = ClusterStore(url, prefix or DEFAULT_PREFIX, node_id(cfg, self.worker))
+            self.storage = store
+            # --- cluster (end) ---
+        else:
+            self.storage = open_storage(cfg.storage.url, data_dir)
         metered: MeteredStorage | None = None
         histograms: Histograms | None = None
         if cfg.admin is not None:
@@ -211,6 +228,10 @@ class Server:
         if logging.getLogger("presenced.requests").isEnabledFor(requests_level):
             net = self.request_log = RequestLog(self.driver, requests_level)
 
+        advertise = cfg.cluster.advertise if cfg.cluster is not None else None
+        if advertise is not None:
+            local_hosts.add(advertise.rpartition(":")[0].lower())
+
         def contact_for(presentity: str, flow: Peer | str) -> str:
             """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
             with `local`), else the first listener of its transport (a transport name)."""
@@ -223,7 +244,7 @@ class Server:
             else:
                 transport = flow
                 hostport = via_hosts.get(transport)
-            hostport = hostport or next(iter(via_hosts.values()))
+            hostport = advertise or hostport or next(iter(via_hosts.values()))
             prefix = f"{user}@" if user else ""
             if transport == "tls":  # RFC 5630 §3.1.3: sips:, not the deprecated transport=tls
                 return f"sips:{prefix}{hostport}"
@@ -309,6 +330,19 @@ class Server:
         self.driver.attach(net.wrap(self.dispatcher) if isinstance(net, RequestLog)
                            else self.dispatcher)
 
+        if store is not None:
+            # --- cluster (begin) ---
+            self.registrar.claims = self.publish.claims = self.notifications.claims = store
+            replica = ClusterReplica(self.notifications, self.registrar, self.publish,
+                                     self.endpoint.accept_hosts, self.rules.reload)
+            node_hosts = {_reachable_host(a.host).lower() for a in addresses}
+            if advertise is not None:
+                node_hosts.add(advertise.rpartition(":")[0].lower())
+            assert cfg.cluster is not None or cfg.server.workers > 1
+            lease = cfg.cluster.lease_time if cfg.cluster is not None else 5.0
+            self.cluster = ClusterNode(store, replica, node_hosts, lease)
+            await self.cluster.join()  # the feed first: no change after the load is missed
+            # --- cluster (end) ---
         # State first, network second, owed notifications last. Bindings load before the
         # subscriptions, so a restored reg watcher's resource starts from them.
         await self.rules.load()  # before the subscriptions: they are re-decided against it
@@ -328,7 +362,10 @@ class Server:
         # The rules may have changed while we were down (`presenced rules` on a stopped server).
         effects += self.notifier.reauthorize_all(self.notifications.clock())
 
+        if self.cluster is not None:
+            self.cluster.ready()
         started: set[str] = set()
+        reuse_port = cfg.server.workers > 1  # the workers share each listen address
         # The stream caps count every TCP, TLS and WebSocket listener together.
         tcp_table = ConnectionTable()
         if cfg.tls is not None:
@@ -340,7 +377,8 @@ class Server:
             advertised = _reachable_host(a.host)
             t: UdpTransport | TcpTransport | WsTransport
             if a.transport == "udp":
-                t = UdpTransport(self.driver.receive, a.host, a.port, advertised)
+                t = UdpTransport(self.driver.receive, a.host, a.port, advertised,
+                                 reuse_port=reuse_port)
             elif a.transport in ("ws", "wss"):
                 secure = a.transport == "wss"
                 t = WsTransport(self.driver.receive, a.host, a.port, secure=secure,
@@ -359,7 +397,8 @@ class Server:
                                  max_connections=srv.max_tcp_connections,
                                  max_connections_per_source=srv.max_connections_per_source,
                                  idle_timeout=srv.connection_idle_timeout,
-                                 first_message_timeout=srv.connection_first_message_timeout)
+                                 first_message_timeout=srv.connection_first_message_timeout,
+                                 reuse_port=reuse_port)
                 if a.transport == "tls":
                     assert self.certificates is not None  # config.py refuses tls without [tls]
                     t = TlsTransport.over(t, self.certificates)
@@ -509,6 +548,8 @@ class Server:
         if cancelled:
             log.warning("shutdown: %d task(s) did not finish within %.0f s and were cancelled",
                         cancelled, SHUTDOWN_DRAIN_TIMEOUT)
+        if self.cluster is not None:
+            await self.cluster.leave()
         for t in self.transports:
             await t.stop()
         self.driver.close()
@@ -536,10 +577,21 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-async def serve(config: Config, config_path: str | None = None) -> int:
-    server = Server(config, config_path)
+def node_id(config: Config, worker: int | None) -> str:
+    """This process's cluster node id: `[cluster] node_id` (or the host name), and the worker
+    index when there are several workers."""
+    base = (config.cluster.node_id if config.cluster is not None else "") or socket.gethostname()
+    return base if worker is None else f"{base}-{worker}"
+
+
+async def serve(config: Config, config_path: str | None = None,
+                worker: int | None = None) -> int:
+    server = Server(config, config_path, worker)
     try:
         await server.start()
+    except ClusterUnavailable as exc:
+        log.error("cannot start: %s", exc)
+        return 1
     except OSError as exc:
         log.error("cannot start: %s", exc)
         return 1
@@ -561,7 +613,7 @@ async def serve(config: Config, config_path: str | None = None) -> int:
     return 0
 
 
-def run(config: Config, config_path: str | None = None) -> int:
+def run(config: Config, config_path: str | None = None, worker: int | None = None) -> int:
     loop_factory = None
     try:
         import uvloop
@@ -570,4 +622,4 @@ def run(config: Config, config_path: str | None = None) -> int:
     except ImportError:  # pragma: no cover - uvloop is a dependency on Linux
         pass
     with asyncio.Runner(loop_factory=loop_factory) as runner:
-        return runner.run(serve(config, config_path))
+        return runner.run(serve(config, config_path, worker))

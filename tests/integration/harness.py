@@ -559,8 +559,11 @@ class SipClient:
         local_host: str = LOCALHOST,
         ssl_context: Any = None,
         ws_protocols: Sequence[str] = ("sip",),
+        connect: bool = True,
     ) -> None:
-        """`local_host`: the address the client's socket binds (its family follows)."""
+        """`local_host`: the address the client's socket binds (its family follows).
+        `connect=False` (UDP): the socket takes datagrams from any address (a cluster's
+        nodes) and sends to `self.server`, which a test may point at another node."""
         if transport not in ("udp", "tcp", "tls", "ws", "wss"):
             raise ValueError(f"transport must be udp, tcp, tls, ws or wss, not {transport!r}")
         self._stream = transport in ("tcp", "tls")
@@ -590,13 +593,15 @@ class SipClient:
         self.local_host = local_host
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
         self._framer = StreamFramer(1 << 20)
+        self._connected = connect or transport != "udp"
         if transport in ("ws", "wss"):
             self._ws_start(connect_timeout, ssl_context, tuple(ws_protocols))
             return
         if transport == "udp":
             self.sock = socket.socket(family, socket.SOCK_DGRAM)
             self.sock.bind((local_host, 0))
-            self.sock.connect(server)  # also filters datagrams from anyone else
+            if connect:
+                self.sock.connect(server)  # also filters datagrams from anyone else
         else:
             self.sock = socket.create_connection(server, timeout=connect_timeout,
                                                  source_address=(local_host, 0))
@@ -717,12 +722,15 @@ class SipClient:
 
     # --- sending ------------------------------------------------------------------------------
 
-    def send_raw(self, data: bytes) -> None:
+    def send_raw(self, data: bytes, to: tuple[str, int] | None = None) -> None:
+        """`to`: where an unconnected UDP socket sends (default `self.server`)."""
         if self._ws is not None:
             self._ws_send(data)
             return
         with self._send_lock:
-            if self.transport == "udp":
+            if not self._connected:
+                self.sock.sendto(data, to or self.server)
+            elif self.transport == "udp":
                 self.sock.send(data)
             else:
                 self.sock.sendall(data)
@@ -926,8 +934,16 @@ class SipClient:
         data = resp.encode()
         with self._lock:
             self._answers[(req.top_via.branch or "", req.method)] = data
-        self.send_raw(data)
+        self.send_raw(data, self._answer_to(req))
         return resp
+
+    def _answer_to(self, req: Request) -> tuple[str, int] | None:
+        """An unconnected socket answers the node that sent the request: its Via sent-by
+        (RFC 3261 §18.2.2), since several nodes send to this client."""
+        if self._connected:
+            return None
+        via = req.top_via
+        return (via.host.strip("[]"), via.port or 5060)
 
     def wait_closed(self, timeout: float = 5.0) -> bool:
         """True when the server closed our TCP connection within `timeout`."""
@@ -1027,7 +1043,7 @@ class SipClient:
                 self._cond.notify_all()
         with contextlib.suppress(OSError):  # the connection may be going away under us
             if answer is not None:
-                self.send_raw(answer)  # a retransmission of a request we answered (§17.2.2)
+                self.send_raw(answer, self._answer_to(msg))  # a retransmission of a request we answered (§17.2.2)
             elif not duplicate and msg.method in self.auto_answer:
                 self.reply(msg, 200)
 

@@ -202,3 +202,18 @@ def test_winfo_is_for_the_owner_only_with_authentication() -> None:
     effects = a.subscribe(subscribe_req(watcher="bob", event="presence.winfo"), ALICE,
                           "registrar", PEER, T0, identity="bob@example.com")
     assert reply(effects).status == 403
+
+
+def test_pending_and_politely_blocked_watchers_get_no_notify_when_the_state_changes() -> None:
+    """A NOTIFY's timing alone would tell a pending or politely blocked watcher when the
+    presentity's state changes; they get NOTIFYs only for their own subscription's events."""
+    for default in ("confirm", "polite-block"):
+        a, _p = agent(default)
+        answer(a, a.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0))
+        away = PresenceDoc(f"pres:{ALICE}", (Tuple(REG, "closed", "sip:alice@192.0.2.9:5070"),))
+        assert not of(a.set_part(ALICE, "registrar", away, T0 + 1), SendNotify), default
+    # An allowed watcher of the same presentity still gets the change.
+    a, _p = agent("allow")
+    answer(a, a.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0))
+    away = PresenceDoc(f"pres:{ALICE}", (Tuple(REG, "closed", "sip:alice@192.0.2.9:5070"),))
+    assert basics(notify(a.set_part(ALICE, "registrar", away, T0 + 1))) == [(REG, "closed")]

@@ -25,6 +25,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "xcap": frozenset({"sip", "pa", "services"}),
     "sdnotify": frozenset(),  # systemd readiness (a datagram)
     "ping": frozenset({"sip", "config"}),  # `presenced ping`: the health check
+    "cluster": frozenset({"pa"}),  # the multi-node adapter on Redis: it stores the core's records
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
                            "storage"}),

@@ -442,6 +442,35 @@ class Publications:
             self._insert(_Entry(pub, doc, self._serial))
         return stale
 
+    # --- replicas (a cluster: another node decided, this node follows) ----------------------
+
+    def apply(self, pub: Publication, replaces: str | None, now: float) -> set[Resource]:
+        """Take a publication another node committed (replacing the entity-tag `replaces`);
+        returns the resources that changed. No caps apply: the deciding node checked them."""
+        changed: set[Resource] = set()
+        if replaces is not None and replaces != pub.etag:
+            gone = self.discard(replaces)
+            if gone is not None:
+                changed.add(gone)
+        current = self._by_etag.get(pub.etag)
+        if current is not None and current.pub == pub:
+            return changed
+        if not self.load([pub], now):
+            changed.add((pub.event, pub.presentity))
+        return changed
+
+    def discard(self, etag: str) -> Resource | None:
+        """Drop a publication another node removed; returns its resource (None: unknown)."""
+        entry = self._by_etag.get(etag)
+        if entry is None:
+            return None
+        self._drop(entry)
+        return (entry.pub.event, entry.pub.presentity)
+
+    def all(self) -> list[Publication]:
+        """Every live publication (to compare with the shared store after a reconnection)."""
+        return [e.pub for e in self._by_etag.values()]
+
     # --- helpers ---------------------------------------------------------------------------
 
     def _check_bytes(self, req: Request, resource: Resource, grow: int,

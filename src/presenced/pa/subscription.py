@@ -392,7 +392,14 @@ class Notifier:
         res.reset_bodies()
         effects: list[Effect] = []
         for sub_id in list(res.watchers):  # a NOTIFY too big ends its dialog: copy the set
-            self._notify(self.dialogs[sub_id], now, effects)
+            dlg = self.dialogs[sub_id]
+            if dlg.record.state == "pending" or dlg.withheld or (
+                    dlg.view is not None and dlg.view.offline):
+                # Nothing of the state reaches these watchers, so no NOTIFY either: its
+                # timing alone would tell a pending or politely blocked watcher when the
+                # presentity's state changes (RFC 5025 §3.2.1: indistinguishable from offline).
+                continue
+            self._notify(dlg, now, effects)
         return effects
 
     def _forget_if_idle(self, event: str, name: str, res: _Resource) -> bool:
@@ -882,6 +889,35 @@ class Notifier:
         else:
             self.per_watcher.pop(key, None)
         self._unwatch(dlg.record, None)
+
+    def release(self, sub_id: str) -> list[Effect]:
+        """Another node of a cluster took this dialog over: forget it here without a NOTIFY
+        or a storage write (the new owner holds the record and its CSeq lease). Returns the
+        WatchStopped the dialog's departure causes, if any."""
+        dlg = self.dialogs.pop(sub_id, None)
+        if dlg is None:
+            return []
+        self.expiry.discard(sub_id)
+        key = dlg.limit_key
+        n = self.per_watcher.get(key, 0) - 1
+        if n > 0:
+            self.per_watcher[key] = n
+        else:
+            self.per_watcher.pop(key, None)
+        effects: list[Effect] = []
+        self._unwatch(dlg.record, effects)
+        return effects
+
+    def touch(self, sub_ids: Iterable[str], now: float) -> list[Effect]:
+        """NOTIFY these dialogs with their resource's current state (a cluster node that
+        adopted them: changes made while nobody owned them reach their watchers, and the
+        NOTIFY's Contact refreshes their target to the adopter, RFC 6665 §4.1.2.2)."""
+        effects: list[Effect] = []
+        for sub_id in sub_ids:
+            dlg = self.dialogs.get(sub_id)
+            if dlg is not None and dlg.final is None:
+                self._notify(dlg, now, effects)
+        return effects
 
     def next_deadline(self) -> float | None:
         return self.expiry.next_deadline()

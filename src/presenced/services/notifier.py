@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from presenced.pa.model import PresenceDoc
+from presenced.pa.records import Subscription
 from presenced.pa.subscription import (
     FLOW_FAILED,
     PRESENCE,
@@ -29,11 +30,11 @@ from presenced.pa.subscription import (
     SubscriptionInfo,
     WatchStarted,
     WatchStopped,
+    dialog_id,
 )
 from presenced.services.alarm import Alarm, Background
-from presenced.services.ports import Clock, Network, Storage
+from presenced.services.ports import Clock, ClusterClaims, Network, Storage, failure_response
 from presenced.sip.endpoint import RequestReceived
-from presenced.sip.message import make_response
 
 log = logging.getLogger("presenced.pa")
 
@@ -93,6 +94,9 @@ class NotifierService:
         self.fanout_observer: FanoutObserver | None = None
         self.latency_observer: LatencyObserver | None = None
         self._sent_at: dict[str, float] = {}
+        # In a cluster (set by the composition root): in-dialog requests for dialogs another
+        # node owns take them over (docs/design.md "Running a cluster").
+        self.claims: ClusterClaims | None = None
 
     @property
     def driver(self) -> Network:
@@ -113,6 +117,8 @@ class NotifierService:
         req = event.request
         now = self.clock()
         if req.to.tag:
+            if self.claims is not None and not await self._claim(event):
+                return
             effects = self.notifier.resubscribe(req, now, event.peer)
         else:
             effects = self.notifier.subscribe(req, presentity, source, event.peer, now, identity)
@@ -152,6 +158,46 @@ class NotifierService:
         log.info("subscription %s of %s to %s terminated by the operator (reason=%s)",
                  sub_id, info.record.watcher, info.record.presentity, reason)
         return info
+    # --- cluster ---------------------------------------------------------------------------
+
+    async def _claim(self, event: RequestReceived) -> bool:
+        """An in-dialog SUBSCRIBE for a dialog this node does not hold: take it over from its
+        owner (an atomic claim; its CSeq continues from the persisted lease). False when the
+        request was answered here (Redis unreachable)."""
+        assert self.claims is not None
+        req = event.request
+        try:
+            sub_id = dialog_id(req.call_id, req.to.tag or "", req.from_.tag or "")
+        except Exception:
+            return True  # the notifier answers the malformed request
+        if sub_id in self.notifier.dialogs:
+            return True
+        try:
+            record = await self.claims.claim(sub_id)
+        except Exception as exc:
+            log.warning("claim of dialog %s failed: %s", sub_id, exc)
+            self.network.respond(event, failure_response(req, exc))
+            return False
+        if record is not None and sub_id not in self.notifier.dialogs:
+            log.info("took over dialog %s", sub_id)
+            await self.run(self.notifier.load([record], self.clock()))
+        return True
+
+    async def adopt(self, records: list[Subscription]) -> None:
+        """Dialogs of a dead node, now ours: its watchers get later changes from here."""
+        fresh = [r for r in records if r.id not in self.notifier.dialogs]
+        now = self.clock()
+        effects = self.notifier.load(fresh, now)
+        effects += self.notifier.touch((r.id for r in fresh), now)
+        await self.run(effects)
+
+    async def release(self, sub_ids: list[str]) -> None:
+        """Dialogs another node took over: dropped here without a NOTIFY."""
+        effects: list[Effect] = []
+        for sub_id in sub_ids:
+            effects.extend(self.notifier.release(sub_id))
+        if effects:
+            await self.run(effects)
 
     async def renotify(self, presentity: str, event: str = PRESENCE) -> None:
         await self.run(self.notifier.renotify(presentity, self.clock(), event))
@@ -196,12 +242,13 @@ class NotifierService:
                     await writes[0]
                 else:
                     await asyncio.gather(*writes)
-            except Exception:
+            except Exception as exc:
                 log.exception("storage write failed")
                 if event is not None:
-                    # Nothing of this SUBSCRIBE happened: undo it in memory, answer 500.
+                    # Nothing of this SUBSCRIBE happened: undo it in memory, answer 500 (503
+                    # with Retry-After when the store says it is a passing outage).
                     self.notifier.rollback(effects, initial=not event.request.to.tag)
-                    self.network.respond(event, make_response(event.request, 500, "Storage Failure"))
+                    self.network.respond(event, failure_response(event.request, exc))
                     return
         sent = 0
         for eff in effects:

@@ -24,13 +24,24 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
+from presenced.pa.records import Binding, Publication, Subscription
 from presenced.sip.endpoint import Peer, RequestReceived
-from presenced.sip.message import Request, Response
+from presenced.sip.message import Request, Response, make_response
 from presenced.storage.base import Storage
 
 __all__ = [
-    "Clock", "FlowCheck", "Network", "PartSink", "RequestSender", "Responder", "RulesInvalid",
-    "RulesPreconditionFailed", "RulesStore", "Storage",
+    "Clock",
+    "ClusterClaims",
+    "FlowCheck",
+    "Network",
+    "PartSink",
+    "RequestSender",
+    "Responder",
+    "RulesInvalid",
+    "RulesPreconditionFailed",
+    "RulesStore",
+    "Storage",
+    "failure_response",
 ]
 
 # Wall-clock epoch seconds (expiry is persisted: it must mean the same after a restart).
@@ -70,6 +81,36 @@ class PartSink(Protocol):
     def watching(self, presentity: str, event: str) -> bool:
         """Whether anyone watches that resource now."""
         ...
+
+
+class ClusterClaims(Protocol):
+    """What a cluster node offers the services (cluster/store.py), None on a single node: the
+    atomic steps that make expiry happen once and in-dialog requests work on any node."""
+
+    async def expire_binding(self, aor: str, contact: str, now: float) -> Binding | None:
+        """Delete a due binding once in the cluster; a binding refreshed meanwhile (by any
+        node) is returned instead, and stays."""
+        ...
+
+    async def expire_publication(self, etag: str, now: float) -> Publication | None:
+        """The same for a publication."""
+        ...
+
+    async def claim(self, sub_id: str) -> Subscription | None:
+        """Make this node the owner of a stored dialog (None: there is no such dialog)."""
+        ...
+
+
+def failure_response(req: Request, exc: BaseException) -> Response:
+    """The answer to a request whose storage write did not commit: 503 with Retry-After when
+    the store says the failure is transient (Redis unreachable: RFC 3261 §21.5.4), else 500.
+    Never a 2xx for a write that did not commit."""
+    retry_after = getattr(exc, "retry_after", None)
+    if isinstance(retry_after, int):
+        resp = make_response(req, 503, "Storage Unavailable")
+        resp.headers.add("Retry-After", str(retry_after))
+        return resp
+    return make_response(req, 500, "Storage Failure")
 
 
 class RulesInvalid(Exception):

@@ -13,10 +13,17 @@ from presenced.pa.model import PresenceDoc
 from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.packages.presence import PUBLISHED, PUBLISHED_MARK
 from presenced.pa.publish import Publications
+from presenced.pa.records import Publication
 from presenced.services.alarm import Alarm, Background
-from presenced.services.ports import Clock, PartSink, Responder, Storage
+from presenced.services.ports import (
+    Clock,
+    ClusterClaims,
+    PartSink,
+    Responder,
+    Storage,
+    failure_response,
+)
 from presenced.sip.endpoint import RequestReceived
-from presenced.sip.message import make_response
 
 log = logging.getLogger("presenced.publish")
 
@@ -39,6 +46,8 @@ class PublishService:
         self.clock = clock
         self.background = Background("publish")
         self._alarm = Alarm(self._expire_due, self.background, clock)
+        # In a cluster (set by the composition root): expiry is claimed once cluster-wide.
+        self.claims: ClusterClaims | None = None
 
     def part(self, presentity: str, event: str = PRESENCE) -> object | None:
         return self.pubs.compose(presentity, event)
@@ -66,20 +75,35 @@ class PublishService:
                 await self.storage.put_publication(outcome.put, replaces=outcome.delete_etag)
             elif outcome.delete_etag is not None:
                 await self.storage.delete_publication(outcome.delete_etag)
-        except Exception:
+        except Exception as exc:
             log.exception("storage write failed for PUBLISH to %s (Call-ID %s)", presentity, req.call_id)
             self.pubs.revert(outcome)
-            self.responder.respond(event, make_response(req, 500, "Storage Failure"))
+            self.responder.respond(event, failure_response(req, exc))
             return
         self.responder.respond(event, outcome.response)
         self._arm()
         for name in outcome.changed:
-            part = self.part(name, outcome.event)
-            await self.notifier.set_part(name, PART, part, outcome.event)
-            if isinstance(part, PresenceDoc) and part.tuples:
-                # It speaks for its own availability now: the registrar policy may stop
-                # counting the registration (after the part, so no NOTIFY in between).
-                await self.notifier.set_part(name, PUBLISHED, PUBLISHED_MARK, PRESENCE)
+            await self._changed(name, outcome.event)
+
+    async def _changed(self, name: str, event: str) -> None:
+        part = self.part(name, event)
+        await self.notifier.set_part(name, PART, part, event)
+        if isinstance(part, PresenceDoc) and part.tuples:
+            # It speaks for its own availability now: the registrar policy may stop
+            # counting the registration (after the part, so no NOTIFY in between).
+            await self.notifier.set_part(name, PUBLISHED, PUBLISHED_MARK, PRESENCE)
+
+    async def apply_remote(self, etag: str, pub: Publication | None, replaces: str | None) -> None:
+        """Another cluster node committed a publication (None: removed it): keep this node's
+        copy in step and tell the local notifier (it notifies the dialogs this node owns)."""
+        if pub is None:
+            gone = self.pubs.discard(etag)
+            changed = set() if gone is None else {gone}
+        else:
+            changed = self.pubs.apply(pub, replaces, self.clock())
+        self._arm()
+        for event, name in changed:
+            await self._changed(name, event)
 
     async def remove(self, etag: str) -> bool:
         """Remove one publication on the operator's word, as if it had expired (its watchers
@@ -102,10 +126,19 @@ class PublishService:
         self._alarm.arm(self.pubs.next_deadline())
 
     async def _expire_due(self) -> None:
-        changed = self.pubs.expire(self.clock())
+        now = self.clock()
+        changed = self.pubs.expire(now)
+        claims = self.claims
         for etag in self.pubs.take_expired():
             try:
-                await self.storage.delete_publication(etag)
+                if claims is None:
+                    await self.storage.delete_publication(etag)
+                    continue
+                # Cluster: deleted once; one refreshed on another node meanwhile comes back
+                # here before anyone is told (its part then composes as before: no NOTIFY).
+                survivor = await claims.expire_publication(etag, now)
+                if survivor is not None:
+                    self.pubs.apply(survivor, None, now)
             except Exception:
                 log.exception("storage delete of expired publication failed")
         for event, name in changed:

@@ -15,6 +15,8 @@ import logging
 import time
 from email.utils import formatdate
 
+import msgspec
+
 from presenced.pa.model import PresenceDoc, Tuple
 from presenced.pa.packages.presence import PUBLISHED, presentity_tuple_id
 from presenced.pa.packages.reginfo import (
@@ -36,12 +38,22 @@ from presenced.registrar.bindings import (
     process_register,
 )
 from presenced.services.alarm import Alarm, Background
-from presenced.services.ports import Clock, PartSink, Responder, Storage
+from presenced.services.ports import (
+    Clock,
+    ClusterClaims,
+    PartSink,
+    Responder,
+    Storage,
+    failure_response,
+)
 from presenced.sip.endpoint import RequestReceived
 from presenced.sip.errors import ParseError
 from presenced.sip.message import make_response
 
 log = logging.getLogger("presenced.registrar")
+
+# Cluster: a binding whose expiry claim could not reach Redis is tried again this much later.
+RETRY_EXPIRY = 5.0
 
 REG = "reg"  # the event package the registrar feeds beside presence (RFC 3680)
 
@@ -65,6 +77,8 @@ class RegistrarService:
         self._reg: dict[str, dict[str, ContactInfo]] = {}
         self.background = Background("registrar")
         self._alarm = Alarm(self._expire_due, self.background, clock)
+        # In a cluster (set by the composition root): expiry is claimed once cluster-wide.
+        self.claims: ClusterClaims | None = None
 
     async def load(self) -> set[str]:
         """Take back persisted bindings; drop those that expired while we were down.
@@ -149,10 +163,10 @@ class RegistrarService:
         try:
             if writes:
                 await asyncio.gather(*writes)
-        except Exception:
+        except Exception as exc:
             log.exception("storage write failed for REGISTER of %s", aor)
             self._restore(aor, before)
-            self.responder.respond(event, make_response(req, 500, "Storage Failure"))
+            self.responder.respond(event, failure_response(req, exc))
             return
         resp = make_response(req, 200)
         for value in contact_header_values(outcome.bindings, now):
@@ -246,7 +260,7 @@ class RegistrarService:
     async def _expire_due(self) -> None:
         now = self.clock()
         changed: dict[str, dict[str, Binding]] = {}  # AOR -> its bindings before the sweep
-        writes = []
+        due: list[tuple[str, str]] = []
         for aor, contact in self.expiry.pop_due(now):
             table = self.bindings.get(aor)
             if table is None or contact not in table:
@@ -257,16 +271,64 @@ class RegistrarService:
             self.total -= 1
             if not table:
                 del self.bindings[aor]
-            writes.append(self.storage.delete_binding(aor, contact))
-        if writes:
+            due.append((aor, contact))
+        if due and self.claims is None:
             try:
-                await asyncio.gather(*writes)
+                await asyncio.gather(*(self.storage.delete_binding(a, c) for a, c in due))
             except Exception:
                 log.exception("storage delete of expired bindings failed")
+        elif due:
+            await self._claim_expiry(due, changed, now)
         for aor, before in changed.items():
             log.info("binding of %s expired%s", aor, "" if aor in self.bindings else ": now closed")
             await self._publish(aor, before, REASON_EXPIRY, now)
         self._arm()
+
+    async def _claim_expiry(self, due: list[tuple[str, str]],
+                            changed: dict[str, dict[str, Binding]], now: float) -> None:
+        """Cluster: each due binding is deleted by one node (an atomic claim); one refreshed
+        meanwhile on another node comes back before anyone is told. A claim that cannot
+        reach Redis leaves the binding in place, to be tried again shortly."""
+        assert self.claims is not None
+        results = await asyncio.gather(*(self.claims.expire_binding(a, c, now) for a, c in due),
+                                       return_exceptions=True)
+        for (aor, contact), result in zip(due, results, strict=True):
+            if isinstance(result, BaseException):
+                log.warning("expiry claim of a binding of %s failed: %s", aor, result)
+                back = msgspec.structs.replace(changed[aor][contact], expires_at=now + RETRY_EXPIRY)
+            elif result is not None:
+                back = result  # refreshed through another node: it lives on
+            else:
+                continue
+            table = self.bindings.setdefault(aor, {})
+            self.total += contact not in table
+            table[contact] = back
+            self.expiry.set((aor, contact), back.expires_at)
+
+    async def apply_remote(self, aor: str, contact: str, binding: Binding | None,
+                           expired: bool) -> None:
+        """Another cluster node committed a change of one binding (None: removed; `expired`:
+        by expiry): keep this node's copy in step and tell the local notifier, which
+        notifies only the dialogs this node owns."""
+        table = self.bindings.get(aor, {})
+        current = table.get(contact)
+        if current == binding:
+            return
+        before = dict(table)
+        table = self.bindings.setdefault(aor, {})
+        if binding is None:
+            del table[contact]
+            self.total -= 1
+            self.expiry.discard((aor, contact))
+        else:
+            self.total += contact not in table
+            table[contact] = binding
+            self.expiry.set((aor, contact), binding.expires_at)
+        if not table:
+            del self.bindings[aor]
+        self._arm()
+        await self._publish(aor, before, REASON_EXPIRY if expired else REASON_REGISTER,
+                            self.clock())
 
     def close(self) -> None:
         self._alarm.cancel()

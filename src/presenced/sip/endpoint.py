@@ -169,6 +169,14 @@ class Endpoint:
         self.limiter = SourceLimiter(config.rate_limits) if config.rate_limits else None
         self.guard = AmplificationGuard(config.amplification) if config.amplification else None
 
+    def accept_hosts(self, hosts: Iterable[str]) -> None:
+        """Treat more hosts as ours in Request-URIs (a cluster: every node's addresses, since
+        an in-dialog request may arrive at any node)."""
+        new = {h.lower() for h in hosts}
+        new |= {f"[{h}]" for h in new if ":" in h and not h.startswith("[")}
+        if not new <= self._hosts:
+            self._hosts = self._hosts | new
+
     # --- input ------------------------------------------------------------------------------
 
     def receive(self, data: bytes, peer: Peer, now: float) -> list[Event]:

@@ -194,6 +194,7 @@ class TcpTransport:
         first_message_timeout: float = 20.0,
         advertised_host: str | None = None,
         table: ConnectionTable | None = None,
+        reuse_port: bool = False,
     ) -> None:
         """`advertised_host` as for `UdpTransport`; `table` shared by every TCP listener (the
         connection caps count them all)."""
@@ -220,6 +221,7 @@ class TcpTransport:
         self.refused = 0
         self.refused_per_source = 0
         self.reaped = 0
+        self.reuse_port = reuse_port  # several worker processes share this address
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
@@ -228,6 +230,7 @@ class TcpTransport:
             lambda: _Connection(self), self.host, self.port, reuse_address=True, backlog=1024,
             ssl=self.ssl_server,
             ssl_handshake_timeout=None if self.ssl_server is None else float(self.first_message_timeout),
+            reuse_port=self.reuse_port or None,
         )
         self.port = self._server.sockets[0].getsockname()[1]
         self.local = f"{self._advertised}:{self.port}"

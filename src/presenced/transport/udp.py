@@ -21,7 +21,7 @@ class UdpTransport(asyncio.DatagramProtocol):
     name = "udp"
 
     def __init__(self, receiver: Receiver, host: str, port: int,
-                 advertised_host: str | None = None) -> None:
+                 advertised_host: str | None = None, reuse_port: bool = False) -> None:
         """`advertised_host`: the address our Via and Contact name for this listener (a
         wildcard host is no address); `local` becomes "advertised_host:port" once bound."""
         self._receiver = receiver
@@ -33,12 +33,16 @@ class UdpTransport(asyncio.DatagramProtocol):
         self._transport: asyncio.DatagramTransport | None = None
         self.sent = 0
         self.errors = 0
+        self.reuse_port = reuse_port  # several worker processes share this address
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         family = socket.AF_INET6 if self.v6 else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if self.reuse_port:
+            # The kernel hashes each flow's 4-tuple to one worker's socket.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         # Large buffers absorb bursts (a fan-out of thousands of NOTIFYs, a sipp load run).
         # The *FORCE variants pass net.core.rmem_max/wmem_max when we may (root/CAP_NET_ADMIN).
         for attempts in ((_SO_RCVBUFFORCE, socket.SO_RCVBUF), (_SO_SNDBUFFORCE, socket.SO_SNDBUF)):
