@@ -432,7 +432,8 @@ class Server:
                 endpoint=self.endpoint, notifications=self.notifications, registrar=self.registrar,
                 publish=self.publish, storage=metered, storage_backend=cfg.storage.backend,
                 version=__version__, reload=self.reload, domains=tuple(sorted(domains)),
-                xmpp_up=(lambda: None) if jabber is None else (lambda: jabber.component.connected))
+                xmpp_up=(lambda: None) if jabber is None else (lambda: jabber.component.connected),
+                rules=self.rules)
             host, port = cfg.admin.address
             self.admin = AdminServer(state, host, port, cfg.admin.read_token(),
                                      metrics_public=cfg.admin.metrics_public, histograms=histograms)

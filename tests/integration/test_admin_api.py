@@ -262,3 +262,42 @@ def test_ctl_against_a_running_server(server_factory: Factory) -> None:
     finally:
         alice.close()
         bob.close()
+
+
+def test_admin_and_ctl_set_presence_rules_that_live_watchers_follow(server_factory: Factory) -> None:
+    """PUT /api/v1/rules/{aor} (and `presenced ctl rules set`) is the operator's way to the
+    same rules XCAP writes: a pending watcher is activated at once, a block ends it."""
+    srv, api = start_admin_server(server_factory, sections={
+        "pa": {"default_policy": "confirm"}, "limits": {"exempt": ["127.0.0.0/8"]}})
+    alice = SipClient(srv.addr, user="alice")
+    bob = SipClient(srv.addr, user="bob")
+    try:
+        assert register(alice).status == 200
+        r, first = subscribe(bob)
+        assert state(first).startswith("pending") and not first.body
+        assert api.call("GET", "/api/v1/rules/alice@example.com", expect=404)
+        out = ctl(srv, "rules", "set", "alice@example.com", "allow", "bob@example.com")
+        assert out.returncode == 0 and "etag" in out.stdout, out.stderr
+        n = bob.expect_request("NOTIFY")
+        assert state(n).startswith("active") and parse_pidf(n.body).basics == ["open"]
+        got = api.get("/api/v1/rules/sip:alice@example.com")
+        assert "bob@example.com" in got["document"] and got["etag"]
+        assert "bob@example.com" in ctl(srv, "rules", "get", "alice@example.com").stdout
+        # Bad input: an invalid document 400, a stale entity tag 412, neither applied.
+        st, doc = api.call("PUT", "/api/v1/rules/alice@example.com",
+                           {"document": "<not-rules/>"}, expect=None)
+        assert st == 400 and "invalid rules" in doc["error"]
+        st, doc = api.call("PUT", "/api/v1/rules/alice@example.com",
+                           {"handling": "block", "expect": "stale"}, expect=None)
+        assert st == 412
+        bob.expect_no_request("NOTIFY", timeout=0.5)
+        # A block rule with the current tag ends bob's subscription with reason=rejected.
+        api.call("PUT", "/api/v1/rules/alice@example.com",
+                 {"handling": "block", "identities": ["bob@example.com"], "expect": got["etag"]})
+        end = bob.expect_request("NOTIFY")
+        assert state(end).startswith("terminated") and "reason=rejected" in state(end)
+        assert "deleted" in ctl(srv, "rules", "delete", "alice@example.com").stdout
+        assert ctl(srv, "rules", "delete", "alice@example.com").returncode == 1
+    finally:
+        alice.close()
+        bob.close()

@@ -62,6 +62,13 @@ def build_parser() -> argparse.ArgumentParser:
     up.add_argument("etag")
     r = sub.add_parser("reload", help="reload users file, routing script, log level ...")
     r.add_argument("what", nargs="*", help="what to reload (default: everything)")
+    ru = sub.add_parser("rules", help="a user's presence rules: get, set HANDLING IDENTITY..., "
+                        "set --file DOC, delete")
+    ru.add_argument("action", choices=("get", "set", "delete"))
+    ru.add_argument("aor")
+    ru.add_argument("handling", nargs="?", choices=("allow", "confirm", "polite-block", "block"))
+    ru.add_argument("identities", nargs="*", help="user@domain, *@domain or * (default *)")
+    ru.add_argument("--file", default=None, help="set: a whole application/auth-policy+xml file")
     f = sub.add_parser("failures", help="recent NOTIFY failures")
     f.add_argument("--limit", type=int, default=None)
     return p
@@ -141,6 +148,21 @@ def request_for(args: argparse.Namespace) -> tuple[str, str, dict[str, Any] | No
         return "POST", f"{api}/reload", None, {"what": args.what or None}
     if c == "failures":
         return "GET", f"{api}/failures", {"limit": args.limit}, None
+    if c == "rules":
+        path = f"{api}/rules/{_seg(args.aor)}"
+        if args.action == "get":
+            return "GET", path, None, None
+        if args.action == "delete":
+            return "DELETE", path, None, None
+        if args.file:
+            try:
+                with open(args.file, encoding="utf-8") as fh:
+                    return "PUT", path, None, {"document": fh.read()}
+            except (OSError, UnicodeDecodeError) as exc:
+                raise CtlError(f"{args.file}: {exc}", 2) from None
+        if not args.handling:
+            raise CtlError("rules set needs a handling and identities, or --file", 2)
+        return "PUT", path, None, {"handling": args.handling, "identities": args.identities or ["*"]}
     raise CtlError(f"unknown command {c}", 2)
 
 
@@ -208,6 +230,13 @@ def render(command: str, data: Any, out: TextIO) -> None:
         print(f"removed publication {data['removed']}", file=out)
     elif command == "reload":
         table(list(data["reloaded"].items()), ("reloaded", "result"), out)
+    elif command == "rules":
+        if "document" in data:
+            out.write(data["document"] if data["document"].endswith("\n") else data["document"] + "\n")
+        elif "etag" in data:
+            print(f"rules of {data['aor']} set (etag {data['etag']}): live watchers re-decided", file=out)
+        else:
+            print(f"rules of {data['removed']} deleted: the default policy applies", file=out)
     elif command == "failures":
         table([(time.strftime("%H:%M:%S", time.localtime(f["at"])), f["status"], f["event"],
                 f["watcher"], f["presentity"]) for f in data["failures"]],

@@ -34,9 +34,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 
 from presenced.admin.metrics import Histograms, MeteredStorage, StateCollector
+from presenced.pa.policy.rules import SUB_HANDLING_VALUE, simple_rules
 from presenced.pa.records import Binding, Publication
 from presenced.pa.subscription import PRESENCE, SubscriptionInfo
 from presenced.services.notifier import NotifierService
+from presenced.services.ports import RulesInvalid, RulesPreconditionFailed, RulesStore
 from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
 from presenced.sip.endpoint import Endpoint
@@ -83,6 +85,8 @@ class AdminState:
     xmpp_up: Callable[[], bool | None] = lambda: None
     # Cluster status (nodes, leases) for /status: filled in by the cluster adapter.
     cluster: Callable[[], Mapping[str, object] | None] = lambda: None
+    # The users' presence rules (the same store XCAP and `presenced rules` write).
+    rules: RulesStore | None = None
 
 
 def _aor(text: str) -> str:
@@ -206,6 +210,9 @@ class AdminServer:
         r.add_get(API + "/bindings/{aor}", self.bindings)
         r.add_delete(API + "/bindings/{aor}", self.unbind)
         r.add_delete(API + "/publications/{etag}", self.unpublish)
+        r.add_get(API + "/rules/{aor}", self.get_rules)
+        r.add_put(API + "/rules/{aor}", self.put_rules)
+        r.add_delete(API + "/rules/{aor}", self.delete_rules)
         r.add_post(f"{API}/reload", self.reload)
         r.add_get(f"{API}/failures", self.failures)
         r.add_get(f"{API}/top", self.top)
@@ -533,6 +540,63 @@ class AdminServer:
         if not await self.state.publish.remove(etag):
             raise BadRequest("no such publication", 404)
         return _json({"removed": etag})
+
+    # --- presence rules (docs/presence.md "Authorization") -----------------------------------
+
+    def _rules(self) -> RulesStore:
+        if self.state.rules is None:
+            raise BadRequest("presence rules are not served here", 404)
+        return self.state.rules
+
+    async def get_rules(self, request: web.Request) -> web.Response:
+        aor = _aor(request.match_info["aor"])
+        found = await self._rules().get_rules(aor)
+        if found is None:
+            raise BadRequest(f"{aor} has no rules (the default policy applies)", 404)
+        return _json({"aor": aor, "etag": found[1],
+                      "document": found[0].decode("utf-8", "replace")})
+
+    async def put_rules(self, request: web.Request) -> web.Response:
+        """Body: {"document": "<cp:ruleset ...>"} (a whole RFC 5025 document), or
+        {"handling": "allow", "identities": ["bob@example.com", "*@example.org", "*"]} (one
+        rule that replaces the user's document); optional "expect": the etag it must replace."""
+        aor = _aor(request.match_info["aor"])
+        try:
+            body: Any = await request.json()
+        except ValueError:
+            raise BadRequest("body: not JSON") from None
+        if not isinstance(body, dict) or set(body) - {"document", "handling", "identities", "expect"}:
+            raise BadRequest('body: {"document": XML} or {"handling": ..., "identities": [...]}')
+        expect = body.get("expect")
+        if expect is not None and not isinstance(expect, str):
+            raise BadRequest("expect: an entity tag")
+        if isinstance(body.get("document"), str):
+            document = body["document"].encode()
+        elif body.get("handling") in SUB_HANDLING_VALUE:
+            identities = body.get("identities") or ["*"]
+            if not isinstance(identities, list) or not all(
+                    isinstance(i, str) and 0 < len(i) <= 256 for i in identities):
+                raise BadRequest("identities: a list of user@domain, *@domain or *")
+            document = simple_rules([("admin", body["handling"], identities)])
+        else:
+            raise BadRequest(f"document (XML text) or handling ({', '.join(SUB_HANDLING_VALUE)})")
+        try:
+            etag = await self._rules().put_rules(aor, document, expect)
+        except RulesInvalid as exc:
+            raise BadRequest(f"invalid rules: {exc.detail}") from None
+        except RulesPreconditionFailed as exc:
+            raise BadRequest(str(exc), 412) from None
+        return _json({"aor": aor, "etag": etag})
+
+    async def delete_rules(self, request: web.Request) -> web.Response:
+        aor = _aor(request.match_info["aor"])
+        try:
+            removed = await self._rules().delete_rules(aor, request.query.get("expect"))
+        except RulesPreconditionFailed as exc:
+            raise BadRequest(str(exc), 412) from None
+        if not removed:
+            raise BadRequest(f"{aor} has no rules", 404)
+        return _json({"removed": aor})
 
     async def reload(self, request: web.Request) -> web.Response:
         what: list[str] | None = None
