@@ -34,6 +34,7 @@ from presenced.pa.policy.rules import (
 )
 
 DEFAULT_POLICIES: tuple[str, ...] = ("allow", "confirm", "polite-block", "block")
+MAX_COMBINED = 10_000  # cached combinations of matched rules
 
 
 @dataclass(frozen=True, slots=True, eq=False)
@@ -102,6 +103,9 @@ class Policy:
         self.expose_contacts = expose_contacts
         self._rules: dict[str, _Indexed] = {}
         self._views: dict[tuple[object, ...], View] = {}
+        # matched rules (by identity) -> their combination: most watchers match the same few
+        # rule sets, and combining costs more than the lookup. Cleared when any rules change.
+        self._combined: dict[tuple[int, ...], Decision] = {}
         # What "no rule matched" shows: everything, the registrar's contact only if opted in.
         self.full_view: View | None = None if expose_contacts else self.intern(View(
             services=_ALL, persons=_ALL, devices=_ALL, all_attributes=True, contacts=False))
@@ -113,6 +117,7 @@ class Policy:
         return self._views.setdefault(view.key(), view)
 
     def set_rules(self, presentity: str, ruleset: RuleSet | None) -> None:
+        self._combined.clear()  # keyed by rule identity: a replaced rule's id may be reused
         if ruleset is None:
             self._rules.pop(presentity, None)
         else:
@@ -138,7 +143,13 @@ class Policy:
         matched.extend(r for r in indexed.scanned if r.conditions.hold(who, now, sphere))
         if not matched:
             return self._default
-        return self.combine(matched)
+        key = tuple(map(id, matched))
+        decision = self._combined.get(key)
+        if decision is None:
+            if len(self._combined) >= MAX_COMBINED:
+                self._combined.clear()
+            decision = self._combined[key] = self.combine(matched)
+        return decision
 
     def combine(self, rules: list[Rule]) -> Decision:
         """RFC 4745 §10 over the rules that matched (module docstring)."""
