@@ -14,6 +14,11 @@ change that did not commit, and every node sees committed changes in Redis's own
     {p}rules                   hash aor -> msgpack(RulesDocument), as storage/redis.py
     {p}feed                    pub/sub channel of changes (see `FeedMessage` in node.py)
 
+Group commit: the scripts of requests handled in the same moment go to Redis in one pipeline
+(one write, one read), as the SQLite writer commits them in one transaction. One batch is in
+flight at a time, so under load the next batch gathers what arrived meanwhile; each request
+still awaits its own script's answer before its SIP answer goes out.
+
 Fencing: a subscription write from a node that no longer owns the dialog is refused
 (`NotOwnerError`), so a node that lost a dialog (adopted while it was cut off) cannot
 overwrite the new owner's record or CSeq lease.
@@ -21,6 +26,8 @@ overwrite the new owner's record or CSeq lease.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import importlib
 from collections.abc import Iterable
 from typing import Any
@@ -36,6 +43,7 @@ _decode_publication = msgspec.msgpack.Decoder(Publication).decode
 _decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
 
 RETRY_AFTER = 5  # seconds a client is told to wait when Redis cannot take a write
+MAX_BATCH = 256  # scripts in one pipeline
 
 
 class ClusterUnavailable(Exception):
@@ -154,6 +162,15 @@ return out
 """
 
 
+def _settle(fut: asyncio.Future[Any], result: Any) -> None:
+    if fut.done():  # its request was cancelled meanwhile
+        return
+    if isinstance(result, BaseException):
+        fut.set_exception(result)
+    else:
+        fut.set_result(result)
+
+
 def binding_field(aor: str, contact: str) -> str:
     return f"{aor}\x00{contact}"  # as storage/redis.py: NUL occurs in no URI
 
@@ -179,6 +196,12 @@ class ClusterStore:
         self.client: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._scripts: dict[str, Any] = {}
+        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
+        self._wake = asyncio.Event()
+        self._writer: asyncio.Task[None] | None = None
+        self._noscript: type[BaseException] = BaseException  # redis.exceptions.NoScriptError
+        self.batches = 0  # pipelines sent (the bench reports scripts per batch)
+        self.scripts_run = 0
 
     def lease_key(self, node: str) -> str:
         return f"{self.prefix}lease:{node}"
@@ -204,9 +227,27 @@ class ClusterStore:
                            ("put_sub", _PUT_SUBSCRIPTION), ("del_sub", _DELETE_SUBSCRIPTION),
                            ("claim", _CLAIM), ("adopt", _ADOPT), ("put_ann", _PUT_ANNOUNCED)):
             self._scripts[name] = self.client.register_script(text)
+        try:  # pipelined EVALSHAs need the scripts in Redis already
+            for text in {sc.script for sc in self._scripts.values()}:
+                await self.client.script_load(text)
+        except self._errors as exc:
+            await self.client.aclose()
+            self.client = None
+            raise ClusterUnavailable(f"cannot load the cluster's scripts into Redis: {exc}") from exc
+        self._noscript = exceptions.NoScriptError
+        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
 
     async def close(self) -> None:
         client, self.client = self.client, None
+        if self._writer is not None:
+            self._writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._writer
+            self._writer = None
+        for *_, fut in self._pending:
+            if not fut.done():
+                fut.set_exception(ClusterUnavailable("the cluster store is closed"))
+        self._pending = []
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
@@ -218,10 +259,56 @@ class ClusterStore:
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
         if self.client is None:
             raise ClusterUnavailable("the cluster store is closed")
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self._pending.append((name, keys, args, fut))
+        self._wake.set()
+        return await fut
+
+    async def _write_loop(self) -> None:
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                batch = self._pending[:MAX_BATCH]
+                del self._pending[:MAX_BATCH]
+                await self._send(batch)
+
+    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
+        self.batches += 1
+        self.scripts_run += len(batch)
+        if len(batch) == 1:
+            name, keys, args, fut = batch[0]
+            try:
+                result = await self._scripts[name](keys=keys, args=args)
+            except self._errors as exc:
+                result = ClusterUnavailable(f"redis {name} failed: {exc}")
+                result.__cause__ = exc
+            except Exception as exc:
+                result = exc
+            _settle(fut, result)
+            return
         try:
-            return await self._scripts[name](keys=keys, args=args)
-        except self._errors as exc:
-            raise ClusterUnavailable(f"redis {name} failed: {exc}") from exc
+            pipe = self.client.pipeline(transaction=False)
+            for name, keys, args, _ in batch:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            results = await pipe.execute(raise_on_error=False)
+        except Exception as exc:
+            failure: BaseException = (
+                ClusterUnavailable(f"redis pipeline of {len(batch)} failed: {exc}")
+                if isinstance(exc, self._errors) else exc)
+            for *_, fut in batch:
+                _settle(fut, failure)
+            return
+        for (name, keys, args, fut), result in zip(batch, results, strict=True):
+            if isinstance(result, BaseException):
+                if isinstance(result, self._noscript):  # Redis lost its scripts (restart): reload
+                    try:
+                        result = await self._scripts[name](keys=keys, args=args)
+                    except self._errors as exc:
+                        result = exc
+                if isinstance(result, BaseException):
+                    result = ClusterUnavailable(f"redis {name} failed: {result}")
+            _settle(fut, result)
 
     def message(self, *fields: object) -> bytes:
         """A feed message: (kind, origin node, ...)."""
