@@ -62,7 +62,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from urllib.parse import quote, unquote
 
 from presenced.config import JabberConfig
 from presenced.jabber.addressing import Addressing, Unmappable
@@ -79,9 +79,14 @@ from presenced.jabber.component import (
     XmppEvent,
 )
 from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
+from presenced.pa.documents.pidf import stable_id
 from presenced.pa.model import Note, PresenceDoc
 from presenced.pa.packages.presence import closed_doc, entity_of
+from presenced.pa.packages.winfo import Watcher
+from presenced.pa.policy.evaluate import Decision, View
+from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
+from presenced.pa.subscription import PRESENCE
 from presenced.services.notifier import NotifierService
 from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import Request, make_response
@@ -98,6 +103,7 @@ _UNAVAILABLE = XmppPresence(available=False)
 
 MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
 MAX_BUCKETS = 10_000  # rate buckets kept before full ones are swept out
+_USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 §25.1 user characters kept literal
 _FIND_DIALOG = 256  # newest agent dialogs searched for the one a SUBSCRIBE created
 
 
@@ -112,28 +118,40 @@ class Refusal:
 
 class _Remote:
     """An XMPP user some SIP users watch: the presentities that stand for it, its resources,
-    and its answer to the gateway's subscription (None pending, True approved, False refused).
-    `farewell`: the status texts of the unavailable that took its last resource ("bye"),
-    which SIP watchers see as notes of the closed tuple until it comes back."""
+    and its answer per SIP watcher: watcher JID (``alice*example.com@<component>``) -> None
+    pending, True approved, False refused. `farewell`: the status texts of the unavailable
+    that took its last resource ("bye"), which SIP watchers see as notes of the closed tuple
+    until it comes back."""
 
-    __slots__ = ("approved", "farewell", "presentities", "resources")
+    __slots__ = ("farewell", "presentities", "resources", "watchers")
 
     def __init__(self) -> None:
         self.presentities: set[str] = set()
         self.resources: dict[str, XmppPresence] = {}
-        self.approved: bool | None = None
+        self.watchers: dict[str, bool | None] = {}
         self.farewell: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def approved(self) -> bool | None:
+        """True when any SIP watcher is approved, False when all refused, else None."""
+        answers = self.watchers.values()
+        if any(a is True for a in answers):
+            return True
+        return False if answers and all(a is False for a in answers) else None
 
 
 class _Contact:
-    """A SIP user some XMPP users watch: its component JID, subscribers, last presence sent."""
+    """A SIP user some XMPP users watch: its component JID; its approved subscribers, each
+    with the `View` its rules grant (None: everything); those awaiting the rules (confirm);
+    the last presence sent to each."""
 
-    __slots__ = ("jid", "sent", "subscribers")
+    __slots__ = ("jid", "pending", "sent", "subscribers")
 
     def __init__(self, jid: str) -> None:
         self.jid = jid
-        self.subscribers: set[str] = set()
-        self.sent: XmppPresence | None = None
+        self.subscribers: dict[str, View | None] = {}
+        self.pending: set[str] = set()
+        self.sent: dict[str, XmppPresence] = {}
 
 
 class JabberGateway:
@@ -177,7 +195,8 @@ class JabberGateway:
         self._owned: dict[str, dict[str, set[str]]] = {}
         self._reserved: dict[str, int] = {}  # JIDs admitted but not yet watched -> count
         self._buckets: dict[str, tuple[float, float]] = {}  # watcher key -> (tokens, at)
-        self._announce: deque[str] = deque()  # JIDs to re-announce after a reconnection
+        # (XMPP user, SIP watcher JID) to re-announce after a reconnection
+        self._announce: deque[tuple[str, str]] = deque()
         self._announce_task: asyncio.Task[None] | None = None
         self.refusals = 0
         # The JID that subscribes to XMPP users on behalf of every SIP watcher.
@@ -191,6 +210,7 @@ class JabberGateway:
         component.on_event = self.handle_event
         presence.watch_listeners.append(self._on_watch)
         presence.change_listeners.append(self._on_change)
+        presence.rules_listeners.append(self._on_rules)
 
     @classmethod
     def from_config(
@@ -230,6 +250,17 @@ class JabberGateway:
         req = event.request
         key = identity or self._owner_of_request(req, event.peer.host)
         refusal = self.check(req, presentity, key)
+        jid = self._jid_of(presentity)
+        # Each SIP watcher is its own JID, which the XMPP user approves herself.
+        wjid = self._watcher_jid(identity or req.from_.uri.aor)
+        if refusal is None and wjid is None:
+            refusal = Refusal(403, "Forbidden (the watcher has no XMPP address)")
+        remote = self._remotes.get(jid) if jid is not None else None
+        answer = remote.watchers.get(wjid) if remote is not None and wjid is not None else None
+        if refusal is None and answer is False:
+            # She refused this watcher (RFC 6121 §3.1.4) while others still watch her: not
+            # asked again until the gateway forgets her (the spam of issue 9 #7).
+            refusal = Refusal(403, "Forbidden (the XMPP user refused)")
         if refusal is not None:
             self.refusals += 1
             log.info("jabber: SUBSCRIBE %s from %s refused: %d %s (Call-ID %s)",
@@ -239,16 +270,22 @@ class JabberGateway:
                 resp.headers.add("Retry-After", str(refusal.retry_after))
             self.presence.driver.respond(event, resp)
             return
-        jid = self._jid_of(presentity)
+        assert wjid is not None
         if jid is None or req.expires == 0:
-            await self.presence.subscribe(event, presentity, source, identity)
+            # A fetch is no subscription: it sees her presence only when she approved this
+            # watcher already, and nothing is asked of XMPP.
+            await self.presence.subscribe(event, presentity, source, identity,
+                                          authorized=answer is True)
             return
         # Reserve before the storage write yields, so concurrent SUBSCRIBEs see the count.
         mine = self._owned.setdefault(key, {})
         subs = mine.setdefault(jid, set())
         self._reserved[jid] = self._reserved.get(jid, 0) + 1
+        sub_id = None
         try:
-            await self.presence.subscribe(event, presentity, source, identity)
+            # Pending (RFC 6665 §4.2.2) until she approves this watcher's JID.
+            await self.presence.subscribe(event, presentity, source, identity,
+                                          authorized=answer is True)
         finally:
             n = self._reserved.pop(jid) - 1
             if n:
@@ -260,6 +297,11 @@ class JabberGateway:
                 mine.pop(jid, None)
                 if not mine:
                     self._owned.pop(key, None)
+        remote = self._remotes.get(jid)
+        if sub_id is not None and remote is not None and wjid not in remote.watchers:
+            remote.watchers[wjid] = None
+            if self.component.connected:
+                self.component.subscribe(wjid, jid)
 
     def check(self, req: Request, presentity: str, key: str) -> Refusal | None:
         """Whether the initial SUBSCRIBE `req` of watcher `key` for `presentity` may proceed.
@@ -423,10 +465,9 @@ class JabberGateway:
             remote = self._remotes.get(jid)
             if remote is None:
                 remote = self._remotes[jid] = _Remote()
-            first = not remote.presentities
             remote.presentities.add(presentity)
-            if first and announce and self.component.connected:
-                self._subscribe(jid)
+            # The XMPP subscription per SIP watcher goes out from `subscribe` (new dialogs)
+            # or `_on_connected` (dialogs loaded from storage).
         self._mark(presentity)
 
     def _unwatch(self, presentity: str) -> None:
@@ -438,7 +479,9 @@ class JabberGateway:
             remote.presentities.discard(presentity)
             if not remote.presentities:
                 del self._remotes[jid]
-                self.component.unsubscribe(self.gateway_jid, jid)
+                for wjid, answer in remote.watchers.items():
+                    if answer is not False:
+                        self.component.unsubscribe(wjid, jid)
         self._mark(presentity)  # flushes part None: the presentity is forgotten
 
     def _on_change(self, presentity: str, doc: PresenceDoc) -> None:
@@ -447,14 +490,44 @@ class JabberGateway:
         if contact is None or not contact.subscribers:
             return
         try:
-            pres = pidf_to_xmpp(doc)
-            if pres == contact.sent:
-                return
-            contact.sent = pres
-            for subscriber in contact.subscribers:
-                self.component.send_presence(contact.jid, subscriber, pres)
+            mapped: dict[int, XmppPresence] = {}  # once per distinct view, not per subscriber
+            for subscriber, view in contact.subscribers.items():
+                pres = mapped.get(id(view))
+                if pres is None:
+                    pres = mapped[id(view)] = _presence_for(presentity, doc, view)
+                if contact.sent.get(subscriber) != pres:
+                    # A politely blocked one got unavailable once and never hears more
+                    # (RFC 5025 §3.2.1: its timing would tell).
+                    contact.sent[subscriber] = pres
+                    self.component.send_presence(contact.jid, subscriber, pres)
         except Exception:
             log.exception("jabber: cannot send presence of %s", presentity)
+
+    async def _on_rules(self, presentity: str) -> None:
+        """Rules of a SIP user changed (XCAP, admin API, `presenced rules` + SIGUSR1, another
+        node): decide its XMPP watchers again, at once, as the notifier does its dialogs."""
+        contact = self._contacts.get(presentity)
+        if contact is None:
+            return
+        for subscriber in sorted(contact.pending):
+            self._admit(presentity, contact, subscriber, self._decide(presentity, subscriber))
+        for subscriber, view in list(contact.subscribers.items()):
+            decision = self._decide(presentity, subscriber)
+            if decision.handling in ("block", "confirm"):
+                # Revoked (RFC 6121 §3.2.1): unavailable first, then unsubscribed. An
+                # active watcher whose rules now say confirm ends too ("deactivated"), as a
+                # SIP one does; subscribing again it waits for the rules.
+                self.component.send_presence(contact.jid, subscriber, _UNAVAILABLE)
+                self.component.refuse(contact.jid, subscriber)
+                del contact.subscribers[subscriber]
+                contact.sent.pop(subscriber, None)
+                event = "rejected" if decision.handling == "block" else "deactivated"
+                self._winfo(presentity, subscriber, "terminated", event)
+            elif decision.view is not view:
+                contact.subscribers[subscriber] = decision.view
+                self._send_current(presentity, contact, subscriber)
+        if not contact.subscribers and not contact.pending:
+            del self._contacts[presentity]
 
     # --- XMPP events -------------------------------------------------------------------------
 
@@ -482,13 +555,14 @@ class JabberGateway:
 
     def _on_presence(self, event: PresenceChanged) -> None:
         bare, _, resource = event.from_jid.partition("/")
-        if event.to_jid.partition("/")[0] != self.gateway_jid:
-            # Directed presence to a SIP user's JID: not the subscription we keep, ignored.
-            log.debug("jabber: ignoring presence %s -> %s", event.from_jid, event.to_jid)
-            return
         remote = self._remotes.get(bare)
         if remote is None:
             log.debug("jabber: presence from unwatched %s dropped", event.from_jid)
+            return
+        if remote.watchers.get(event.to_jid.partition("/")[0]) is not True:
+            # Only presence she sends to a SIP watcher she approved (its dialogs alone see
+            # it): directed presence elsewhere, or answers to a probe, are no subscription.
+            log.debug("jabber: ignoring presence %s -> %s", event.from_jid, event.to_jid)
             return
         pres = event.presence
         if pres.available:
@@ -522,25 +596,31 @@ class JabberGateway:
             self._mark(presentity)
 
     def _on_subscribed(self, from_bare: str, to_bare: str) -> None:
-        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
-        if remote is not None:
-            remote.approved = True
-            log.info("jabber: %s approved the gateway's subscription", from_bare)
-            # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
-            # servers that do not.
-            self.component.probe(self.gateway_jid, from_bare)
+        remote = self._remotes.get(from_bare)
+        if remote is None or to_bare not in remote.watchers or remote.watchers[to_bare]:
+            return
+        remote.watchers[to_bare] = True
+        log.info("jabber: %s approved %s", from_bare, to_bare)
+        self.presence.background.spawn(self.presence.authorize(self._dialogs(remote, to_bare), True))
+        # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
+        # servers that do not.
+        self.component.probe(to_bare, from_bare)
 
     def _on_unsubscribed(self, from_bare: str, to_bare: str) -> None:
-        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
-        if remote is None:
+        remote = self._remotes.get(from_bare)
+        if remote is None or to_bare not in remote.watchers:
             return
-        # Refused or cancelled: SIP watchers stay subscribed and see closed.
-        log.info("jabber: %s refused or cancelled the gateway's subscription", from_bare)
-        remote.approved = False  # not asked again on reconnection while watched
-        remote.resources.clear()
-        remote.farewell = ()
-        for presentity in remote.presentities:
-            self._mark(presentity)
+        # Refused or revoked (RFC 6121 §3.1.4, §3.2): that watcher's dialogs end rejected,
+        # as a block rule ends a SIP watcher's; others she approved keep seeing her.
+        log.info("jabber: %s refused or revoked %s", from_bare, to_bare)
+        remote.watchers[to_bare] = False  # not asked again while she is watched
+        self.presence.background.spawn(
+            self.presence.authorize(self._dialogs(remote, to_bare), False))
+        if not any(remote.watchers.values()):
+            remote.resources.clear()
+            remote.farewell = ()
+            for presentity in remote.presentities:
+                self._mark(presentity)
 
     def _on_subscribe_request(self, from_bare: str, to_bare: str) -> None:
         aor = self._sip_user(to_bare)
@@ -556,8 +636,15 @@ class JabberGateway:
         if contact is None:
             self.component.refuse(to_bare, from_bare)
             return
-        self.component.approve(to_bare, from_bare)
-        self._send_current(aor, contact, from_bare)
+        if from_bare in contact.subscribers:
+            # Asked again (a re-sent request, or her server after a restart of ours):
+            # approved already, RFC 6121 §3.1.3 says answer "subscribed" again.
+            self.component.approve(to_bare, from_bare)
+            self._send_current(aor, contact, from_bare)
+            return
+        self._admit(aor, contact, from_bare, self._decide(aor, from_bare))
+        if not contact.subscribers and not contact.pending:
+            del self._contacts[aor]
 
     def _on_probe(self, from_jid: str, to_bare: str) -> None:
         aor = self._sip_user(to_bare)
@@ -566,11 +653,22 @@ class JabberGateway:
                 # Not someone we can speak for: no presence revealed (RFC 6121 §4.3.2).
                 self.component.refuse(to_bare, from_jid.partition("/")[0])
             return
-        # A probe means the prober's server holds a subscription we approved (perhaps before
-        # a restart of ours): re-learn the subscriber, then answer.
-        contact = self._contact(aor, to_bare, from_jid.partition("/")[0])
+        # A probe is no subscription: it is answered as the rules say now. Her server probes
+        # only a contact that approved her (RFC 6121 §4.3.1), perhaps before a restart of
+        # ours: when the rules would approve her anyway she is a subscriber again.
+        bare = from_jid.partition("/")[0]
+        decision = self._decide(aor, bare)
+        if decision.handling in ("block", "confirm"):
+            # Not authorized: no presence revealed, "unsubscribed" (RFC 6121 §4.3.2.1).
+            self.component.refuse(to_bare, bare)
+            return
+        contact = self._contact(aor, to_bare, bare)
         if contact is None:
             return
+        if bare not in contact.subscribers:
+            contact.pending.discard(bare)
+            contact.subscribers[bare] = decision.view
+            self._winfo(aor, bare, "active", "subscribe")
         self._send_current(aor, contact, from_jid)
 
     def _on_unsubscribe(self, from_bare: str, to_bare: str) -> None:
@@ -578,25 +676,35 @@ class JabberGateway:
         if aor is None:
             return
         contact = self._contacts.get(aor)
-        if contact is None or from_bare not in contact.subscribers:
+        if contact is None:
             return
-        contact.subscribers.discard(from_bare)
-        if not contact.subscribers:
+        if from_bare in contact.pending:  # she withdrew the request before alice decided
+            contact.pending.discard(from_bare)
+            self._winfo(aor, from_bare, "terminated", "timeout")
+        elif from_bare in contact.subscribers:
+            del contact.subscribers[from_bare]
+            contact.sent.pop(from_bare, None)
+            self._winfo(aor, from_bare, "terminated", "timeout")
+            # RFC 6121 §3.3.3: the contact's side sends unavailable to the former subscriber.
+            self.component.send_presence(to_bare, from_bare, _UNAVAILABLE)
+        else:
+            return
+        if not contact.subscribers and not contact.pending:
             del self._contacts[aor]
-        # RFC 6121 §3.3.3: the contact's side sends unavailable to the former subscriber.
-        self.component.send_presence(to_bare, from_bare, _UNAVAILABLE)
 
     def _on_connected(self) -> None:
         # Presentities loaded from storage at start-up may predate our listener; take them in.
         for presentity in self.presence.notifier.watched(SOURCE):
             self._watch(presentity, announce=False)
         self._stop_announcing()
-        # Only XMPP users still watched, and not those who refused; paced, not all at once.
-        self._announce.extend(j for j, r in self._remotes.items() if r.approved is not False)
+        # Only SIP watchers still subscribed, not those she refused; paced, not all at once.
+        for jid, remote in self._remotes.items():
+            self._learn_watchers(remote)
+            self._announce.extend((jid, w) for w, a in remote.watchers.items() if a is not False)
         if self._announce:
             self._announce_task = asyncio.get_running_loop().create_task(self._announcing())
         for aor, contact in self._contacts.items():
-            contact.sent = None
+            contact.sent.clear()
             for subscriber in list(contact.subscribers):
                 self._send_current(aor, contact, subscriber)
 
@@ -617,16 +725,21 @@ class JabberGateway:
         interval = 1.0 / self.resubscribe_rate
         try:
             while self._announce and self.component.connected:
-                jid = self._announce.popleft()
+                jid, wjid = self._announce.popleft()
                 remote = self._remotes.get(jid)
-                if remote is None or remote.approved is False:
-                    continue  # nobody watches it any more, or it said no
-                if remote.approved:
+                answer = remote.watchers.get(wjid, False) if remote is not None else False
+                if answer is False:
+                    continue  # nobody watches her any more, or she said no
+                if answer:
                     # Approved before: the roster on her server holds it (RFC 6121 §3.1.5);
                     # a probe brings her presence back.
-                    self.component.probe(self.gateway_jid, jid)
+                    self.component.probe(wjid, jid)
                 else:
-                    self._subscribe(jid)
+                    # Re-sending subscribe when already approved is harmless: the server
+                    # answers "subscribed" for the contact (RFC 6121 §3.1.3). No probe for a
+                    # pending one: Prosody answers an unapproved probe with "unsubscribed",
+                    # which also cancels the pending request (found by the tests).
+                    self.component.subscribe(wjid, jid)
                 await asyncio.sleep(interval)
         finally:
             if self._announce_task is asyncio.current_task():
@@ -638,11 +751,39 @@ class JabberGateway:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def _subscribe(self, jid: str) -> None:
-        # Re-sending subscribe when already approved is harmless: the server answers
-        # "subscribed" for the contact (RFC 6121 §3.1.3). No probe here: see the module
-        # docstring; `_on_subscribed` probes once approval is known.
-        self.component.subscribe(self.gateway_jid, jid)
+    def _watcher_jid(self, aor: str) -> str | None:
+        """The component JID of a SIP watcher of a served domain (``alice@example.com`` ->
+        ``alice*example.com@<component>``), None for others: the gateway speaks only for
+        its own users."""
+        user, at, host = aor.rpartition("@")
+        if not at or host.lower() not in self.served:
+            return None
+        return self.addressing.sip_user_as_jid(f"sip:{quote(user, safe=_USER_SAFE)}@{host}")
+
+    def _dialogs(self, remote: _Remote, wjid: str) -> list[str]:
+        """The live dialogs of one SIP watcher (by its JID) to one XMPP user."""
+        out = []
+        for presentity in remote.presentities:
+            for info in self.presence.notifier.watchers_of(presentity, PRESENCE):
+                r = info.record
+                if r.source == SOURCE and info.status != "terminated" and \
+                        self._watcher_jid(r.watcher) == wjid:
+                    out.append(r.id)
+        return out
+
+    def _learn_watchers(self, remote: _Remote) -> None:
+        """The SIP watchers of an XMPP user from the dialogs (loaded from storage at
+        start-up): an active dialog was approved, a pending one is still asked."""
+        for presentity in remote.presentities:
+            for info in self.presence.notifier.watchers_of(presentity, PRESENCE):
+                r = info.record
+                wjid = self._watcher_jid(r.watcher) if r.source == SOURCE else None
+                if wjid is None or info.status == "terminated":
+                    continue
+                if r.state == "active":
+                    remote.watchers[wjid] = True
+                else:
+                    remote.watchers.setdefault(wjid, None)
 
     def _sip_user(self, component_jid: str) -> str | None:
         """The presentity key ("user@host") of a served SIP user behind a component JID."""
@@ -662,24 +803,62 @@ class JabberGateway:
                 log.warning("jabber: %d SIP users watched from XMPP; refusing %s", len(self._contacts), aor)
                 return None
             contact = self._contacts[aor] = _Contact(jid)
-        if subscriber not in contact.subscribers:
-            if len(contact.subscribers) >= self.max_subscribers:
-                log.warning(
-                    "jabber: %s has %d XMPP subscribers; refusing %s",
-                    aor,
-                    len(contact.subscribers),
-                    subscriber,
-                )
-                return None
-            contact.subscribers.add(subscriber)
+        known = subscriber in contact.subscribers or subscriber in contact.pending
+        if not known and len(contact.subscribers) + len(contact.pending) >= self.max_subscribers:
+            log.warning("jabber: %s has %d XMPP watchers; refusing %s", aor,
+                        len(contact.subscribers) + len(contact.pending), subscriber)
+            if not contact.subscribers and not contact.pending:
+                del self._contacts[aor]
+            return None
         return contact
+
+    def _decide(self, aor: str, jid: str) -> Decision:
+        """Alice's rules ([pa] default_policy, RFC 4745/5025) for the XMPP watcher `jid`,
+        named by its xmpp: URI (RFC 5122), so ``<one id="xmpp:juliet@jabber.test"/>`` and
+        ``<many domain="jabber.test"/>`` match it."""
+        policy = self.presence.notifier.authz
+        if policy is None:
+            return _ALLOW
+        return policy.decide(aor, f"xmpp:{jid.casefold()}", self.presence.clock())
+
+    def _admit(self, aor: str, contact: _Contact, subscriber: str, decision: Decision) -> None:
+        """Apply a decision to a subscriber not yet approved (a request, or a pending one
+        whose rules changed): allow and polite-block approve, confirm waits, block refuses."""
+        handling = decision.handling
+        was_pending = subscriber in contact.pending
+        if handling == "confirm":
+            if not was_pending:
+                contact.pending.add(subscriber)
+                log.info("jabber: %s asks to see %s; pending until the rules allow it",
+                         subscriber, aor)
+                self._winfo(aor, subscriber, "pending", "subscribe")
+            return
+        contact.pending.discard(subscriber)
+        if handling == "block":
+            self.component.refuse(contact.jid, subscriber)
+            if was_pending:
+                self._winfo(aor, subscriber, "terminated", "rejected")
+            return
+        contact.subscribers[subscriber] = decision.view
+        self.component.approve(contact.jid, subscriber)
+        self._winfo(aor, subscriber, "active", "approved" if was_pending else "subscribe")
+        self._send_current(aor, contact, subscriber)
+
+    def _winfo(self, aor: str, jid: str, status: str, event: str) -> None:
+        """The XMPP watcher's entry in alice's presence.winfo (RFC 3858)."""
+        uri = f"xmpp:{jid}"
+        watcher = Watcher(stable_id(f"{aor} {uri}"), uri, status, event)
+        self.presence.background.spawn(self.presence.set_watcher(aor, uri, watcher))
 
     def _send_current(self, aor: str, contact: _Contact, to: str) -> None:
         doc = self.presence.notifier.document(aor)
         assert isinstance(doc, PresenceDoc)
-        pres = pidf_to_xmpp(doc)
+        bare = to.partition("/")[0]
+        if bare not in contact.subscribers:
+            return
+        pres = _presence_for(aor, doc, contact.subscribers[bare])
         if self.component.send_presence(contact.jid, to, pres):
-            contact.sent = pres
+            contact.sent[bare] = pres
 
     def _part(self, presentity: str) -> PresenceDoc | None:
         if presentity not in self._watched:
@@ -713,6 +892,19 @@ class JabberGateway:
                     log.exception("jabber: updating %s failed", presentity)
         finally:
             self._flush_task = None
+
+
+_ALLOW = Decision("allow", None)
+
+
+def _presence_for(presentity: str, doc: PresenceDoc, view: View | None) -> XmppPresence:
+    """What one XMPP subscriber sees of a SIP user: the document its rules' view keeps
+    (RFC 5025 §3.3), mapped (RFC 8048); polite-block: always unavailable."""
+    if view is None:
+        return pidf_to_xmpp(doc)
+    if view.offline:
+        return _UNAVAILABLE
+    return pidf_to_xmpp(apply_view(doc, view, presentity))
 
 
 def _no_event(_event: XmppEvent) -> None:
