@@ -1,21 +1,22 @@
 """The jabber gateway service: the XMPP component and the presence agent, bridged both ways.
 
 SIP -> XMPP (a SIP user watches ``sip:juliet*jabber.test@<gateway_domain>``)
-    The dispatcher routes the SUBSCRIBE to source "jabber"; the agent's `WatchStarted` reaches
-    `_on_watch`. One subscription per XMPP user, sent from the *component's own JID* (the bare
-    domain, e.g. ``gw.jabber.test``) which stands for the whole SIP side, as XEP-0100 transports
-    do. Not per watcher: the agent composes one document per presentity and every SIP watcher
-    sees it, so per-watcher XMPP approvals could not be honoured anyway; one JID keeps the
-    XMPP user's roster honest about who sees her. Only a subscribe is sent at first; the probe
-    waits for ``subscribed``, because Prosody answers a probe from a JID the user has not
-    approved with ``unsubscribed`` on her behalf, which also cancels the pending request (seen
-    in the integration tests). A subscribe she already approved is answered by her server with
-    ``subscribed`` and her current presence (RFC 6121 §3.1.3). Each resource's last available
-    presence is kept and mapped with `xmpp_to_pidf` into the part "xmpp"; unavailable from a
-    resource removes it, unavailable from the bare JID removes all.
-    Until the XMPP user approves, or after she refuses (``unsubscribed``), SIP watchers have an
-    *active* subscription whose document is closed (the agent's `closed_doc`). When the last
-    SIP watcher leaves (`WatchStopped`) the gateway unsubscribes and forgets the user.
+    The dispatcher routes the SUBSCRIBE to source "jabber". One XMPP subscription *per SIP
+    watcher*, sent from that watcher's own component JID (``romeo*example.com@<component>``),
+    so juliet's roster shows who asks and she approves each herself; her server keeps each
+    approval (it survives our restarts) and enforces it (issue 13: one approval of the whole
+    gateway let every SIP user see her). Per-watcher approval state inside presenced was the
+    alternative: it would hide from juliet who sees her. The dialog starts *pending* (RFC 6665
+    §4.2.2) unless she approved that JID already; ``subscribed`` makes that watcher's dialogs
+    active with the state, ``unsubscribed`` ends them ``rejected`` (and a new SUBSCRIBE of the
+    same watcher is refused 403 while she is watched). Only presence she sends to an approved
+    watcher JID counts; the document composed from it (the part "xmpp") reaches only dialogs
+    she approved, as the notifier sends nothing to pending ones. A fetch (Expires: 0) is no
+    subscription: nothing is asked of XMPP. Only a subscribe is sent at first; the probe waits
+    for ``subscribed``, because Prosody answers a probe from a JID the user has not approved
+    with ``unsubscribed`` on her behalf, which also cancels the pending request. When the last
+    SIP watcher leaves (`WatchStopped`) the gateway unsubscribes every watcher JID and forgets
+    her (one watcher leaving while others stay keeps its XMPP subscription until then).
 
 Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscription requests)
     The dispatcher hands an initial SUBSCRIBE for source "jabber" to `JabberGateway.subscribe`
@@ -32,13 +33,18 @@ Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscripti
     re-read from the agent's dialogs at start-up.
 
 XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
-    Policy: subscriptions to users of served SIP domains are approved at once, others refused.
-    The approved subscriber gets alice's current presence (`pidf_to_xmpp` of the agent's
-    document) and a new one whenever it changes (`NotifierService.change_listeners` fire on every
-    `set_part`, with or without SIP watchers; an unchanged mapping is not re-sent). Probes are
-    answered with the current presence. Subscribers live in memory only: after a presenced
-    restart a subscriber is re-learnt from its server's next probe (sent when the XMPP user logs
-    in, RFC 6121 §4.3.1), which is also answered.
+    A watcher like any other, named ``xmpp:juliet@jabber.test`` (RFC 5122 URI, the identity
+    RFC 4745 §7.1 compares): alice's rules or [pa] default_policy decide. allow: ``subscribed``
+    and her presence through the rule's transformations (RFC 5025 §3.3); confirm: no answer,
+    listed pending in alice's presence.winfo until a rule decides; polite-block:
+    ``subscribed`` and always unavailable; block: ``unsubscribed``. A rule change (the
+    notifier service's `rules_listeners`) applies at once: pending -> ``subscribed`` and the
+    presence, subscribed -> ``unsubscribed`` for block (confirm too: "deactivated"). Changes
+    reach subscribers through `NotifierService.change_listeners` (every `set_part`), mapped
+    once per distinct view. A probe is no subscription: answered as the rules say now
+    (``unsubscribed`` under confirm or block, RFC 6121 §4.3.2.1); under allow or polite-block
+    the prober is a subscriber again (her server probes only contacts that approved her, e.g.
+    before a restart of ours: XMPP subscribers live in memory only).
 
 Resilience
     On `Disconnected` every jabber presentity gets a closed part (SIP watchers see closed); on
