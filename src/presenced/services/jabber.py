@@ -68,7 +68,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Any, Protocol
 from urllib.parse import quote, unquote
+
+import msgspec
 
 from presenced.config import JabberConfig
 from presenced.jabber.addressing import Addressing, Unmappable
@@ -111,6 +114,20 @@ MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
 MAX_BUCKETS = 10_000  # rate buckets kept before full ones are swept out
 _USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 §25.1 user characters kept literal
 _FIND_DIALOG = 256  # newest agent dialogs searched for the one a SUBSCRIBE created
+
+
+class ClusterLink(Protocol):
+    """The cluster as the gateway sees it (cluster/leader.py `JabberLink`)."""
+
+    node_id: str
+
+    def publish(self, *fields: object) -> None: ...
+
+    async def dialogs(self, source: str) -> list[tuple[Subscription, str | None]]: ...
+
+
+_encode_doc = msgspec.msgpack.Encoder().encode
+_decode_doc = msgspec.msgpack.Decoder(PresenceDoc | None).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,6 +230,12 @@ class JabberGateway:
         self._dirty: dict[str, None] = {}  # ordered set of presentities to flush
         self._flush_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # In a cluster (docs/jabber.md "In a cluster"): set by the composition root. Only the
+        # leader holds the component; the others hand it their watches on the feed.
+        self.cluster: ClusterLink | None = None
+        self.leader = True
+        self._epoch = 0  # the leader's fencing epoch (the newest seen, on other nodes)
+        self._nodes_watching: dict[str, set[str]] = {}  # presentity -> nodes with watchers
         component.on_event = self.handle_event
         presence.watch_listeners.append(self._on_watch)
         presence.change_listeners.append(self._on_change)
@@ -304,7 +327,10 @@ class JabberGateway:
                 if not mine:
                     self._owned.pop(key, None)
         remote = self._remotes.get(jid)
-        if sub_id is not None and remote is not None and wjid not in remote.watchers:
+        if sub_id is not None and not self.leader and self.cluster is not None:
+            # The leader holds the component: it asks her (or tells us she said yes already).
+            self.cluster.publish("jw", self._epoch, presentity, wjid)
+        elif sub_id is not None and remote is not None and wjid not in remote.watchers:
             remote.watchers[wjid] = None
             if self.component.connected:
                 self.component.subscribe(wjid, jid)
@@ -424,7 +450,10 @@ class JabberGateway:
         """Start connecting (in the background); state is announced on each `Connected`."""
         self._stopping = False
         self._rebuild_owners()
-        await self.component.start()
+        if self.cluster is None:
+            await self.component.start()
+        else:
+            self.leader = False  # until the lease says otherwise (`become_leader`)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -438,6 +467,82 @@ class JabberGateway:
             except asyncio.CancelledError:
                 pass
         self._dirty.clear()
+
+    # --- cluster (docs/jabber.md "In a cluster") ---------------------------------------------
+
+    async def become_leader(self, epoch: int) -> None:
+        """This node took the component lease: learn every node's watches from Redis (the
+        dialogs and their owners), then connect; `Connected` re-announces them."""
+        assert self.cluster is not None
+        self._epoch = epoch
+        self.leader = True
+        for record, owner in await self.cluster.dialogs(SOURCE):
+            if record.event != PRESENCE or record.state not in ("active", "pending"):
+                continue
+            jid = self._jid_of(record.presentity)
+            wjid = self._watcher_jid(record.watcher)
+            if jid is None or wjid is None:
+                continue
+            self._watched[record.presentity] = jid
+            remote = self._remotes.setdefault(jid, _Remote())
+            remote.presentities.add(record.presentity)
+            if record.state == "active":
+                remote.watchers[wjid] = True
+            else:
+                remote.watchers.setdefault(wjid, None)
+            self._nodes_watching.setdefault(record.presentity, set()).add(
+                owner or self.cluster.node_id)
+        log.info("jabber: leader (epoch %d) for %d XMPP users watched in the cluster", epoch,
+                 len(self._remotes))
+        await self.component.start()
+
+    async def lose_leadership(self) -> None:
+        """The lease is gone (or we stop): no stanza from here any more."""
+        self.leader = False
+        self._stop_announcing()
+        await self.component.stop()
+        self._contacts.clear()  # XMPP subscribers: the next leader re-learns them (probes)
+
+    async def on_feed(self, kind: str, origin: str, rest: list[Any]) -> None:
+        """Another node's gateway message (cluster/node.py hands every "j..." kind here)."""
+        epoch = int(rest[0])
+        if kind in ("jp", "ja"):  # from a leader: an older one's are stale (fencing)
+            if epoch < self._epoch:
+                log.info("jabber: dropping %s of stale leader epoch %d", kind, epoch)
+                return
+            self._epoch = max(self._epoch, epoch)
+        if kind == "jp" and not self.leader:
+            presentity, doc = str(rest[1]), _decode_doc(rest[2])
+            if presentity in self._watched or doc is None:
+                await self.presence.set_part(presentity, PART, doc)
+        elif kind == "ja" and not self.leader:
+            jid, wjid, allow = str(rest[1]), str(rest[2]), bool(rest[3])
+            remote = self._remotes.get(jid)
+            if remote is not None:
+                remote.watchers[wjid] = allow
+                await self.presence.authorize(self._dialogs(remote, wjid), allow)
+        elif kind == "jw" and self.leader:
+            presentity, wjid = str(rest[1]), str(rest[2])
+            self._nodes_watching.setdefault(presentity, set()).add(origin)
+            self._watch(presentity)  # marks it: its current part goes out to every node
+            target = self._watched.get(presentity)
+            remote = self._remotes.get(target) if target is not None else None
+            if remote is None or target is None:
+                return
+            if wjid not in remote.watchers:
+                remote.watchers[wjid] = None
+                if self.component.connected:
+                    self.component.subscribe(wjid, target)
+            elif remote.watchers[wjid] is not None and self.cluster is not None:
+                self.cluster.publish("ja", self._epoch, target, wjid, remote.watchers[wjid])
+        elif kind == "ju" and self.leader:
+            presentity = str(rest[1])
+            nodes = self._nodes_watching.get(presentity)
+            if nodes is not None:
+                nodes.discard(origin)
+                if not nodes:
+                    del self._nodes_watching[presentity]
+                    self._unwatch(presentity)
 
     # --- introspection (tests, admin) ------------------------------------------------------
 
@@ -455,9 +560,24 @@ class JabberGateway:
     def _on_watch(self, presentity: str, source: str, started: bool) -> None:
         if source != SOURCE:
             return
+        if self.cluster is None:
+            if started:
+                self._watch(presentity)
+            else:
+                self._unwatch(presentity)
+            return
+        me = self.cluster.node_id
         if started:
+            self._nodes_watching.setdefault(presentity, set()).add(me)
             self._watch(presentity)
-        else:
+            return
+        nodes = self._nodes_watching.get(presentity, set())
+        nodes.discard(me)
+        if not self.leader:
+            self.cluster.publish("ju", self._epoch, presentity)
+            self._forget(presentity)
+        elif not nodes:
+            self._nodes_watching.pop(presentity, None)
             self._unwatch(presentity)
 
     def _watch(self, presentity: str, announce: bool = True) -> None:
@@ -475,6 +595,15 @@ class JabberGateway:
             # The XMPP subscription per SIP watcher goes out from `subscribe` (new dialogs)
             # or `_on_connected` (dialogs loaded from storage).
         self._mark(presentity)
+
+    def _forget(self, presentity: str) -> None:
+        """A non-leader's mirror of a presentity nobody here watches any more."""
+        jid = self._watched.pop(presentity, None)
+        remote = self._remotes.get(jid) if jid else None
+        if jid is not None and remote is not None:
+            remote.presentities.discard(presentity)
+            if not remote.presentities:
+                del self._remotes[jid]
 
     def _unwatch(self, presentity: str) -> None:
         if presentity not in self._watched:
@@ -607,6 +736,8 @@ class JabberGateway:
             return
         remote.watchers[to_bare] = True
         log.info("jabber: %s approved %s", from_bare, to_bare)
+        if self.cluster is not None:
+            self.cluster.publish("ja", self._epoch, from_bare, to_bare, True)
         self.presence.background.spawn(self.presence.authorize(self._dialogs(remote, to_bare), True))
         # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
         # servers that do not.
@@ -620,6 +751,8 @@ class JabberGateway:
         # as a block rule ends a SIP watcher's; others she approved keep seeing her.
         log.info("jabber: %s refused or revoked %s", from_bare, to_bare)
         remote.watchers[to_bare] = False  # not asked again while she is watched
+        if self.cluster is not None:
+            self.cluster.publish("ja", self._epoch, from_bare, to_bare, False)
         self.presence.background.spawn(
             self.presence.authorize(self._dialogs(remote, to_bare), False))
         if not any(remote.watchers.values()):
@@ -883,6 +1016,8 @@ class JabberGateway:
         return xmpp_to_pidf(entity_of(presentity), remote.resources)
 
     def _mark(self, presentity: str) -> None:
+        if not self.leader:
+            return  # the leader computes the part and hands it to every node
         self._dirty[presentity] = None
         if self._flush_task is None and not self._stopping:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
@@ -893,7 +1028,10 @@ class JabberGateway:
                 presentity = next(iter(self._dirty))
                 del self._dirty[presentity]
                 try:
-                    await self.presence.set_part(presentity, PART, self._part(presentity))
+                    part = self._part(presentity)
+                    await self.presence.set_part(presentity, PART, part)
+                    if self.cluster is not None and self.leader:
+                        self.cluster.publish("jp", self._epoch, presentity, _encode_doc(part))
                 except Exception:
                     log.exception("jabber: updating %s failed", presentity)
         finally:
