@@ -799,10 +799,7 @@ def _check_cluster(config: Config) -> None:
             parse_host_port(cluster.advertise)
         except ValueError as exc:
             raise ConfigError("cluster.advertise", f"{exc} (got {cluster.advertise!r})") from None
-    if config.jabber is not None:
-        # One component connection per domain: the leader lease is not built yet.
-        raise ConfigError("jabber", "the XMPP gateway does not run in a cluster yet "
-                                    "(one node must hold the component connection)")
+    # [jabber] in a cluster: one node at a time holds the component (cluster/leader.py).
 
 
 def _check_jabber(jabber: JabberConfig) -> None:

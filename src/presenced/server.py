@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote
 
 from presenced import __version__, sdnotify
+from presenced.cluster.leader import ComponentLease, JabberLink
 from presenced.cluster.node import ClusterNode
 from presenced.cluster.store import ClusterStore, ClusterUnavailable
 from presenced.config import (
@@ -145,6 +146,7 @@ class Server:
         self.xcap: XcapServer | None = None
         self.request_log: RequestLog | None = None
         self.cluster: ClusterNode | None = None
+        self.jabber_lease: ComponentLease | None = None
 
     async def start(self) -> None:
         cfg = self.config
@@ -341,6 +343,13 @@ class Server:
             assert cfg.cluster is not None or cfg.server.workers > 1
             lease = cfg.cluster.lease_time if cfg.cluster is not None else 5.0
             self.cluster = ClusterNode(store, replica, node_hosts, lease)
+            if self.jabber is not None:
+                # One component connection per domain: the lease holder connects, the others
+                # hand it their watches on the feed (docs/jabber.md "In a cluster").
+                self.jabber.cluster = JabberLink(store)
+                replica.jabber_handler = self.jabber.on_feed
+                self.jabber_lease = ComponentLease(store, lease, self.jabber.become_leader,
+                                                   self.jabber.lose_leadership)
             await self.cluster.join()  # the feed first: no change after the load is missed
             # --- cluster (end) ---
         # State first, network second, owed notifications last. Bindings load before the
@@ -422,6 +431,8 @@ class Server:
         # --- jabber gateway start (begin) ---
         if self.jabber is not None:
             await self.jabber.start()  # connects in the background, re-announces on Connected
+            if self.jabber_lease is not None:
+                self.jabber_lease.start()  # the leader connects (become_leader)
         # --- jabber gateway start (end) ---
         # --- admin server start (begin) ---
         if cfg.admin is not None:
@@ -534,6 +545,8 @@ class Server:
             await self.xcap.stop()
         # --- xcap server stop (end) ---
         # --- jabber gateway stop (begin) ---
+        if self.jabber_lease is not None:
+            await self.jabber_lease.stop()  # drops the component, then the lease
         if self.jabber is not None:
             await self.jabber.stop()
         # --- jabber gateway stop (end) ---

@@ -32,6 +32,7 @@ COMPONENT = "gw.jabber.test"  # the XMPP side's name for presenced (XEP-0114 com
 GATEWAY = "gw.example.com"  # the SIP side's name for the XMPP world
 DOMAIN = "example.com"  # the SIP domain presenced serves
 ALICE_JID = f"alice*{DOMAIN}@{COMPONENT}"
+ROMEO_JID = f"romeo*{DOMAIN}@{COMPONENT}"  # the SIP user romeo, as the XMPP side sees him
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +113,7 @@ def _next_doc(
     seen: list[PresenceDoc] | None = None,
 ) -> tuple[PresenceDoc, Request]:
     """Consume NOTIFYs until one whose PIDF body satisfies `pred`; the skipped ones are
-    appended to `seen`."""
+    appended to `seen`; pending ones (no body) are skipped."""
     deadline = time.monotonic() + timeout
     if seen is None:
         seen = []
@@ -122,6 +123,8 @@ def _next_doc(
             notify = client.expect_request("NOTIFY", timeout=max(0.01, left))
         except SipTimeout:
             raise AssertionError(f"no matching NOTIFY in {timeout} s; saw {seen}") from None
+        if not notify.body:
+            continue
         doc = decode_pidf(notify.body)
         if pred(doc):
             return doc, notify
@@ -148,18 +151,18 @@ async def test_sip_watcher_sees_xmpp_user_open_with_show_and_french_status_rfc80
     await juliet.connect(initial_presence=False)
     sip = SipClient(presenced.addr, "udp", user="romeo", domain=DOMAIN)
     try:
-        # Before juliet approves: an active subscription whose document is closed.
+        # Before juliet approves: pending (RFC 6665 §4.2.2), no presence at all.
         dlg = await asyncio.to_thread(_subscribe, sip, f"sip:juliet*jabber.test@{GATEWAY}")
-        doc, notify = await asyncio.to_thread(_next_doc, sip, lambda d: True)
-        assert _is_closed(doc)
-        assert notify.headers.get("Subscription-State", "").startswith("active")
+        notify = await asyncio.to_thread(sip.expect_request, "NOTIFY", 5.0)
+        assert notify.headers.get("Subscription-State", "").startswith("pending")
+        assert not notify.body
 
-        # The gateway subscribed from its own JID. Juliet goes available (away, in French);
-        # the request is delivered to available resources only (RFC 6121 §3.1.3), she approves
-        # and her server sends her current presence to the gateway (RFC 6121 §3.1.5).
+        # The gateway subscribed from romeo's own JID. Juliet goes available (away, in
+        # French); the request is delivered to available resources only (RFC 6121 §3.1.3),
+        # she approves and her server sends her current presence to romeo's JID (§3.1.5).
         juliet.send(show="away", statuses=(("Parti déjeuner", "fr"),))
-        await juliet.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == COMPONENT)
-        juliet.send("subscribed", to=COMPONENT)
+        await juliet.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == ROMEO_JID)
+        juliet.send("subscribed", to=ROMEO_JID)
 
         doc, notify = await asyncio.to_thread(
             _next_doc, sip, lambda d: d.basic == "open" and "away" in _activities(d)
@@ -180,7 +183,7 @@ async def test_sip_watcher_sees_xmpp_user_open_with_show_and_french_status_rfc80
             )
         )
         assert r.status == 200
-        await juliet.wait(lambda p: p["type"] == "unsubscribe" and p["from"].bare == COMPONENT)
+        await juliet.wait(lambda p: p["type"] == "unsubscribe" and p["from"].bare == ROMEO_JID)
     finally:
         sip.close()
 
@@ -323,12 +326,13 @@ async def test_prosody_restart_closes_then_presence_flows_again_without_sip_acti
 
 
 async def _approved_watch(sip: SipClient, xmpp: XmppUser, uri: str) -> Any:
-    """SUBSCRIBE `uri`, have the XMPP user approve the gateway, wait for her open presence."""
+    """SUBSCRIBE `uri` (as romeo), have the XMPP user approve him, wait for her presence."""
     dlg = await asyncio.to_thread(_subscribe, sip, uri)
-    await asyncio.to_thread(_next_doc, sip, _is_closed)  # pending approval: closed
+    notify = await asyncio.to_thread(sip.expect_request, "NOTIFY", 5.0)
+    assert str(notify.headers.get("Subscription-State")).startswith("pending")
     xmpp.send()  # available
-    await xmpp.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == COMPONENT)
-    xmpp.send("subscribed", to=COMPONENT)
+    await xmpp.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == ROMEO_JID)
+    xmpp.send("subscribed", to=ROMEO_JID)
     await asyncio.to_thread(_next_doc, sip, lambda d: d.basic == "open")
     return dlg
 
@@ -344,7 +348,11 @@ async def test_unavailable_status_text_reaches_sip_watchers_as_a_note(
     try:
         await _approved_watch(sip, juliet, f"sip:juliet*jabber.test@{GATEWAY}")
         juliet.send("unavailable", statuses=(("bye", "en"),))
-        doc, notify = await asyncio.to_thread(_next_doc, sip, _is_closed)
+
+        def farewell(d: PresenceDoc) -> bool:
+            return _is_closed(d) and any(n.text == "bye" for t in d.tuples for n in t.notes)
+
+        doc, notify = await asyncio.to_thread(_next_doc, sip, farewell)
         notes = [(n.text, n.lang) for t in doc.tuples for n in t.notes]
         assert notes == [("bye", "en")], notify.body
         juliet.send()

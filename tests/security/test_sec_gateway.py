@@ -19,6 +19,8 @@ from prosody import ProsodyServer, available
 from xmpp_client import XmppUser
 
 COMPONENT = "gw.jabber.test"
+# The gateway asks each XMPP user once per SIP watcher, from that watcher's own JID.
+MALLORY_JID = "mallory*example.com@gw.jabber.test"
 GATEWAY = "gw.example.com"
 DOMAIN = "example.com"
 CAP = 3
@@ -84,7 +86,7 @@ def _requests_from_gateway(user: XmppUser, since: int = 0) -> int:
     return sum(
         1
         for p in user.presences[since:]
-        if p["type"] == "subscribe" and p["from"].bare == COMPONENT
+        if p["type"] == "subscribe" and p["from"].bare == MALLORY_JID
     )
 
 
@@ -139,8 +141,8 @@ async def test_after_prosody_restart_no_request_for_users_nobody_watches(
             r = await asyncio.to_thread(_subscribe, sip, uri)
             assert r.status == 200, r
             dialogs[u.jid] = sip.dialog(r)
-        await kept.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == COMPONENT)
-        await dropped.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == COMPONENT)
+        await kept.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == MALLORY_JID)
+        await dropped.wait(lambda p: p["type"] == "subscribe" and p["from"].bare == MALLORY_JID)
         # The SIP user stops watching one of them: the gateway unsubscribes from her.
         d = dialogs[dropped.jid]
         r = await asyncio.to_thread(

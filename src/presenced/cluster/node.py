@@ -57,6 +57,9 @@ class Replica(Protocol):
     async def rules_changed(self) -> None:
         """A user's presence rules changed (on another node, or while the feed was lost)."""
 
+    async def jabber(self, kind: str, origin: str, rest: list[Any]) -> None:
+        """A message of another node's XMPP gateway (leader or not)."""
+
 
 class ClusterNode:
     def __init__(self, store: ClusterStore, replica: Replica, hosts: Iterable[str],
@@ -254,3 +257,5 @@ class ClusterNode:
             await r.release([str(i) for i in rest[0]])
         elif kind == "r":
             await r.rules_changed()
+        elif kind.startswith("j"):  # the XMPP gateway's messages (cluster/leader.py)
+            await r.jabber(kind, origin, rest)

@@ -335,6 +335,9 @@ class Notifier:
         # flush_winfo(), and the ended watchers not yet shown ("offline winfo").
         self.winfo_dirty: set[str] = set()
         self._ended: dict[str, list[Watcher]] = {}
+        # Watchers that hold no SIP dialog here (the XMPP gateway's subscribers): presentity
+        # -> key -> its winfo entry, listed beside the dialogs (`set_watcher`).
+        self._foreign: dict[str, dict[str, Watcher]] = {}
         if WINFO in self.packages:
             self._providers[WINFO] = self._watcher_parts
 
@@ -969,8 +972,30 @@ class Notifier:
                 r = dlg.record
                 watchers.append(Watcher(stable_id(r.id), r.remote_uri, r.state,
                                         "approved" if dlg.approved else "subscribe"))
+        foreign = self._foreign.get(presentity)
+        if foreign:
+            watchers.extend(foreign.values())
         watchers.extend(self._ended.get(presentity, ()))
         return {WINFO_PART: WatcherList(tuple(watchers))}
+
+    def set_watcher(self, presentity: str, key: str, watcher: Watcher | None) -> None:
+        """A watcher of `presentity`'s presence that is no SIP dialog of ours (an XMPP user
+        subscribed through the gateway) came, changed or went: its winfo entry (RFC 3858), or
+        None to drop it. A terminated entry is shown once, like an ended dialog's."""
+        foreign = self._foreign.setdefault(presentity, {})
+        if watcher is None or watcher.status == "terminated":
+            gone = foreign.pop(key, None)
+            if watcher is not None and gone is not None:
+                ended = self._ended.setdefault(presentity, [])
+                ended.append(watcher)
+                del ended[:-MAX_ENDED_WATCHERS]
+        else:
+            if foreign.get(key) == watcher:
+                return
+            foreign[key] = watcher
+        if not foreign:
+            del self._foreign[presentity]
+        self._winfo_mark(presentity)
 
     def _winfo_mark(self, presentity: str) -> None:
         if (WINFO, presentity) in self.resources:

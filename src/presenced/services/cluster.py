@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
 
 from presenced.pa.records import Binding, Publication, Subscription
 from presenced.services.notifier import NotifierService
@@ -30,6 +31,8 @@ class ClusterReplica:
         self.registrar = registrar
         self.publish = publish
         self._accept_hosts = accept_hosts
+        # The XMPP gateway's feed handler (`JabberGateway.on_feed`), when [jabber] is on.
+        self.jabber_handler: Callable[[str, str, list[Any]], Awaitable[None]] | None = None
 
     async def binding(self, aor: str, contact: str, binding: Binding | None, expired: bool) -> None:
         await self.registrar.apply_remote(aor, contact, binding, expired)
@@ -42,6 +45,10 @@ class ClusterReplica:
 
     async def adopt(self, records: list[Subscription]) -> None:
         await self.notifications.adopt(records)
+
+    async def jabber(self, kind: str, origin: str, rest: list[Any]) -> None:
+        if self.jabber_handler is not None:
+            await self.jabber_handler(kind, origin, rest)
 
     async def rules_changed(self) -> None:
         if self._rules is not None:

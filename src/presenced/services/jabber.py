@@ -1,21 +1,22 @@
 """The jabber gateway service: the XMPP component and the presence agent, bridged both ways.
 
 SIP -> XMPP (a SIP user watches ``sip:juliet*jabber.test@<gateway_domain>``)
-    The dispatcher routes the SUBSCRIBE to source "jabber"; the agent's `WatchStarted` reaches
-    `_on_watch`. One subscription per XMPP user, sent from the *component's own JID* (the bare
-    domain, e.g. ``gw.jabber.test``) which stands for the whole SIP side, as XEP-0100 transports
-    do. Not per watcher: the agent composes one document per presentity and every SIP watcher
-    sees it, so per-watcher XMPP approvals could not be honoured anyway; one JID keeps the
-    XMPP user's roster honest about who sees her. Only a subscribe is sent at first; the probe
-    waits for ``subscribed``, because Prosody answers a probe from a JID the user has not
-    approved with ``unsubscribed`` on her behalf, which also cancels the pending request (seen
-    in the integration tests). A subscribe she already approved is answered by her server with
-    ``subscribed`` and her current presence (RFC 6121 §3.1.3). Each resource's last available
-    presence is kept and mapped with `xmpp_to_pidf` into the part "xmpp"; unavailable from a
-    resource removes it, unavailable from the bare JID removes all.
-    Until the XMPP user approves, or after she refuses (``unsubscribed``), SIP watchers have an
-    *active* subscription whose document is closed (the agent's `closed_doc`). When the last
-    SIP watcher leaves (`WatchStopped`) the gateway unsubscribes and forgets the user.
+    The dispatcher routes the SUBSCRIBE to source "jabber". One XMPP subscription *per SIP
+    watcher*, sent from that watcher's own component JID (``romeo*example.com@<component>``),
+    so juliet's roster shows who asks and she approves each herself; her server keeps each
+    approval (it survives our restarts) and enforces it (issue 13: one approval of the whole
+    gateway let every SIP user see her). Per-watcher approval state inside presenced was the
+    alternative: it would hide from juliet who sees her. The dialog starts *pending* (RFC 6665
+    §4.2.2) unless she approved that JID already; ``subscribed`` makes that watcher's dialogs
+    active with the state, ``unsubscribed`` ends them ``rejected`` (and a new SUBSCRIBE of the
+    same watcher is refused 403 while she is watched). Only presence she sends to an approved
+    watcher JID counts; the document composed from it (the part "xmpp") reaches only dialogs
+    she approved, as the notifier sends nothing to pending ones. A fetch (Expires: 0) is no
+    subscription: nothing is asked of XMPP. Only a subscribe is sent at first; the probe waits
+    for ``subscribed``, because Prosody answers a probe from a JID the user has not approved
+    with ``unsubscribed`` on her behalf, which also cancels the pending request. When the last
+    SIP watcher leaves (`WatchStopped`) the gateway unsubscribes every watcher JID and forgets
+    her (one watcher leaving while others stay keeps its XMPP subscription until then).
 
 Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscription requests)
     The dispatcher hands an initial SUBSCRIBE for source "jabber" to `JabberGateway.subscribe`
@@ -32,13 +33,18 @@ Admission (issue 9 #7: one SIP user made the gateway spray 1,200 XMPP subscripti
     re-read from the agent's dialogs at start-up.
 
 XMPP -> SIP (an XMPP user watches ``alice*example.com@<component>``)
-    Policy: subscriptions to users of served SIP domains are approved at once, others refused.
-    The approved subscriber gets alice's current presence (`pidf_to_xmpp` of the agent's
-    document) and a new one whenever it changes (`NotifierService.change_listeners` fire on every
-    `set_part`, with or without SIP watchers; an unchanged mapping is not re-sent). Probes are
-    answered with the current presence. Subscribers live in memory only: after a presenced
-    restart a subscriber is re-learnt from its server's next probe (sent when the XMPP user logs
-    in, RFC 6121 §4.3.1), which is also answered.
+    A watcher like any other, named ``xmpp:juliet@jabber.test`` (RFC 5122 URI, the identity
+    RFC 4745 §7.1 compares): alice's rules or [pa] default_policy decide. allow: ``subscribed``
+    and her presence through the rule's transformations (RFC 5025 §3.3); confirm: no answer,
+    listed pending in alice's presence.winfo until a rule decides; polite-block:
+    ``subscribed`` and always unavailable; block: ``unsubscribed``. A rule change (the
+    notifier service's `rules_listeners`) applies at once: pending -> ``subscribed`` and the
+    presence, subscribed -> ``unsubscribed`` for block (confirm too: "deactivated"). Changes
+    reach subscribers through `NotifierService.change_listeners` (every `set_part`), mapped
+    once per distinct view. A probe is no subscription: answered as the rules say now
+    (``unsubscribed`` under confirm or block, RFC 6121 §4.3.2.1); under allow or polite-block
+    the prober is a subscriber again (her server probes only contacts that approved her, e.g.
+    before a restart of ours: XMPP subscribers live in memory only).
 
 Resilience
     On `Disconnected` every jabber presentity gets a closed part (SIP watchers see closed); on
@@ -62,7 +68,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from urllib.parse import unquote
+from typing import Any, Protocol
+from urllib.parse import quote, unquote
+
+import msgspec
 
 from presenced.config import JabberConfig
 from presenced.jabber.addressing import Addressing, Unmappable
@@ -79,9 +88,14 @@ from presenced.jabber.component import (
     XmppEvent,
 )
 from presenced.jabber.mapping import XmppPresence, pidf_to_xmpp, xmpp_to_pidf
+from presenced.pa.documents.pidf import stable_id
 from presenced.pa.model import Note, PresenceDoc
 from presenced.pa.packages.presence import closed_doc, entity_of
+from presenced.pa.packages.winfo import Watcher
+from presenced.pa.policy.evaluate import Decision, View
+from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
+from presenced.pa.subscription import PRESENCE
 from presenced.services.notifier import NotifierService
 from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import Request, make_response
@@ -98,7 +112,22 @@ _UNAVAILABLE = XmppPresence(available=False)
 
 MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
 MAX_BUCKETS = 10_000  # rate buckets kept before full ones are swept out
+_USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 §25.1 user characters kept literal
 _FIND_DIALOG = 256  # newest agent dialogs searched for the one a SUBSCRIBE created
+
+
+class ClusterLink(Protocol):
+    """The cluster as the gateway sees it (cluster/leader.py `JabberLink`)."""
+
+    node_id: str
+
+    def publish(self, *fields: object) -> None: ...
+
+    async def dialogs(self, source: str) -> list[tuple[Subscription, str | None]]: ...
+
+
+_encode_doc = msgspec.msgpack.Encoder().encode
+_decode_doc = msgspec.msgpack.Decoder(PresenceDoc | None).decode
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,28 +141,40 @@ class Refusal:
 
 class _Remote:
     """An XMPP user some SIP users watch: the presentities that stand for it, its resources,
-    and its answer to the gateway's subscription (None pending, True approved, False refused).
-    `farewell`: the status texts of the unavailable that took its last resource ("bye"),
-    which SIP watchers see as notes of the closed tuple until it comes back."""
+    and its answer per SIP watcher: watcher JID (``alice*example.com@<component>``) -> None
+    pending, True approved, False refused. `farewell`: the status texts of the unavailable
+    that took its last resource ("bye"), which SIP watchers see as notes of the closed tuple
+    until it comes back."""
 
-    __slots__ = ("approved", "farewell", "presentities", "resources")
+    __slots__ = ("farewell", "presentities", "resources", "watchers")
 
     def __init__(self) -> None:
         self.presentities: set[str] = set()
         self.resources: dict[str, XmppPresence] = {}
-        self.approved: bool | None = None
+        self.watchers: dict[str, bool | None] = {}
         self.farewell: tuple[tuple[str, str | None], ...] = ()
+
+    @property
+    def approved(self) -> bool | None:
+        """True when any SIP watcher is approved, False when all refused, else None."""
+        answers = self.watchers.values()
+        if any(a is True for a in answers):
+            return True
+        return False if answers and all(a is False for a in answers) else None
 
 
 class _Contact:
-    """A SIP user some XMPP users watch: its component JID, subscribers, last presence sent."""
+    """A SIP user some XMPP users watch: its component JID; its approved subscribers, each
+    with the `View` its rules grant (None: everything); those awaiting the rules (confirm);
+    the last presence sent to each."""
 
-    __slots__ = ("jid", "sent", "subscribers")
+    __slots__ = ("jid", "pending", "sent", "subscribers")
 
     def __init__(self, jid: str) -> None:
         self.jid = jid
-        self.subscribers: set[str] = set()
-        self.sent: XmppPresence | None = None
+        self.subscribers: dict[str, View | None] = {}
+        self.pending: set[str] = set()
+        self.sent: dict[str, XmppPresence] = {}
 
 
 class JabberGateway:
@@ -177,7 +218,8 @@ class JabberGateway:
         self._owned: dict[str, dict[str, set[str]]] = {}
         self._reserved: dict[str, int] = {}  # JIDs admitted but not yet watched -> count
         self._buckets: dict[str, tuple[float, float]] = {}  # watcher key -> (tokens, at)
-        self._announce: deque[str] = deque()  # JIDs to re-announce after a reconnection
+        # (XMPP user, SIP watcher JID) to re-announce after a reconnection
+        self._announce: deque[tuple[str, str]] = deque()
         self._announce_task: asyncio.Task[None] | None = None
         self.refusals = 0
         # The JID that subscribes to XMPP users on behalf of every SIP watcher.
@@ -188,9 +230,16 @@ class JabberGateway:
         self._dirty: dict[str, None] = {}  # ordered set of presentities to flush
         self._flush_task: asyncio.Task[None] | None = None
         self._stopping = False
+        # In a cluster (docs/jabber.md "In a cluster"): set by the composition root. Only the
+        # leader holds the component; the others hand it their watches on the feed.
+        self.cluster: ClusterLink | None = None
+        self.leader = True
+        self._epoch = 0  # the leader's fencing epoch (the newest seen, on other nodes)
+        self._nodes_watching: dict[str, set[str]] = {}  # presentity -> nodes with watchers
         component.on_event = self.handle_event
         presence.watch_listeners.append(self._on_watch)
         presence.change_listeners.append(self._on_change)
+        presence.rules_listeners.append(self._on_rules)
 
     @classmethod
     def from_config(
@@ -230,6 +279,17 @@ class JabberGateway:
         req = event.request
         key = identity or self._owner_of_request(req, event.peer.host)
         refusal = self.check(req, presentity, key)
+        jid = self._jid_of(presentity)
+        # Each SIP watcher is its own JID, which the XMPP user approves herself.
+        wjid = self._watcher_jid(identity or req.from_.uri.aor)
+        if refusal is None and wjid is None:
+            refusal = Refusal(403, "Forbidden (the watcher has no XMPP address)")
+        remote = self._remotes.get(jid) if jid is not None else None
+        answer = remote.watchers.get(wjid) if remote is not None and wjid is not None else None
+        if refusal is None and answer is False:
+            # She refused this watcher (RFC 6121 §3.1.4) while others still watch her: not
+            # asked again until the gateway forgets her (the spam of issue 9 #7).
+            refusal = Refusal(403, "Forbidden (the XMPP user refused)")
         if refusal is not None:
             self.refusals += 1
             log.info("jabber: SUBSCRIBE %s from %s refused: %d %s (Call-ID %s)",
@@ -239,16 +299,22 @@ class JabberGateway:
                 resp.headers.add("Retry-After", str(refusal.retry_after))
             self.presence.driver.respond(event, resp)
             return
-        jid = self._jid_of(presentity)
+        assert wjid is not None
         if jid is None or req.expires == 0:
-            await self.presence.subscribe(event, presentity, source, identity)
+            # A fetch is no subscription: it sees her presence only when she approved this
+            # watcher already, and nothing is asked of XMPP.
+            await self.presence.subscribe(event, presentity, source, identity,
+                                          authorized=answer is True)
             return
         # Reserve before the storage write yields, so concurrent SUBSCRIBEs see the count.
         mine = self._owned.setdefault(key, {})
         subs = mine.setdefault(jid, set())
         self._reserved[jid] = self._reserved.get(jid, 0) + 1
+        sub_id = None
         try:
-            await self.presence.subscribe(event, presentity, source, identity)
+            # Pending (RFC 6665 §4.2.2) until she approves this watcher's JID.
+            await self.presence.subscribe(event, presentity, source, identity,
+                                          authorized=answer is True)
         finally:
             n = self._reserved.pop(jid) - 1
             if n:
@@ -260,6 +326,14 @@ class JabberGateway:
                 mine.pop(jid, None)
                 if not mine:
                     self._owned.pop(key, None)
+        remote = self._remotes.get(jid)
+        if sub_id is not None and not self.leader and self.cluster is not None:
+            # The leader holds the component: it asks her (or tells us she said yes already).
+            self.cluster.publish("jw", self._epoch, presentity, wjid)
+        elif sub_id is not None and remote is not None and wjid not in remote.watchers:
+            remote.watchers[wjid] = None
+            if self.component.connected:
+                self.component.subscribe(wjid, jid)
 
     def check(self, req: Request, presentity: str, key: str) -> Refusal | None:
         """Whether the initial SUBSCRIBE `req` of watcher `key` for `presentity` may proceed.
@@ -376,7 +450,10 @@ class JabberGateway:
         """Start connecting (in the background); state is announced on each `Connected`."""
         self._stopping = False
         self._rebuild_owners()
-        await self.component.start()
+        if self.cluster is None:
+            await self.component.start()
+        else:
+            self.leader = False  # until the lease says otherwise (`become_leader`)
 
     async def stop(self) -> None:
         self._stopping = True
@@ -390,6 +467,82 @@ class JabberGateway:
             except asyncio.CancelledError:
                 pass
         self._dirty.clear()
+
+    # --- cluster (docs/jabber.md "In a cluster") ---------------------------------------------
+
+    async def become_leader(self, epoch: int) -> None:
+        """This node took the component lease: learn every node's watches from Redis (the
+        dialogs and their owners), then connect; `Connected` re-announces them."""
+        assert self.cluster is not None
+        self._epoch = epoch
+        self.leader = True
+        for record, owner in await self.cluster.dialogs(SOURCE):
+            if record.event != PRESENCE or record.state not in ("active", "pending"):
+                continue
+            jid = self._jid_of(record.presentity)
+            wjid = self._watcher_jid(record.watcher)
+            if jid is None or wjid is None:
+                continue
+            self._watched[record.presentity] = jid
+            remote = self._remotes.setdefault(jid, _Remote())
+            remote.presentities.add(record.presentity)
+            if record.state == "active":
+                remote.watchers[wjid] = True
+            else:
+                remote.watchers.setdefault(wjid, None)
+            self._nodes_watching.setdefault(record.presentity, set()).add(
+                owner or self.cluster.node_id)
+        log.info("jabber: leader (epoch %d) for %d XMPP users watched in the cluster", epoch,
+                 len(self._remotes))
+        await self.component.start()
+
+    async def lose_leadership(self) -> None:
+        """The lease is gone (or we stop): no stanza from here any more."""
+        self.leader = False
+        self._stop_announcing()
+        await self.component.stop()
+        self._contacts.clear()  # XMPP subscribers: the next leader re-learns them (probes)
+
+    async def on_feed(self, kind: str, origin: str, rest: list[Any]) -> None:
+        """Another node's gateway message (cluster/node.py hands every "j..." kind here)."""
+        epoch = int(rest[0])
+        if kind in ("jp", "ja"):  # from a leader: an older one's are stale (fencing)
+            if epoch < self._epoch:
+                log.info("jabber: dropping %s of stale leader epoch %d", kind, epoch)
+                return
+            self._epoch = max(self._epoch, epoch)
+        if kind == "jp" and not self.leader:
+            presentity, doc = str(rest[1]), _decode_doc(rest[2])
+            if presentity in self._watched or doc is None:
+                await self.presence.set_part(presentity, PART, doc)
+        elif kind == "ja" and not self.leader:
+            jid, wjid, allow = str(rest[1]), str(rest[2]), bool(rest[3])
+            remote = self._remotes.get(jid)
+            if remote is not None:
+                remote.watchers[wjid] = allow
+                await self.presence.authorize(self._dialogs(remote, wjid), allow)
+        elif kind == "jw" and self.leader:
+            presentity, wjid = str(rest[1]), str(rest[2])
+            self._nodes_watching.setdefault(presentity, set()).add(origin)
+            self._watch(presentity)  # marks it: its current part goes out to every node
+            target = self._watched.get(presentity)
+            remote = self._remotes.get(target) if target is not None else None
+            if remote is None or target is None:
+                return
+            if wjid not in remote.watchers:
+                remote.watchers[wjid] = None
+                if self.component.connected:
+                    self.component.subscribe(wjid, target)
+            elif remote.watchers[wjid] is not None and self.cluster is not None:
+                self.cluster.publish("ja", self._epoch, target, wjid, remote.watchers[wjid])
+        elif kind == "ju" and self.leader:
+            presentity = str(rest[1])
+            nodes = self._nodes_watching.get(presentity)
+            if nodes is not None:
+                nodes.discard(origin)
+                if not nodes:
+                    del self._nodes_watching[presentity]
+                    self._unwatch(presentity)
 
     # --- introspection (tests, admin) ------------------------------------------------------
 
@@ -407,9 +560,24 @@ class JabberGateway:
     def _on_watch(self, presentity: str, source: str, started: bool) -> None:
         if source != SOURCE:
             return
+        if self.cluster is None:
+            if started:
+                self._watch(presentity)
+            else:
+                self._unwatch(presentity)
+            return
+        me = self.cluster.node_id
         if started:
+            self._nodes_watching.setdefault(presentity, set()).add(me)
             self._watch(presentity)
-        else:
+            return
+        nodes = self._nodes_watching.get(presentity, set())
+        nodes.discard(me)
+        if not self.leader:
+            self.cluster.publish("ju", self._epoch, presentity)
+            self._forget(presentity)
+        elif not nodes:
+            self._nodes_watching.pop(presentity, None)
             self._unwatch(presentity)
 
     def _watch(self, presentity: str, announce: bool = True) -> None:
@@ -423,11 +591,19 @@ class JabberGateway:
             remote = self._remotes.get(jid)
             if remote is None:
                 remote = self._remotes[jid] = _Remote()
-            first = not remote.presentities
             remote.presentities.add(presentity)
-            if first and announce and self.component.connected:
-                self._subscribe(jid)
+            # The XMPP subscription per SIP watcher goes out from `subscribe` (new dialogs)
+            # or `_on_connected` (dialogs loaded from storage).
         self._mark(presentity)
+
+    def _forget(self, presentity: str) -> None:
+        """A non-leader's mirror of a presentity nobody here watches any more."""
+        jid = self._watched.pop(presentity, None)
+        remote = self._remotes.get(jid) if jid else None
+        if jid is not None and remote is not None:
+            remote.presentities.discard(presentity)
+            if not remote.presentities:
+                del self._remotes[jid]
 
     def _unwatch(self, presentity: str) -> None:
         if presentity not in self._watched:
@@ -438,7 +614,9 @@ class JabberGateway:
             remote.presentities.discard(presentity)
             if not remote.presentities:
                 del self._remotes[jid]
-                self.component.unsubscribe(self.gateway_jid, jid)
+                for wjid, answer in remote.watchers.items():
+                    if answer is not False:
+                        self.component.unsubscribe(wjid, jid)
         self._mark(presentity)  # flushes part None: the presentity is forgotten
 
     def _on_change(self, presentity: str, doc: PresenceDoc) -> None:
@@ -447,14 +625,44 @@ class JabberGateway:
         if contact is None or not contact.subscribers:
             return
         try:
-            pres = pidf_to_xmpp(doc)
-            if pres == contact.sent:
-                return
-            contact.sent = pres
-            for subscriber in contact.subscribers:
-                self.component.send_presence(contact.jid, subscriber, pres)
+            mapped: dict[int, XmppPresence] = {}  # once per distinct view, not per subscriber
+            for subscriber, view in contact.subscribers.items():
+                pres = mapped.get(id(view))
+                if pres is None:
+                    pres = mapped[id(view)] = _presence_for(presentity, doc, view)
+                if contact.sent.get(subscriber) != pres:
+                    # A politely blocked one got unavailable once and never hears more
+                    # (RFC 5025 §3.2.1: its timing would tell).
+                    contact.sent[subscriber] = pres
+                    self.component.send_presence(contact.jid, subscriber, pres)
         except Exception:
             log.exception("jabber: cannot send presence of %s", presentity)
+
+    async def _on_rules(self, presentity: str) -> None:
+        """Rules of a SIP user changed (XCAP, admin API, `presenced rules` + SIGUSR1, another
+        node): decide its XMPP watchers again, at once, as the notifier does its dialogs."""
+        contact = self._contacts.get(presentity)
+        if contact is None:
+            return
+        for subscriber in sorted(contact.pending):
+            self._admit(presentity, contact, subscriber, self._decide(presentity, subscriber))
+        for subscriber, view in list(contact.subscribers.items()):
+            decision = self._decide(presentity, subscriber)
+            if decision.handling in ("block", "confirm"):
+                # Revoked (RFC 6121 §3.2.1): unavailable first, then unsubscribed. An
+                # active watcher whose rules now say confirm ends too ("deactivated"), as a
+                # SIP one does; subscribing again it waits for the rules.
+                self.component.send_presence(contact.jid, subscriber, _UNAVAILABLE)
+                self.component.refuse(contact.jid, subscriber)
+                del contact.subscribers[subscriber]
+                contact.sent.pop(subscriber, None)
+                event = "rejected" if decision.handling == "block" else "deactivated"
+                self._winfo(presentity, subscriber, "terminated", event)
+            elif decision.view is not view:
+                contact.subscribers[subscriber] = decision.view
+                self._send_current(presentity, contact, subscriber)
+        if not contact.subscribers and not contact.pending:
+            del self._contacts[presentity]
 
     # --- XMPP events -------------------------------------------------------------------------
 
@@ -482,13 +690,14 @@ class JabberGateway:
 
     def _on_presence(self, event: PresenceChanged) -> None:
         bare, _, resource = event.from_jid.partition("/")
-        if event.to_jid.partition("/")[0] != self.gateway_jid:
-            # Directed presence to a SIP user's JID: not the subscription we keep, ignored.
-            log.debug("jabber: ignoring presence %s -> %s", event.from_jid, event.to_jid)
-            return
         remote = self._remotes.get(bare)
         if remote is None:
             log.debug("jabber: presence from unwatched %s dropped", event.from_jid)
+            return
+        if remote.watchers.get(event.to_jid.partition("/")[0]) is not True:
+            # Only presence she sends to a SIP watcher she approved (its dialogs alone see
+            # it): directed presence elsewhere, or answers to a probe, are no subscription.
+            log.debug("jabber: ignoring presence %s -> %s", event.from_jid, event.to_jid)
             return
         pres = event.presence
         if pres.available:
@@ -522,25 +731,35 @@ class JabberGateway:
             self._mark(presentity)
 
     def _on_subscribed(self, from_bare: str, to_bare: str) -> None:
-        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
-        if remote is not None:
-            remote.approved = True
-            log.info("jabber: %s approved the gateway's subscription", from_bare)
-            # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
-            # servers that do not.
-            self.component.probe(self.gateway_jid, from_bare)
+        remote = self._remotes.get(from_bare)
+        if remote is None or to_bare not in remote.watchers or remote.watchers[to_bare]:
+            return
+        remote.watchers[to_bare] = True
+        log.info("jabber: %s approved %s", from_bare, to_bare)
+        if self.cluster is not None:
+            self.cluster.publish("ja", self._epoch, from_bare, to_bare, True)
+        self.presence.background.spawn(self.presence.authorize(self._dialogs(remote, to_bare), True))
+        # The server pushes current presence itself (RFC 6121 §3.1.5); a probe covers
+        # servers that do not.
+        self.component.probe(to_bare, from_bare)
 
     def _on_unsubscribed(self, from_bare: str, to_bare: str) -> None:
-        remote = self._remotes.get(from_bare) if to_bare == self.gateway_jid else None
-        if remote is None:
+        remote = self._remotes.get(from_bare)
+        if remote is None or to_bare not in remote.watchers:
             return
-        # Refused or cancelled: SIP watchers stay subscribed and see closed.
-        log.info("jabber: %s refused or cancelled the gateway's subscription", from_bare)
-        remote.approved = False  # not asked again on reconnection while watched
-        remote.resources.clear()
-        remote.farewell = ()
-        for presentity in remote.presentities:
-            self._mark(presentity)
+        # Refused or revoked (RFC 6121 §3.1.4, §3.2): that watcher's dialogs end rejected,
+        # as a block rule ends a SIP watcher's; others she approved keep seeing her.
+        log.info("jabber: %s refused or revoked %s", from_bare, to_bare)
+        remote.watchers[to_bare] = False  # not asked again while she is watched
+        if self.cluster is not None:
+            self.cluster.publish("ja", self._epoch, from_bare, to_bare, False)
+        self.presence.background.spawn(
+            self.presence.authorize(self._dialogs(remote, to_bare), False))
+        if not any(remote.watchers.values()):
+            remote.resources.clear()
+            remote.farewell = ()
+            for presentity in remote.presentities:
+                self._mark(presentity)
 
     def _on_subscribe_request(self, from_bare: str, to_bare: str) -> None:
         aor = self._sip_user(to_bare)
@@ -556,8 +775,15 @@ class JabberGateway:
         if contact is None:
             self.component.refuse(to_bare, from_bare)
             return
-        self.component.approve(to_bare, from_bare)
-        self._send_current(aor, contact, from_bare)
+        if from_bare in contact.subscribers:
+            # Asked again (a re-sent request, or her server after a restart of ours):
+            # approved already, RFC 6121 §3.1.3 says answer "subscribed" again.
+            self.component.approve(to_bare, from_bare)
+            self._send_current(aor, contact, from_bare)
+            return
+        self._admit(aor, contact, from_bare, self._decide(aor, from_bare))
+        if not contact.subscribers and not contact.pending:
+            del self._contacts[aor]
 
     def _on_probe(self, from_jid: str, to_bare: str) -> None:
         aor = self._sip_user(to_bare)
@@ -566,11 +792,22 @@ class JabberGateway:
                 # Not someone we can speak for: no presence revealed (RFC 6121 §4.3.2).
                 self.component.refuse(to_bare, from_jid.partition("/")[0])
             return
-        # A probe means the prober's server holds a subscription we approved (perhaps before
-        # a restart of ours): re-learn the subscriber, then answer.
-        contact = self._contact(aor, to_bare, from_jid.partition("/")[0])
+        # A probe is no subscription: it is answered as the rules say now. Her server probes
+        # only a contact that approved her (RFC 6121 §4.3.1), perhaps before a restart of
+        # ours: when the rules would approve her anyway she is a subscriber again.
+        bare = from_jid.partition("/")[0]
+        decision = self._decide(aor, bare)
+        if decision.handling in ("block", "confirm"):
+            # Not authorized: no presence revealed, "unsubscribed" (RFC 6121 §4.3.2.1).
+            self.component.refuse(to_bare, bare)
+            return
+        contact = self._contact(aor, to_bare, bare)
         if contact is None:
             return
+        if bare not in contact.subscribers:
+            contact.pending.discard(bare)
+            contact.subscribers[bare] = decision.view
+            self._winfo(aor, bare, "active", "subscribe")
         self._send_current(aor, contact, from_jid)
 
     def _on_unsubscribe(self, from_bare: str, to_bare: str) -> None:
@@ -578,25 +815,35 @@ class JabberGateway:
         if aor is None:
             return
         contact = self._contacts.get(aor)
-        if contact is None or from_bare not in contact.subscribers:
+        if contact is None:
             return
-        contact.subscribers.discard(from_bare)
-        if not contact.subscribers:
+        if from_bare in contact.pending:  # she withdrew the request before alice decided
+            contact.pending.discard(from_bare)
+            self._winfo(aor, from_bare, "terminated", "timeout")
+        elif from_bare in contact.subscribers:
+            del contact.subscribers[from_bare]
+            contact.sent.pop(from_bare, None)
+            self._winfo(aor, from_bare, "terminated", "timeout")
+            # RFC 6121 §3.3.3: the contact's side sends unavailable to the former subscriber.
+            self.component.send_presence(to_bare, from_bare, _UNAVAILABLE)
+        else:
+            return
+        if not contact.subscribers and not contact.pending:
             del self._contacts[aor]
-        # RFC 6121 §3.3.3: the contact's side sends unavailable to the former subscriber.
-        self.component.send_presence(to_bare, from_bare, _UNAVAILABLE)
 
     def _on_connected(self) -> None:
         # Presentities loaded from storage at start-up may predate our listener; take them in.
         for presentity in self.presence.notifier.watched(SOURCE):
             self._watch(presentity, announce=False)
         self._stop_announcing()
-        # Only XMPP users still watched, and not those who refused; paced, not all at once.
-        self._announce.extend(j for j, r in self._remotes.items() if r.approved is not False)
+        # Only SIP watchers still subscribed, not those she refused; paced, not all at once.
+        for jid, remote in self._remotes.items():
+            self._learn_watchers(remote)
+            self._announce.extend((jid, w) for w, a in remote.watchers.items() if a is not False)
         if self._announce:
             self._announce_task = asyncio.get_running_loop().create_task(self._announcing())
         for aor, contact in self._contacts.items():
-            contact.sent = None
+            contact.sent.clear()
             for subscriber in list(contact.subscribers):
                 self._send_current(aor, contact, subscriber)
 
@@ -617,16 +864,21 @@ class JabberGateway:
         interval = 1.0 / self.resubscribe_rate
         try:
             while self._announce and self.component.connected:
-                jid = self._announce.popleft()
+                jid, wjid = self._announce.popleft()
                 remote = self._remotes.get(jid)
-                if remote is None or remote.approved is False:
-                    continue  # nobody watches it any more, or it said no
-                if remote.approved:
+                answer = remote.watchers.get(wjid, False) if remote is not None else False
+                if answer is False:
+                    continue  # nobody watches her any more, or she said no
+                if answer:
                     # Approved before: the roster on her server holds it (RFC 6121 §3.1.5);
                     # a probe brings her presence back.
-                    self.component.probe(self.gateway_jid, jid)
+                    self.component.probe(wjid, jid)
                 else:
-                    self._subscribe(jid)
+                    # Re-sending subscribe when already approved is harmless: the server
+                    # answers "subscribed" for the contact (RFC 6121 §3.1.3). No probe for a
+                    # pending one: Prosody answers an unapproved probe with "unsubscribed",
+                    # which also cancels the pending request (found by the tests).
+                    self.component.subscribe(wjid, jid)
                 await asyncio.sleep(interval)
         finally:
             if self._announce_task is asyncio.current_task():
@@ -638,11 +890,39 @@ class JabberGateway:
         if task is not None and task is not asyncio.current_task():
             task.cancel()
 
-    def _subscribe(self, jid: str) -> None:
-        # Re-sending subscribe when already approved is harmless: the server answers
-        # "subscribed" for the contact (RFC 6121 §3.1.3). No probe here: see the module
-        # docstring; `_on_subscribed` probes once approval is known.
-        self.component.subscribe(self.gateway_jid, jid)
+    def _watcher_jid(self, aor: str) -> str | None:
+        """The component JID of a SIP watcher of a served domain (``alice@example.com`` ->
+        ``alice*example.com@<component>``), None for others: the gateway speaks only for
+        its own users."""
+        user, at, host = aor.rpartition("@")
+        if not at or host.lower() not in self.served:
+            return None
+        return self.addressing.sip_user_as_jid(f"sip:{quote(user, safe=_USER_SAFE)}@{host}")
+
+    def _dialogs(self, remote: _Remote, wjid: str) -> list[str]:
+        """The live dialogs of one SIP watcher (by its JID) to one XMPP user."""
+        out = []
+        for presentity in remote.presentities:
+            for info in self.presence.notifier.watchers_of(presentity, PRESENCE):
+                r = info.record
+                if r.source == SOURCE and info.status != "terminated" and \
+                        self._watcher_jid(r.watcher) == wjid:
+                    out.append(r.id)
+        return out
+
+    def _learn_watchers(self, remote: _Remote) -> None:
+        """The SIP watchers of an XMPP user from the dialogs (loaded from storage at
+        start-up): an active dialog was approved, a pending one is still asked."""
+        for presentity in remote.presentities:
+            for info in self.presence.notifier.watchers_of(presentity, PRESENCE):
+                r = info.record
+                wjid = self._watcher_jid(r.watcher) if r.source == SOURCE else None
+                if wjid is None or info.status == "terminated":
+                    continue
+                if r.state == "active":
+                    remote.watchers[wjid] = True
+                else:
+                    remote.watchers.setdefault(wjid, None)
 
     def _sip_user(self, component_jid: str) -> str | None:
         """The presentity key ("user@host") of a served SIP user behind a component JID."""
@@ -662,24 +942,62 @@ class JabberGateway:
                 log.warning("jabber: %d SIP users watched from XMPP; refusing %s", len(self._contacts), aor)
                 return None
             contact = self._contacts[aor] = _Contact(jid)
-        if subscriber not in contact.subscribers:
-            if len(contact.subscribers) >= self.max_subscribers:
-                log.warning(
-                    "jabber: %s has %d XMPP subscribers; refusing %s",
-                    aor,
-                    len(contact.subscribers),
-                    subscriber,
-                )
-                return None
-            contact.subscribers.add(subscriber)
+        known = subscriber in contact.subscribers or subscriber in contact.pending
+        if not known and len(contact.subscribers) + len(contact.pending) >= self.max_subscribers:
+            log.warning("jabber: %s has %d XMPP watchers; refusing %s", aor,
+                        len(contact.subscribers) + len(contact.pending), subscriber)
+            if not contact.subscribers and not contact.pending:
+                del self._contacts[aor]
+            return None
         return contact
+
+    def _decide(self, aor: str, jid: str) -> Decision:
+        """Alice's rules ([pa] default_policy, RFC 4745/5025) for the XMPP watcher `jid`,
+        named by its xmpp: URI (RFC 5122), so ``<one id="xmpp:juliet@jabber.test"/>`` and
+        ``<many domain="jabber.test"/>`` match it."""
+        policy = self.presence.notifier.authz
+        if policy is None:
+            return _ALLOW
+        return policy.decide(aor, f"xmpp:{jid.casefold()}", self.presence.clock())
+
+    def _admit(self, aor: str, contact: _Contact, subscriber: str, decision: Decision) -> None:
+        """Apply a decision to a subscriber not yet approved (a request, or a pending one
+        whose rules changed): allow and polite-block approve, confirm waits, block refuses."""
+        handling = decision.handling
+        was_pending = subscriber in contact.pending
+        if handling == "confirm":
+            if not was_pending:
+                contact.pending.add(subscriber)
+                log.info("jabber: %s asks to see %s; pending until the rules allow it",
+                         subscriber, aor)
+                self._winfo(aor, subscriber, "pending", "subscribe")
+            return
+        contact.pending.discard(subscriber)
+        if handling == "block":
+            self.component.refuse(contact.jid, subscriber)
+            if was_pending:
+                self._winfo(aor, subscriber, "terminated", "rejected")
+            return
+        contact.subscribers[subscriber] = decision.view
+        self.component.approve(contact.jid, subscriber)
+        self._winfo(aor, subscriber, "active", "approved" if was_pending else "subscribe")
+        self._send_current(aor, contact, subscriber)
+
+    def _winfo(self, aor: str, jid: str, status: str, event: str) -> None:
+        """The XMPP watcher's entry in alice's presence.winfo (RFC 3858)."""
+        uri = f"xmpp:{jid}"
+        watcher = Watcher(stable_id(f"{aor} {uri}"), uri, status, event)
+        self.presence.background.spawn(self.presence.set_watcher(aor, uri, watcher))
 
     def _send_current(self, aor: str, contact: _Contact, to: str) -> None:
         doc = self.presence.notifier.document(aor)
         assert isinstance(doc, PresenceDoc)
-        pres = pidf_to_xmpp(doc)
+        bare = to.partition("/")[0]
+        if bare not in contact.subscribers:
+            return
+        pres = _presence_for(aor, doc, contact.subscribers[bare])
         if self.component.send_presence(contact.jid, to, pres):
-            contact.sent = pres
+            contact.sent[bare] = pres
 
     def _part(self, presentity: str) -> PresenceDoc | None:
         if presentity not in self._watched:
@@ -698,6 +1016,8 @@ class JabberGateway:
         return xmpp_to_pidf(entity_of(presentity), remote.resources)
 
     def _mark(self, presentity: str) -> None:
+        if not self.leader:
+            return  # the leader computes the part and hands it to every node
         self._dirty[presentity] = None
         if self._flush_task is None and not self._stopping:
             self._flush_task = asyncio.get_running_loop().create_task(self._flush())
@@ -708,11 +1028,27 @@ class JabberGateway:
                 presentity = next(iter(self._dirty))
                 del self._dirty[presentity]
                 try:
-                    await self.presence.set_part(presentity, PART, self._part(presentity))
+                    part = self._part(presentity)
+                    await self.presence.set_part(presentity, PART, part)
+                    if self.cluster is not None and self.leader:
+                        self.cluster.publish("jp", self._epoch, presentity, _encode_doc(part))
                 except Exception:
                     log.exception("jabber: updating %s failed", presentity)
         finally:
             self._flush_task = None
+
+
+_ALLOW = Decision("allow", None)
+
+
+def _presence_for(presentity: str, doc: PresenceDoc, view: View | None) -> XmppPresence:
+    """What one XMPP subscriber sees of a SIP user: the document its rules' view keeps
+    (RFC 5025 §3.3), mapped (RFC 8048); polite-block: always unavailable."""
+    if view is None:
+        return pidf_to_xmpp(doc)
+    if view.offline:
+        return _UNAVAILABLE
+    return pidf_to_xmpp(apply_view(doc, view, presentity))
 
 
 def _no_event(_event: XmppEvent) -> None:

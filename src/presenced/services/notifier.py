@@ -13,10 +13,11 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from presenced.pa.model import PresenceDoc
+from presenced.pa.packages.winfo import Watcher
 from presenced.pa.records import Subscription
 from presenced.pa.subscription import (
     FLOW_FAILED,
@@ -43,6 +44,7 @@ NOTIFY_BURST = 200  # NOTIFYs sent before the fan-out yields to the loop
 # Presence only: the XMPP gateway, the one source that fetches on demand, serves presence.
 WatchListener = Callable[[str, str, bool], None]  # (presentity, source, started)
 ChangeListener = Callable[[str, PresenceDoc], None]
+RulesListener = Callable[[str], Awaitable[None]]  # (presentity)
 
 
 # Stream transports we open connections on (to trusted proxies only); a WebSocket flow is
@@ -87,6 +89,8 @@ class NotifierService:
         self._alarm = Alarm(self._expire, self.background, clock)
         self.watch_listeners: list[WatchListener] = []
         self.change_listeners: list[ChangeListener] = []
+        # Called after a presentity's rules were applied to its dialogs (`reauthorize`).
+        self.rules_listeners: list[RulesListener] = []
         self.notifies_sent = 0
         self.notify_failures = 0
         self.recent_failures: deque[NotifyFailure] = deque(maxlen=RECENT_FAILURES)
@@ -112,8 +116,10 @@ class NotifierService:
     # --- entry points ----------------------------------------------------------------------
 
     async def subscribe(self, event: RequestReceived, presentity: str, source: str,
-                        identity: str | None = None) -> None:
-        """`identity`: the authenticated "user@domain", None without authentication."""
+                        identity: str | None = None, authorized: bool = True) -> None:
+        """`identity`: the authenticated "user@domain", None without authentication;
+        `authorized` False: a new dialog starts pending (the jabber gateway, until the XMPP
+        user approves this watcher)."""
         req = event.request
         now = self.clock()
         if req.to.tag:
@@ -121,7 +127,8 @@ class NotifierService:
                 return
             effects = self.notifier.resubscribe(req, now, event.peer)
         else:
-            effects = self.notifier.subscribe(req, presentity, source, event.peer, now, identity)
+            effects = self.notifier.subscribe(req, presentity, source, event.peer, now, identity,
+                                              authorized)
         await self.run(effects, event)
 
     async def set_part(self, presentity: str, key: str, part: object | None,
@@ -144,6 +151,28 @@ class NotifierService:
     async def reauthorize(self, presentity: str) -> None:
         """The presentity's rules changed: apply them to its live subscriptions at once."""
         await self.run(self.notifier.reauthorize(presentity, self.clock()))
+        for listener in self.rules_listeners:  # watchers without a SIP dialog (XMPP)
+            try:
+                await listener(presentity)
+            except Exception:
+                log.exception("rules listener failed for %s", presentity)
+
+    async def authorize(self, sub_ids: Iterable[str], allow: bool) -> None:
+        """A source's own authorization of dialogs (the XMPP user approved or refused this
+        SIP watcher): pending -> active with the state, or terminated;reason=rejected."""
+        now = self.clock()
+        effects: list[Effect] = []
+        for sub_id in sub_ids:
+            effects.extend(self.notifier.authorize(sub_id, now) if allow
+                           else self.notifier.deauthorize(sub_id, now))
+        if effects:
+            await self.run(effects)
+
+    async def set_watcher(self, presentity: str, key: str, watcher: Watcher | None) -> None:
+        """A watcher without a SIP dialog came, changed or went: its winfo entry."""
+        self.notifier.set_watcher(presentity, key, watcher)
+        if self.notifier.winfo_dirty:
+            await self.run([])
 
     def watching(self, presentity: str, event: str) -> bool:
         return self.notifier.watching(presentity, event)
