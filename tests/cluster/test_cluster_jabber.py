@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from conftest import NodeFactory
+from cluster_env import NodeFactory
 from harness import ServerProcess, SipClient, register
 from prosody import ProsodyServer, available
 from xmpp_client import XmppUser

@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from conftest import NODE_HOSTS, NodeFactory, RedisServer
+from cluster_env import NODE_HOSTS, NodeFactory, RedisServer
 from harness import ClientDialog, ServerProcess, SipClient, parse_pidf, register, token
 
 from presenced.sip.message import Request, Response

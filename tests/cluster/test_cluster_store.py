@@ -8,7 +8,7 @@ import asyncio
 import sys
 from pathlib import Path
 
-from conftest import RedisServer
+from cluster_env import RedisServer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "unit"))
 from storage_records import binding, subscription

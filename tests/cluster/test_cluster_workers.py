@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 
 import redis
-from conftest import NodeFactory, RedisServer
+from cluster_env import NodeFactory, RedisServer
 from harness import SipClient, parse_pidf, register
 
 ALICE = "sip:alice@example.com"
