@@ -615,6 +615,8 @@ class Notifier:
         res.watchers.add(record.id)
         if package.name == PRESENCE:
             self._winfo_mark(presentity)
+        elif package.name == WINFO and presentity in self._ended:
+            self.winfo_dirty.add(presentity)  # its first document shows them: then forgotten
         self.expiry.set(record.id, record.expires_at)
         effects.insert(0, Persist(record))
         effects.insert(1, Reply(ok))
@@ -1027,11 +1029,17 @@ class Notifier:
                 effects.append(SaveEnded(dropped, ()))
         if self.watching(presentity, WINFO):
             self.winfo_dirty.add(presentity)  # shown at the next flush, then forgotten
-        elif presentity in self._ended:
+        elif presentity in self._ended and self._decides(presentity):
             # Nobody reads them now: kept for the presentity's next winfo subscription, across
-            # a restart too (offline winfo).
+            # a restart too (offline winfo). Only for presentities whose watchers are decided
+            # (a default other than allow, or rules): the plain allow-all path, where nobody
+            # has anything to decide, pays no storage write per unsubscribe.
             self._ended_stored.add(presentity)
             effects.append(SaveEnded(presentity, tuple(ended)))
+
+    def _decides(self, presentity: str) -> bool:
+        authz = self.authz
+        return authz is not None and (authz.default != "allow" or authz.has_rules(presentity))
 
     def load_ended(self, presentity: str, watchers: Iterable[Watcher]) -> None:
         """Ended watchers persisted by an earlier run (`SaveEnded`), not yet shown."""
@@ -1060,6 +1068,17 @@ class Notifier:
                 if presentity in self._ended_stored:
                     self._ended_stored.discard(presentity)
                     effects.append(SaveEnded(presentity, ()))
+                # Terminated ones leave the list without a NOTIFY (every subscriber drops them
+                # on reading, RFC 3858 §4), so a later full document does not show them again;
+                # same serial: the subscribers' tables did not change. A waiting one stays
+                # until the next change reports it terminated.
+                state = res.state
+                assert isinstance(state, WatcherList)
+                kept = tuple(w for w in state.watchers if w.status != "terminated")
+                if kept != state.watchers:
+                    res.state = res.parts[WINFO_PART] = WatcherList(kept, state.changes,
+                                                                    state.serial)
+                    res.reset_bodies()
         return effects
 
     def _winfo_body(self, dlg: _Dialog, presentity: str, content_type: str, now: float,

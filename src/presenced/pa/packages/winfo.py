@@ -50,9 +50,6 @@ class WatcherList:
     changes: tuple[Watcher, ...] | None = None
     serial: int = 0
 
-    def same_watchers(self, other: WatcherList) -> bool:
-        return self.watchers == other.watchers
-
 
 def diff(old: WatcherList, watchers: tuple[Watcher, ...]) -> WatcherList:
     """The state after `old` listing `watchers`, with what changed (RFC 3858 §4.2)."""
@@ -64,7 +61,7 @@ def diff(old: WatcherList, watchers: tuple[Watcher, ...]) -> WatcherList:
         if before.get(w.id) != w:
             changes.append(w)
     for w in old.watchers:
-        if w.id not in now_ids and w.status not in ("terminated", "waiting"):
+        if w.id not in now_ids and w.status != "terminated":
             # Gone without a final status (e.g. its dialog moved to another node): the
             # subscriber must drop it from its table, which a terminated entry tells it.
             changes.append(Watcher(w.id, w.uri, "terminated", "giveup"))
