@@ -342,6 +342,9 @@ class Notifier:
         self.resources: dict[ResourceKey, _Resource] = {}
         self.per_watcher: dict[str, int] = {}
         self.expiry: DeadlineHeap[str] = DeadlineHeap()
+        # Presentities whose rules change their decisions at a validity boundary (RFC 4745
+        # §7.3): due at the next boundary, when their watchers are decided again.
+        self.validity: DeadlineHeap[str] = DeadlineHeap()
         # event -> the parts a source holds for an AOR right now, asked when a resource of
         # that event comes into being (see `provide`).
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
@@ -948,11 +951,21 @@ class Notifier:
         return effects
 
     def next_deadline(self) -> float | None:
-        return self.expiry.next_deadline()
+        expiry = self.expiry.next_deadline()
+        if not self.validity:
+            return expiry
+        boundary = self.validity.next_deadline()
+        return boundary if expiry is None or (boundary is not None and boundary < expiry) \
+            else expiry
 
     def expire(self, now: float) -> list[Effect]:
-        """Subscriptions that ran out get a final NOTIFY (RFC 6665 §4.2.2: reason=timeout)."""
+        """Subscriptions that ran out get a final NOTIFY (RFC 6665 §4.2.2: reason=timeout);
+        presentities whose rules reached a validity boundary have their watchers decided
+        again (a window that opens lets them in, one that closes ends or blocks them)."""
         effects: list[Effect] = []
+        if self.validity:
+            for presentity in self.validity.pop_due(now):
+                effects.extend(self.reauthorize(presentity, now))
         for sub_id in self.expiry.pop_due(now):
             dlg = self.dialogs.get(sub_id)
             if dlg is None:
@@ -1110,8 +1123,15 @@ class Notifier:
         apply the outcome at once (pending -> active gets the state; active -> block ends
         with rejected; a narrower view sends the narrower document)."""
         effects: list[Effect] = []
+        if self.authz is None:
+            return effects
+        boundary = self.authz.next_boundary(presentity, now)
+        if boundary is None:
+            self.validity.discard(presentity)
+        else:
+            self.validity.set(presentity, boundary)
         res = self.resources.get((PRESENCE, presentity))
-        if res is None or self.authz is None:
+        if res is None:
             return effects
         for sub_id in list(res.watchers):
             dlg = self.dialogs[sub_id]
@@ -1124,9 +1144,15 @@ class Notifier:
         """Every presence watcher decided again (after a restart: the rules may have changed
         while the server was down)."""
         effects: list[Effect] = []
+        done: set[str] = set()
         for ev, name in list(self.resources):
             if ev == PRESENCE:
+                done.add(name)
                 effects.extend(self.reauthorize(name, now))
+        if self.authz is not None:
+            for name in self.authz.with_validity():  # watched later: their boundaries count
+                if name not in done:
+                    effects.extend(self.reauthorize(name, now))
         return effects
 
     def _apply(self, dlg: _Dialog, decision: Decision, now: float, effects: list[Effect],
