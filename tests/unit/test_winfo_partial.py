@@ -241,3 +241,36 @@ def test_the_allow_all_path_writes_nothing_for_ended_watchers() -> None:
                           PEER, T0))
     (bob,) = a.dialogs.values()
     assert not of(a.terminate(bob.record.id, T0 + 1), SaveEnded)
+
+
+# --- who may watch winfo and reg: the same identity rules as every decision ------------------
+
+
+def _proxied_agent() -> Notifier:
+    from test_notifier import contact_for, counter
+
+    from presenced.pa.subscription import PaPolicy
+
+    proxy = "192.0.2.50"
+    return Notifier(PaPolicy(), counter("lt"), contact_for, trusted=lambda ip: ip == proxy)
+
+
+PROXY = "udp:192.0.2.50:5060"
+
+
+@pytest.mark.parametrize("event", ["presence.winfo", "reg"])
+def test_owner_only_packages_through_a_trusted_proxy(event: str) -> None:
+    a = _proxied_agent()
+    # Without [auth], the proxy vouches for the From: bob is not alice.
+    r = a.subscribe(subscribe_req(watcher="bob", event=event), ALICE, "registrar", PROXY, T0)
+    assert reply(r).status == 403
+    r = a.subscribe(subscribe_req(watcher="alice", event=event), ALICE, "registrar", PROXY, T0)
+    assert reply(r).status == 200
+    # With [auth], the authenticated user decides, whoever relays the request.
+    r = a.subscribe(subscribe_req(watcher="alice", event=event), ALICE, "registrar", PROXY, T0,
+                    identity="bob@example.com")
+    assert reply(r).status == 403
+    # An unvouched From proves nothing: without [auth] a direct watcher is not refused (a
+    # monitor may watch reg; docs/events.md says [auth] is what makes these private).
+    r = a.subscribe(subscribe_req(watcher="bob", event=event), ALICE, "registrar", PEER, T0)
+    assert reply(r).status == 200

@@ -528,7 +528,7 @@ class Notifier:
         if isinstance(checked, Response):
             return [Reply(checked)]
         expires, content_type, package = checked
-        if package.owner_only and identity is not None and identity != presentity:
+        if package.owner_only and not self._owner(req, presentity, flow, identity):
             # e.g. reg (RFC 3680 §6): a registration lists the user's devices.
             return [Reply(make_response(req, 403, "Forbidden (only the owner may watch this)",
                                         local_tag))]
@@ -625,6 +625,20 @@ class Notifier:
         effects.insert(1, Reply(ok))
         self._notify(dlg, now, effects)
         return effects
+
+    def _owner(self, req: Request, presentity: str, flow: Peer, identity: str | None) -> bool:
+        """Whether the watcher is the resource's own user, by the identity rules every
+        decision uses: the authenticated user; without [auth], the From AOR when a trusted
+        proxy vouches for it. An unvouched From proves nothing, so without [auth] anyone else
+        passes (documented: [auth] is what makes winfo and reg private)."""
+        if identity is not None:
+            return identity == presentity
+        if self.trusted(flow.host):
+            try:
+                return req.from_.uri.aor == presentity
+            except ParseError:
+                return False
+        return True
 
     def resubscribe(self, req: Request, now: float, peer: Peer | str | None = None) -> list[Effect]:
         """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2).
