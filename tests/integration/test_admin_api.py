@@ -273,7 +273,7 @@ def test_admin_and_ctl_set_presence_rules_that_live_watchers_follow(server_facto
     bob = SipClient(srv.addr, user="bob")
     try:
         assert register(alice).status == 200
-        r, first = subscribe(bob)
+        _r, first = subscribe(bob)
         assert state(first).startswith("pending") and not first.body
         assert api.call("GET", "/api/v1/rules/alice@example.com", expect=404)
         out = ctl(srv, "rules", "set", "alice@example.com", "allow", "bob@example.com")

@@ -12,10 +12,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from harness import SipClient
 from lxml import etree
 from test_privacy import authed, make, rules_tool, state, subscribe
 
-from harness import SipClient
 from presenced.sip.message import Request
 
 Factory = Callable[..., Any]

@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from test_authz_notifier import PEER, agent, answer
-from test_notifier import ALICE, T0, notify, of, subscribe_req, sub_state
+from test_notifier import ALICE, T0, notify, of, sub_state, subscribe_req
 
 from presenced.pa.policy.evaluate import Policy
 from presenced.pa.policy.rules import parse_rules
