@@ -357,6 +357,7 @@ class Server:
         await self.rules.load()  # before the subscriptions: they are re-decided against it
         closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
         self.notifier.provide("reg", self.registrar.reg_parts)
+        await self.notifications.load_ended()  # offline winfo: before the dialogs load
         effects = self.notifier.load(await self.storage.load_subscriptions(),
                                      self.notifications.clock())
         for aor in self.registrar.bindings:

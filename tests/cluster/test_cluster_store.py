@@ -88,3 +88,20 @@ async def test_adoption_waits_for_the_lease_and_splits_the_dialogs(redis_server:
     finally:
         for s in (dead, b, c):
             await s.close()
+
+
+async def test_ended_watchers_are_kept_per_node(redis_server: RedisServer) -> None:
+    from presenced.pa.records import EndedWatchers
+
+    a, b = await store(redis_server, "a"), await store(redis_server, "b")
+    try:
+        bob = ("i1", "sip:bob@example.com", "terminated", "rejected")
+        ended = EndedWatchers("alice@example.com", (bob,), T0)
+        await a.put_ended_watchers(ended)
+        assert await a.load_ended_watchers() == [ended]
+        assert await b.load_ended_watchers() == []  # b's winfo lists b's dialogs only
+        await a.delete_ended_watchers("alice@example.com")
+        assert await a.load_ended_watchers() == []
+    finally:
+        await a.close()
+        await b.close()

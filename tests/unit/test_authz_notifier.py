@@ -180,7 +180,8 @@ def test_winfo_lists_a_pending_watcher_then_its_approval_with_versions() -> None
     assert watchers_of(n) == ("0", "full", [("sip:bob@example.com", "pending", "subscribe")])
     answer(a, effects)
     answer(a, set_rules(a, p, [("a", "allow", ["bob@example.com"])]))
-    assert watchers_of(flushed(a)) == ("1", "full",
+    # RFC 3858 §4: the next document is partial, with only the watcher that changed.
+    assert watchers_of(flushed(a)) == ("1", "partial",
                                        [("sip:bob@example.com", "active", "approved")])
 
 
@@ -194,7 +195,9 @@ def test_winfo_shows_a_rejected_watcher_once() -> None:
     assert watchers_of(n)[2] == [("sip:bob@example.com", "terminated", "rejected")]
     a.notify_result(n.sub_id, 200, T0)
     a.subscribe(subscribe_req(watcher="carol"), ALICE, "registrar", PEER, T0)
-    assert watchers_of(flushed(a))[2] == [("sip:carol@example.com", "active", "subscribe")]
+    # Partial: carol is new; bob, shown terminated, is gone from the subscriber's table.
+    assert watchers_of(flushed(a))[1:] == (
+        "partial", [("sip:carol@example.com", "active", "subscribe")])
 
 
 def test_winfo_is_for_the_owner_only_with_authentication() -> None:

@@ -428,3 +428,15 @@ async def test_rules_put_replace_delete_load(storage: RedisStorage) -> None:
     await storage.delete_rules("bob@example.com")
     await storage.delete_rules("nobody@example.com")
     assert await storage.load_rules() == [newer]
+
+
+async def test_ended_watchers_put_replace_delete_load(storage: RedisStorage) -> None:
+    from presenced.pa.records import EndedWatchers
+
+    bob = ("i1", "sip:bob@example.com", "terminated", "rejected")
+    ended = EndedWatchers("alice@example.com", (bob,), 1_900_000_000.25)
+    await storage.put_ended_watchers(ended)
+    await storage.put_ended_watchers(EndedWatchers("dave@example.com", (bob,), 1.0))
+    await storage.delete_ended_watchers("dave@example.com")
+    await storage.delete_ended_watchers("nobody@example.com")
+    assert await storage.load_ended_watchers() == [ended]

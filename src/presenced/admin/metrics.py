@@ -21,7 +21,7 @@ from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, Subscription
 from presenced.services.notifier import NotifierService
 from presenced.services.ports import Storage
 from presenced.services.publish import PublishService
@@ -103,6 +103,15 @@ class MeteredStorage:
 
     async def load_publications(self) -> list[Publication]:
         return await self.inner.load_publications()
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        await self._write("put_ended_watchers", self.inner.put_ended_watchers(ended))
+
+    async def delete_ended_watchers(self, presentity: str) -> None:
+        await self._write("delete_ended_watchers", self.inner.delete_ended_watchers(presentity))
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]:
+        return await self.inner.load_ended_watchers()
 
     def __getattr__(self, name: str) -> Any:
         # Whatever else a backend offers (the rules store, cluster hooks) passes through.

@@ -12,6 +12,8 @@ change that did not commit, and every node sees committed changes in Redis's own
     {p}lease:{id}              a node's liveness lease (string with a TTL)
     {p}nodes                   hash node id -> msgpack([host, ...]) its Request-URI hosts
     {p}rules                   hash aor -> msgpack(RulesDocument), as storage/redis.py
+    {p}node:{id}:ended         hash presentity -> msgpack(EndedWatchers): the ended presence
+                               watchers of the dialogs a node owned, not yet shown by winfo
     {p}feed                    pub/sub channel of changes (see `FeedMessage` in node.py)
 
 Group commit: the scripts of requests handled in the same moment go to Redis in one pipeline
@@ -34,13 +36,14 @@ from typing import Any
 
 import msgspec
 
-from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
 
 _encode = msgspec.msgpack.Encoder().encode
 _decode_binding = msgspec.msgpack.Decoder(Binding).decode
 _decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
 _decode_publication = msgspec.msgpack.Decoder(Publication).decode
 _decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
+_decode_ended = msgspec.msgpack.Decoder(EndedWatchers).decode
 
 RETRY_AFTER = 5  # seconds a client is told to wait when Redis cannot take a write
 MAX_BATCH = 256  # scripts in one pipeline
@@ -193,6 +196,8 @@ class ClusterStore:
         self.rules_key = f"{p}rules"
         self.node_prefix = f"{p}node:"
         self.my_subs = f"{p}node:{node_id}:subs"
+        # Per node: each node's notifier lists (in winfo) the watchers of its own dialogs.
+        self.my_ended = f"{p}node:{node_id}:ended"
         self.client: Any = None
         self._errors: tuple[type[BaseException], ...] = (OSError,)
         self._scripts: dict[str, Any] = {}
@@ -367,6 +372,25 @@ class ClusterStore:
 
     async def load_rules(self) -> list[RulesDocument]:
         return [_decode_rules(v) for v in await self._hgetall(self.rules_key)]
+
+    # --- ended watchers not yet shown by presence.winfo (this node's) ----------------------
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        client = self._live()
+        try:
+            await client.hset(self.my_ended, ended.presentity, _encode(ended))
+        except self._errors as exc:
+            raise ClusterUnavailable(f"redis put_ended_watchers failed: {exc}") from exc
+
+    async def delete_ended_watchers(self, presentity: str) -> None:
+        client = self._live()
+        try:
+            await client.hdel(self.my_ended, presentity)
+        except self._errors as exc:
+            raise ClusterUnavailable(f"redis delete_ended_watchers failed: {exc}") from exc
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]:
+        return [_decode_ended(v) for v in await self._hgetall(self.my_ended)]
 
     # --- subscriptions (fenced by ownership) ----------------------------------------------
 

@@ -67,3 +67,13 @@ class RulesDocument(msgspec.Struct, frozen=True):
     document: bytes  # the application/auth-policy+xml document as stored (validated)
     etag: str
     updated: float  # wall-clock epoch seconds of the last put
+
+
+class EndedWatchers(msgspec.Struct, frozen=True):
+    """The ended watchers of one presentity's presence that no presence.winfo document has shown
+    yet ("offline winfo", RFC 3857): kept until its next winfo subscription, bounded per
+    presentity ([pa] limits). Each entry is (id, uri, status, event) as RFC 3858 lists it."""
+
+    presentity: str  # "alice@example.com"
+    watchers: tuple[tuple[str, str, str, str], ...]
+    updated: float  # wall-clock epoch seconds of the last write

@@ -78,7 +78,7 @@ from presenced.pa.packages import EventPackage, Registry, registry
 from presenced.pa.packages.presence import NAME as PRESENCE
 from presenced.pa.packages.winfo import NAME as WINFO
 from presenced.pa.packages.winfo import PART as WINFO_PART
-from presenced.pa.packages.winfo import Watcher, WatcherList
+from presenced.pa.packages.winfo import Watcher, WatcherList, WinfoPackage, diff
 from presenced.pa.policy.evaluate import Decision, Policy, View
 from presenced.pa.policy.transform import apply_view
 from presenced.pa.records import Subscription
@@ -150,6 +150,9 @@ class PaPolicy:
     max_subscriptions: int = 500_000  # in this process; one more gets 503 with Retry-After
     max_presentities: int = 100_000  # held in memory (watched or with parts); beyond: 503
     max_notify_size: int = 65536  # bytes of a whole NOTIFY ([server] max_message_size)
+    # presence.winfo: ended watchers kept per presentity (and persisted) until a winfo
+    # document shows them; 0 keeps none ("offline winfo" of pending dialogs still works).
+    max_ended_watchers: int = 20
 
 
 # --- effects ---------------------------------------------------------------------------------
@@ -186,6 +189,15 @@ class SendNotify:
 
 
 @dataclass(frozen=True, slots=True)
+class SaveEnded:
+    """Persist the ended watchers of a presentity not yet shown by a winfo document (offline
+    winfo); empty `watchers`: delete them (they were shown)."""
+
+    presentity: str
+    watchers: tuple[Watcher, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class WatchStarted:
     presentity: str
     source: str
@@ -199,7 +211,7 @@ class WatchStopped:
     event: str = PRESENCE
 
 
-Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped
+Effect = Reply | Persist | Forget | SendNotify | WatchStarted | WatchStopped | SaveEnded
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -225,6 +237,7 @@ class _Dialog:
         "limit_key",
         "outstanding",
         "record",
+        "seen",
         "template",
         "trusted",
         "view",
@@ -247,6 +260,10 @@ class _Dialog:
         self.view: View | None = None  # what of the state this watcher sees (None: all of it)
         self.withheld = False  # no state at all (blocked: its final NOTIFY has no body)
         self.approved = False  # went pending -> active (winfo event "approved")
+        # presence.winfo: serial of the watcher list its latest NOTIFY carried, -1 when the
+        # watcher may have missed one (first NOTIFY, refresh, restart, a refused NOTIFY): the
+        # next NOTIFY then carries full state (RFC 3858 §4).
+        self.seen = -1
 
 
 ResourceKey = tuple[str, str]  # (event package, AOR)
@@ -291,7 +308,7 @@ def _never(host: str) -> bool:
 _WINFO_EVENTS = {"unsubscribe": "timeout", "expire": "timeout", "deauthorize": "rejected",
                  "reconfirm": "deactivated", "too_big": "probation", "giveup": "giveup",
                  "notify_failed": "timeout"}
-MAX_ENDED_WATCHERS = 20  # ended watchers kept per presentity until a winfo document shows them
+_PARTIAL = "partial"  # key of a resource's cached partial watcherinfo template
 
 
 def _body(encoded: bytes | tuple[bytes, bytes], version: int) -> bytes:
@@ -325,6 +342,9 @@ class Notifier:
         self.resources: dict[ResourceKey, _Resource] = {}
         self.per_watcher: dict[str, int] = {}
         self.expiry: DeadlineHeap[str] = DeadlineHeap()
+        # Presentities whose rules change their decisions at a validity boundary (RFC 4745
+        # §7.3): due at the next boundary, when their watchers are decided again.
+        self.validity: DeadlineHeap[str] = DeadlineHeap()
         # event -> the parts a source holds for an AOR right now, asked when a resource of
         # that event comes into being (see `provide`).
         self._providers: dict[str, Callable[[str], dict[str, object]]] = {}
@@ -338,6 +358,7 @@ class Notifier:
         # Watchers that hold no SIP dialog here (the XMPP gateway's subscribers): presentity
         # -> key -> its winfo entry, listed beside the dialogs (`set_watcher`).
         self._foreign: dict[str, dict[str, Watcher]] = {}
+        self._ended_stored: set[str] = set()  # presentities whose ended watchers are persisted
         if WINFO in self.packages:
             self._providers[WINFO] = self._watcher_parts
 
@@ -510,7 +531,7 @@ class Notifier:
         if isinstance(checked, Response):
             return [Reply(checked)]
         expires, content_type, package = checked
-        if package.owner_only and identity is not None and identity != presentity:
+        if package.owner_only and not self._owner(req, presentity, flow, identity):
             # e.g. reg (RFC 3680 §6): a registration lists the user's devices.
             return [Reply(make_response(req, 403, "Forbidden (only the owner may watch this)",
                                         local_tag))]
@@ -600,11 +621,27 @@ class Notifier:
         res.watchers.add(record.id)
         if package.name == PRESENCE:
             self._winfo_mark(presentity)
+        elif package.name == WINFO and presentity in self._ended:
+            self.winfo_dirty.add(presentity)  # its first document shows them: then forgotten
         self.expiry.set(record.id, record.expires_at)
         effects.insert(0, Persist(record))
         effects.insert(1, Reply(ok))
         self._notify(dlg, now, effects)
         return effects
+
+    def _owner(self, req: Request, presentity: str, flow: Peer, identity: str | None) -> bool:
+        """Whether the watcher is the resource's own user, by the identity rules every
+        decision uses: the authenticated user; without [auth], the From AOR when a trusted
+        proxy vouches for it. An unvouched From proves nothing, so without [auth] anyone else
+        passes (documented: [auth] is what makes winfo and reg private)."""
+        if identity is not None:
+            return identity == presentity
+        if self.trusted(flow.host):
+            try:
+                return req.from_.uri.aor == presentity
+            except ParseError:
+                return False
+        return True
 
     def resubscribe(self, req: Request, now: float, peer: Peer | str | None = None) -> list[Effect]:
         """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2).
@@ -663,6 +700,7 @@ class Notifier:
             dlg.flow = flow
             dlg.trusted = self.trusted(flow.host)
         self.expiry.set(record.id, record.expires_at)
+        dlg.seen = -1  # a refresh resynchronises a winfo subscriber: full state (RFC 3858 §4)
         effects = [Persist(record), Reply(ok)]
         if self._governed(record):
             # Rules with validity periods may say otherwise by now (RFC 4745 §7.3).
@@ -747,7 +785,10 @@ class Notifier:
             static = tuple(e for e in static if e[0] != "content-type")
         else:
             budget = limit - head_size
-            body = self.body(presentity, ctype, now, event, version, dlg.view)
+            if event == WINFO:
+                body = self._winfo_body(dlg, presentity, ctype, now, version)
+            else:
+                body = self.body(presentity, ctype, now, event, version, dlg.view)
             held_back = False
             if len(body) > budget:  # the rare case: a summary, or nothing fits
                 body = self.fitting_body(presentity, ctype, budget, now, event, version, dlg.view)
@@ -812,6 +853,8 @@ class Notifier:
         dlg.last_status = status
         if status < 300:
             dlg.answered = True  # our random branch came back: the address reads what we send
+        else:
+            dlg.seen = -1  # it did not take that document: the next one is full state
         effects: list[Effect] = []
         if dlg.final is not None:
             # The final NOTIFY itself was answered, or the watcher said the dialog is gone (or
@@ -845,7 +888,7 @@ class Notifier:
             dlg.final = f"terminated;reason={reason}" if reason else "terminated"
         effects.insert(0, Forget(record.id))
         if record.event == PRESENCE:
-            self._winfo_ended(dlg, cause)
+            self._winfo_ended(dlg, cause, effects)
         self.expiry.discard(record.id)
         key = dlg.limit_key
         n = self.per_watcher.get(key, 0) - 1
@@ -864,7 +907,9 @@ class Notifier:
         if effects is not None and not any(
                 self.dialogs[s].record.source == record.source for s in res.watchers):
             effects.append(WatchStopped(record.presentity, record.source, record.event))
-        if not res.watchers and not res.parts:
+        if not res.watchers and (not res.parts or record.event == WINFO):
+            # A winfo resource nobody watches is dropped: its state is rebuilt (from the
+            # presence dialogs) when the next winfo subscriber comes.
             del self.resources[key]
 
     def rollback(self, effects: Sequence[Effect], initial: bool) -> None:
@@ -923,11 +968,21 @@ class Notifier:
         return effects
 
     def next_deadline(self) -> float | None:
-        return self.expiry.next_deadline()
+        expiry = self.expiry.next_deadline()
+        if not self.validity:
+            return expiry
+        boundary = self.validity.next_deadline()
+        return boundary if expiry is None or (boundary is not None and boundary < expiry) \
+            else expiry
 
     def expire(self, now: float) -> list[Effect]:
-        """Subscriptions that ran out get a final NOTIFY (RFC 6665 §4.2.2: reason=timeout)."""
+        """Subscriptions that ran out get a final NOTIFY (RFC 6665 §4.2.2: reason=timeout);
+        presentities whose rules reached a validity boundary have their watchers decided
+        again (a window that opens lets them in, one that closes ends or blocks them)."""
         effects: list[Effect] = []
+        if self.validity:
+            for presentity in self.validity.pop_due(now):
+                effects.extend(self.reauthorize(presentity, now))
         for sub_id in self.expiry.pop_due(now):
             dlg = self.dialogs.get(sub_id)
             if dlg is None:
@@ -963,7 +1018,7 @@ class Notifier:
 
     # --- presence.winfo: the watcher list of each presentity ----------------------------------
 
-    def _watcher_parts(self, presentity: str) -> dict[str, object]:
+    def _watcher_list(self, presentity: str) -> tuple[Watcher, ...]:
         watchers: list[Watcher] = []
         res = self.resources.get((PRESENCE, presentity))
         if res is not None:
@@ -976,7 +1031,10 @@ class Notifier:
         if foreign:
             watchers.extend(foreign.values())
         watchers.extend(self._ended.get(presentity, ()))
-        return {WINFO_PART: WatcherList(tuple(watchers))}
+        return tuple(watchers)
+
+    def _watcher_parts(self, presentity: str) -> dict[str, object]:
+        return {WINFO_PART: WatcherList(self._watcher_list(presentity))}
 
     def set_watcher(self, presentity: str, key: str, watcher: Watcher | None) -> None:
         """A watcher of `presentity`'s presence that is no SIP dialog of ours (an XMPP user
@@ -985,10 +1043,13 @@ class Notifier:
         foreign = self._foreign.setdefault(presentity, {})
         if watcher is None or watcher.status == "terminated":
             gone = foreign.pop(key, None)
-            if watcher is not None and gone is not None:
+            keep = self.policy.max_ended_watchers
+            if watcher is not None and gone is not None and keep > 0:
+                # Shown once like an ended dialog; not persisted (the gateway relearns its
+                # XMPP subscribers from probes after a restart, docs/jabber.md).
                 ended = self._ended.setdefault(presentity, [])
                 ended.append(watcher)
-                del ended[:-MAX_ENDED_WATCHERS]
+                del ended[:-keep]
         else:
             if foreign.get(key) == watcher:
                 return
@@ -1001,31 +1062,99 @@ class Notifier:
         if (WINFO, presentity) in self.resources:
             self.winfo_dirty.add(presentity)
 
-    def _winfo_ended(self, dlg: _Dialog, cause: str) -> None:
+    def _winfo_ended(self, dlg: _Dialog, cause: str, effects: list[Effect]) -> None:
+        keep = self.policy.max_ended_watchers
         record = dlg.record
+        if keep <= 0:
+            self._winfo_mark(record.presentity)
+            return
         status = "terminated"
         event = _WINFO_EVENTS.get(cause, "timeout")
         if record.state == "pending" and cause == "expire":
             status = "waiting"  # RFC 3857 §3.3: it asked, nobody decided before it expired
-        ended = self._ended.setdefault(record.presentity, [])
+        presentity = record.presentity
+        ended = self._ended.setdefault(presentity, [])
         ended.append(Watcher(stable_id(record.id), record.remote_uri, status, event))
-        del ended[:-MAX_ENDED_WATCHERS]
+        del ended[:-keep]
         if len(self._ended) > self.policy.max_presentities:
-            self._ended.pop(next(iter(self._ended)))
-        self._winfo_mark(record.presentity)
+            dropped = next(iter(self._ended))
+            self._ended.pop(dropped)
+            if dropped in self._ended_stored:
+                self._ended_stored.discard(dropped)
+                effects.append(SaveEnded(dropped, ()))
+        if self.watching(presentity, WINFO):
+            self.winfo_dirty.add(presentity)  # shown at the next flush, then forgotten
+        elif presentity in self._ended and self._decides(presentity):
+            # Nobody reads them now: kept for the presentity's next winfo subscription, across
+            # a restart too (offline winfo). Only for presentities whose watchers are decided
+            # (a default other than allow, or rules): the plain allow-all path, where nobody
+            # has anything to decide, pays no storage write per unsubscribe.
+            self._ended_stored.add(presentity)
+            effects.append(SaveEnded(presentity, tuple(ended)))
+
+    def _decides(self, presentity: str) -> bool:
+        authz = self.authz
+        return authz is not None and (authz.default != "allow" or authz.has_rules(presentity))
+
+    def load_ended(self, presentity: str, watchers: Iterable[Watcher]) -> None:
+        """Ended watchers persisted by an earlier run (`SaveEnded`), not yet shown."""
+        keep = self.policy.max_ended_watchers
+        entries = list(watchers)[-keep:] if keep > 0 else []
+        if entries and len(self._ended) < self.policy.max_presentities:
+            self._ended[presentity] = entries
+            self._ended_stored.add(presentity)
 
     def flush_winfo(self, now: float) -> list[Effect]:
-        """NOTIFY the winfo watchers of every presentity whose watcher list changed."""
+        """NOTIFY the winfo watchers of every presentity whose watcher list changed: a partial
+        document to those that saw the previous list, full state to the others."""
         effects: list[Effect] = []
         dirty, self.winfo_dirty = self.winfo_dirty, set()
         for presentity in dirty:
-            parts = self._watcher_parts(presentity)
             res = self.resources.get((WINFO, presentity))
             if res is None or not res.watchers:
                 continue
-            effects.extend(self.set_part(presentity, WINFO_PART, parts[WINFO_PART], now, WINFO))
-            self._ended.pop(presentity, None)  # shown once
+            old = res.state
+            assert isinstance(old, WatcherList)
+            watchers = self._watcher_list(presentity)
+            if watchers != old.watchers:
+                effects.extend(self.set_part(presentity, WINFO_PART, diff(old, watchers), now,
+                                             WINFO))
+            if self._ended.pop(presentity, None) is not None:  # shown once
+                if presentity in self._ended_stored:
+                    self._ended_stored.discard(presentity)
+                    effects.append(SaveEnded(presentity, ()))
+                # Terminated ones leave the list without a NOTIFY (every subscriber drops them
+                # on reading, RFC 3858 §4), so a later full document does not show them again;
+                # same serial: the subscribers' tables did not change. A waiting one stays
+                # until the next change reports it terminated.
+                state = res.state
+                assert isinstance(state, WatcherList)
+                kept = tuple(w for w in state.watchers if w.status != "terminated")
+                if kept != state.watchers:
+                    res.state = res.parts[WINFO_PART] = WatcherList(kept, state.changes,
+                                                                    state.serial)
+                    res.reset_bodies()
         return effects
+
+    def _winfo_body(self, dlg: _Dialog, presentity: str, content_type: str, now: float,
+                    version: int) -> bytes:
+        """Full or partial watcherinfo for one winfo subscriber (RFC 3858 §4): partial only
+        when it accepted the list just before this one. Both encoded once per state."""
+        res = self.resources.get((WINFO, presentity))
+        if res is None:
+            dlg.seen = -1
+            return self.body(presentity, content_type, now, WINFO, version)
+        state = res.state
+        assert isinstance(state, WatcherList)
+        seen, dlg.seen = dlg.seen, state.serial
+        if seen < 0 or seen != state.serial - 1 or state.changes is None:
+            return self.body(presentity, content_type, now, WINFO, version)
+        encoded = res.bodies.get(_PARTIAL)
+        if encoded is None:
+            pkg = res.package
+            assert isinstance(pkg, WinfoPackage)
+            encoded = res.bodies[_PARTIAL] = pkg.partial_template(presentity, state)
+        return _body(encoded, version)
 
     def _governed(self, record: Subscription) -> bool:
         # Presence of our own users only: an XMPP user authorizes SIP watchers itself.
@@ -1036,8 +1165,15 @@ class Notifier:
         apply the outcome at once (pending -> active gets the state; active -> block ends
         with rejected; a narrower view sends the narrower document)."""
         effects: list[Effect] = []
+        if self.authz is None:
+            return effects
+        boundary = self.authz.next_boundary(presentity, now)
+        if boundary is None:
+            self.validity.discard(presentity)
+        else:
+            self.validity.set(presentity, boundary)
         res = self.resources.get((PRESENCE, presentity))
-        if res is None or self.authz is None:
+        if res is None:
             return effects
         for sub_id in list(res.watchers):
             dlg = self.dialogs[sub_id]
@@ -1050,9 +1186,15 @@ class Notifier:
         """Every presence watcher decided again (after a restart: the rules may have changed
         while the server was down)."""
         effects: list[Effect] = []
+        done: set[str] = set()
         for ev, name in list(self.resources):
             if ev == PRESENCE:
+                done.add(name)
                 effects.extend(self.reauthorize(name, now))
+        if self.authz is not None:
+            for name in self.authz.with_validity():  # watched later: their boundaries count
+                if name not in done:
+                    effects.extend(self.reauthorize(name, now))
         return effects
 
     def _apply(self, dlg: _Dialog, decision: Decision, now: float, effects: list[Effect],
@@ -1238,5 +1380,5 @@ def _replace(record: Subscription, **changes: object) -> Subscription:
 
 __all__ = [
     "PRESENCE", "TRANSITIONS", "Effect", "Forget", "NameAddr", "Notifier", "PaPolicy", "Persist", "Reply",
-    "SendNotify", "SubscriptionInfo", "WatchStarted", "WatchStopped", "transition",
+    "SaveEnded", "SendNotify", "SubscriptionInfo", "WatchStarted", "WatchStopped", "transition",
 ]

@@ -15,10 +15,11 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from presenced.pa.model import PresenceDoc
 from presenced.pa.packages.winfo import Watcher
-from presenced.pa.records import Subscription
+from presenced.pa.records import EndedWatchers, Subscription
 from presenced.pa.subscription import (
     FLOW_FAILED,
     PRESENCE,
@@ -27,6 +28,7 @@ from presenced.pa.subscription import (
     Notifier,
     Persist,
     Reply,
+    SaveEnded,
     SendNotify,
     SubscriptionInfo,
     WatchStarted,
@@ -112,6 +114,12 @@ class NotifierService:
         effects = self.notifier.load(records, self.clock())
         log.info("loaded %d subscriptions", len(records))
         await self.run(effects)
+
+    async def load_ended(self) -> None:
+        """The ended watchers an earlier run kept for offline winfo (before the
+        subscriptions load, so a restored winfo subscription's first document lists them)."""
+        for ended in await self.storage.load_ended_watchers():
+            self.notifier.load_ended(ended.presentity, (Watcher(*w) for w in ended.watchers))
 
     # --- entry points ----------------------------------------------------------------------
 
@@ -255,16 +263,23 @@ class NotifierService:
             effects = [*effects, *self.notifier.flush_winfo(self.clock())]
         # The last write per subscription wins; distinct subscriptions are written concurrently.
         latest: dict[str, Persist | Forget] = {}
+        ended: dict[str, SaveEnded] | None = None
         for eff in effects:
             if isinstance(eff, Persist):
                 latest[eff.sub.id] = eff
             elif isinstance(eff, Forget):
                 latest[eff.sub_id] = eff
+            elif isinstance(eff, SaveEnded):
+                if ended is None:
+                    ended = {}
+                ended[eff.presentity] = eff
         writes = [
             self.storage.put_subscription(w.sub) if isinstance(w, Persist)
             else self.storage.delete_subscription(w.sub_id)
             for w in latest.values()
         ]
+        if ended:
+            writes.extend(self._ended_write(e) for e in ended.values())
         if writes:
             try:
                 if len(writes) == 1:
@@ -299,6 +314,13 @@ class NotifierService:
                     except Exception:
                         log.exception("watch listener failed")
         self._arm()
+
+    def _ended_write(self, eff: SaveEnded) -> Any:
+        if not eff.watchers:
+            return self.storage.delete_ended_watchers(eff.presentity)
+        return self.storage.put_ended_watchers(EndedWatchers(
+            eff.presentity, tuple((w.id, w.uri, w.status, w.event) for w in eff.watchers),
+            self.clock()))
 
     def _send_notify(self, eff: SendNotify) -> None:
         # The notifier chose the destination (docs/presence.md "Where NOTIFYs go"); the typed

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
 
-__all__ = ["Binding", "Publication", "RulesDocument", "Storage", "Subscription"]
+__all__ = ["Binding", "EndedWatchers", "Publication", "RulesDocument", "Storage", "Subscription"]
 
 
 class Storage(Protocol):
@@ -48,3 +48,10 @@ class Storage(Protocol):
     async def delete_rules(self, aor: str) -> None: ...
 
     async def load_rules(self) -> list[RulesDocument]: ...
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        """Insert or replace the presentity's ended watchers not yet shown (offline winfo)."""
+
+    async def delete_ended_watchers(self, presentity: str) -> None: ...
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]: ...

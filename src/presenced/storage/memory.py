@@ -6,7 +6,7 @@ safe; `load_*` returns a fresh list so callers never see later writes through it
 
 from __future__ import annotations
 
-from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 
@@ -18,6 +18,7 @@ class MemoryStorage:
         self._subscriptions: dict[str, Subscription] = {}
         self._publications: dict[str, Publication] = {}
         self._rules: dict[str, RulesDocument] = {}
+        self._ended: dict[str, EndedWatchers] = {}
         self._open = False
 
     async def open(self) -> None:
@@ -81,3 +82,15 @@ class MemoryStorage:
     async def load_rules(self) -> list[RulesDocument]:
         self._check()
         return list(self._rules.values())
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        self._check()
+        self._ended[ended.presentity] = ended
+
+    async def delete_ended_watchers(self, presentity: str) -> None:
+        self._check()
+        self._ended.pop(presentity, None)
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]:
+        self._check()
+        return list(self._ended.values())

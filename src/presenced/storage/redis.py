@@ -6,6 +6,7 @@ Layout (with the default prefix ``presenced:``)::
     presenced:subscriptions  field id                      -> msgpack(Subscription)
     presenced:publications   field etag                    -> msgpack(Publication)
     presenced:rules          field aor                     -> msgpack(RulesDocument)
+    presenced:ended          field presentity              -> msgpack(EndedWatchers)
 
 Values are msgspec msgpack encodings of the record structs: exact for floats, `bytes` bodies
 stay binary and `route_set` decodes back to a tuple. Several presenced nodes may share one Redis
@@ -40,7 +41,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 DEFAULT_PREFIX = "presenced:"
@@ -50,6 +51,7 @@ _decode_binding = msgspec.msgpack.Decoder(Binding).decode
 _decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
 _decode_publication = msgspec.msgpack.Decoder(Publication).decode
 _decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
+_decode_ended = msgspec.msgpack.Decoder(EndedWatchers).decode
 
 
 def redact_url(url: str) -> str:
@@ -116,6 +118,7 @@ class RedisStorage:
         self._subscriptions_key = f"{self.prefix}subscriptions"
         self._publications_key = f"{self.prefix}publications"
         self._rules_key = f"{self.prefix}rules"
+        self._ended_key = f"{self.prefix}ended"
         self._client: Any = None  # redis.asyncio.Redis once open
         self._pool: Any = None
         self._redis_error: type[BaseException] = Exception
@@ -268,3 +271,12 @@ class RedisStorage:
 
     async def load_rules(self) -> list[RulesDocument]:
         return await self._load("load_rules", self._rules_key, _decode_rules)
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        await self._hset("put_ended_watchers", self._ended_key, ended.presentity, _encode(ended))
+
+    async def delete_ended_watchers(self, presentity: str) -> None:
+        await self._hdel("delete_ended_watchers", self._ended_key, presentity)
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]:
+        return await self._load("load_ended_watchers", self._ended_key, _decode_ended)

@@ -35,7 +35,7 @@ from typing import Any
 
 import msgspec
 
-from presenced.pa.records import Binding, Publication, RulesDocument, Subscription
+from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
 from presenced.storage import StorageClosedError, StorageError
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,13 @@ _PUT_RULES = _upsert("rules", _RULES_COLS, ("aor",))
 _DELETE_RULES = "DELETE FROM rules WHERE aor = ?"
 _SELECT_RULES = f"SELECT {', '.join(_RULES_COLS)} FROM rules"
 
+_ENDED_COLS = EndedWatchers.__struct_fields__
+_PUT_ENDED = _upsert("ended_watchers", _ENDED_COLS, ("presentity",))
+_DELETE_ENDED = "DELETE FROM ended_watchers WHERE presentity = ?"
+_SELECT_ENDED = f"SELECT {', '.join(_ENDED_COLS)} FROM ended_watchers"
+
 _encode_json = msgspec.json.Encoder().encode
+_decode_ended = msgspec.json.Decoder(tuple[tuple[str, str, str, str], ...]).decode
 _decode_route_set = msgspec.json.Decoder(tuple[str, ...]).decode
 _astuple = msgspec.structs.astuple
 
@@ -226,6 +232,20 @@ def _op_delete_rules(conn: sqlite3.Connection, aor: str) -> None:
 def _op_load_rules(conn: sqlite3.Connection) -> list[RulesDocument]:
     return [RulesDocument(aor, bytes(doc), etag, updated)
             for aor, doc, etag, updated in conn.execute(_SELECT_RULES)]
+
+
+def _op_put_ended(conn: sqlite3.Connection, ended: EndedWatchers) -> None:
+    conn.execute(_PUT_ENDED, (ended.presentity, _encode_json(ended.watchers).decode(),
+                              ended.updated))
+
+
+def _op_delete_ended(conn: sqlite3.Connection, presentity: str) -> None:
+    conn.execute(_DELETE_ENDED, (presentity,))
+
+
+def _op_load_ended(conn: sqlite3.Connection) -> list[EndedWatchers]:
+    return [EndedWatchers(p, _decode_ended(w), updated)
+            for p, w, updated in conn.execute(_SELECT_ENDED)]
 
 
 # --- the backend --------------------------------------------------------------------------------
@@ -374,6 +394,16 @@ class SqliteStorage:
 
     async def load_rules(self) -> list[RulesDocument]:
         result: list[RulesDocument] = await self._submit(_op_load_rules, ())
+        return result
+
+    async def put_ended_watchers(self, ended: EndedWatchers) -> None:
+        await self._submit(_op_put_ended, (ended,))
+
+    async def delete_ended_watchers(self, presentity: str) -> None:
+        await self._submit(_op_delete_ended, (presentity,))
+
+    async def load_ended_watchers(self) -> list[EndedWatchers]:
+        result: list[EndedWatchers] = await self._submit(_op_load_ended, ())
         return result
 
     # --- writer thread ---------------------------------------------------------------------------

@@ -21,6 +21,7 @@ one dict lookup per SUBSCRIBE (bench/authz.py).
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 
 from presenced.pa.policy.rules import (
@@ -77,12 +78,16 @@ def _merge(a: Provide | None, b: Provide | None) -> Provide | None:
 
 
 class _Indexed:
-    __slots__ = ("by_one", "rules", "scanned")
+    __slots__ = ("boundaries", "by_one", "rules", "scanned")
 
     def __init__(self, ruleset: RuleSet) -> None:
         self.rules = ruleset.rules
         self.by_one: dict[str, list[Rule]] = {}
         scanned: list[Rule] = []
+        # Every instant a rule's <validity> starts or ends (RFC 4745 §7.3), sorted.
+        self.boundaries = tuple(sorted({t for rule in ruleset.rules
+                                        for interval in rule.conditions.validity or ()
+                                        for t in interval}))
         for rule in ruleset.rules:
             ident = rule.conditions.identity
             if ident is not None and not ident.many and rule.conditions.understood:
@@ -125,6 +130,20 @@ class Policy:
 
     def has_rules(self, presentity: str) -> bool:
         return presentity in self._rules
+
+    def next_boundary(self, presentity: str, now: float) -> float | None:
+        """The first instant after `now` at which a validity period of the presentity's rules
+        starts or ends (RFC 4745 §7.3), when the decisions may change; None when none does."""
+        indexed = self._rules.get(presentity)
+        if indexed is None or not indexed.boundaries:
+            return None
+        b = indexed.boundaries
+        i = bisect_right(b, now)
+        return b[i] if i < len(b) else None
+
+    def with_validity(self) -> list[str]:
+        """The presentities whose rules have validity periods."""
+        return [p for p, indexed in self._rules.items() if indexed.boundaries]
 
     @property
     def active(self) -> bool:
