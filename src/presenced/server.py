@@ -445,7 +445,8 @@ class Server:
                 publish=self.publish, storage=metered, storage_backend=cfg.storage.backend,
                 version=__version__, reload=self.reload, domains=tuple(sorted(domains)),
                 xmpp_up=(lambda: None) if jabber is None else (lambda: jabber.component.connected),
-                rules=self.rules)
+                rules=self.rules,
+                cluster=(lambda: None) if self.cluster is None else self.cluster.status)
             host, port = cfg.admin.address
             self.admin = AdminServer(state, host, port, cfg.admin.read_token(),
                                      metrics_public=cfg.admin.metrics_public, histograms=histograms)

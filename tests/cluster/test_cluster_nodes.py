@@ -294,3 +294,26 @@ def test_a_rules_change_reaches_the_watchers_on_every_node(
     assert sender(n) == NODE_HOSTS[1] and same_dialog(n, r)
     assert n.headers.get("Subscription-State", "").startswith("active")
     assert parse_pidf(n.body).basics == ["open"]
+
+
+def test_admin_status_shows_the_cluster(node_factory: NodeFactory, client: Client) -> None:
+    """`GET /api/v1/status` on a node names it and the other nodes with their leases."""
+    from admin_http import TOKEN, Admin
+    from harness import free_port_pair
+
+    port = free_port_pair(NODE_HOSTS[0])
+    nodes = [node_factory(0, sections={"admin": {"listen": f"{NODE_HOSTS[0]}:{port}",
+                                                  "token": TOKEN}}),
+             node_factory(1)]
+    api = Admin(port)
+    api.base = f"http://{NODE_HOSTS[0]}:{port}"
+    api.wait_up()
+    alice = client(nodes[1])
+    assert reg(alice, nodes[1], 600).status == 200
+    wait_for(lambda: api.get("/api/v1/status")["cluster"]["nodes"] == [{"node": "n1", "alive": True}])
+    st = api.get("/api/v1/status")["cluster"]
+    assert st["node"] == "n0" and st["lease_held"] is True and st["redis_scripts"] >= 0
+    assert NODE_HOSTS[0] in st["hosts"]
+    nodes[1].kill9()
+    wait_for(lambda: api.get("/api/v1/status")["cluster"]["nodes"] == [{"node": "n1", "alive": False}]
+             or api.get("/api/v1/status")["cluster"]["nodes"] == [])

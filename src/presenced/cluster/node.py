@@ -77,6 +77,7 @@ class ClusterNode:
         self._ready = asyncio.Event()
         self.adopted = 0  # dialogs taken from dead nodes (counters for the logs and tests)
         self.feed_errors = 0
+        self.peers: dict[str, bool] = {}  # other nodes at the last tick -> lease alive
 
     # --- lifecycle ------------------------------------------------------------------------
 
@@ -98,6 +99,17 @@ class ClusterNode:
 
     def ready(self) -> None:
         self._ready.set()
+
+    def status(self) -> dict[str, object]:
+        """What the admin API's /status shows of the cluster (docs/admin.md)."""
+        return {
+            "node": self.node_id, "lease_time": self.lease_time, "hosts": self.hosts,
+            "lease_held": self._renewed,
+            "nodes": [{"node": n, "alive": a} for n, a in sorted(self.peers.items())],
+            "suspects": sorted(self._suspects), "adopted": self.adopted,
+            "feed_errors": self.feed_errors,
+            "redis_pipelines": self.store.batches, "redis_scripts": self.store.scripts_run,
+        }
 
     async def leave(self) -> None:
         """Stop the loops and drop the lease: survivors adopt our dialogs at their next ticks."""
@@ -162,12 +174,14 @@ class ClusterNode:
         others = [n for n in nodes if n != self.node_id]
         if not others:
             self._suspects = set()
+            self.peers = {}
             return
         async with client.pipeline(transaction=False) as pipe:
             for n in others:
                 pipe.exists(self.store.lease_key(n))
             alive = await pipe.execute()
         dead = {n for n, a in zip(others, alive, strict=True) if not a}
+        self.peers = {n: bool(a) for n, a in zip(others, alive, strict=True)}
         for n in dead & self._suspects:
             await self._adopt(n)
         self._suspects = dead
