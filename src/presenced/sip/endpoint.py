@@ -29,6 +29,7 @@ from presenced.sip.limits import (
 )
 from presenced.sip.message import (
     DEFAULT_LIMITS,
+    TO_TAGGED,
     Limits,
     Request,
     Response,
@@ -407,7 +408,7 @@ class Endpoint:
 
         A response other than 100 gets a To-tag when the application gave none (RFC 3261
         §8.2.6.2), so no handler can forget it."""
-        if resp.status != 100:
+        if resp.status != 100 and TO_TAGGED not in resp._cache:
             try:
                 tagged = resp.to.tag is not None
             except ParseError:

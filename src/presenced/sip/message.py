@@ -390,6 +390,8 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
 
 
 _COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
+# Cache key make_response sets when the response's To carries a tag for sure.
+TO_TAGGED = "to_tagged"
 
 
 def make_response(
@@ -410,11 +412,16 @@ def make_response(
             copied.append(e)
     h = Headers._from_parsed(copied)
     to = req.headers.get("To")
+    tagged = False
     if to is not None:
-        if to_tag is not None and not _has_tag(req, to):
-            to = f"{to};tag={to_tag}"
+        if to_tag is not None:
+            if not _has_tag(req, to):
+                to = f"{to};tag={to_tag}"
+            tagged = True
         h.add("To", to)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
+    if tagged:  # Endpoint.respond need not parse the To again to learn it has a tag
+        resp._cache[TO_TAGGED] = True
     top_via = req._cache.get("top_via")
     if top_via is not None:  # the same header: spare routing the response a second parse
         resp._cache["top_via"] = top_via
@@ -423,6 +430,11 @@ def make_response(
 
 def _has_tag(req: Request, to: str) -> bool:
     """Whether To already carries a tag parameter (not ";tag=" inside a quoted display name)."""
+    parsed = req._cache.get("to")
+    if parsed is not None:
+        return "tag" in parsed.params
+    if "tag" not in to.lower():
+        return False  # no parameter named tag can hide in a value without those letters
     try:
         return "tag" in req.to.params
     except ParseError:
