@@ -247,20 +247,27 @@ class Server:
         self.driver.attach(self.dispatcher)  # the one late binding (services/ports.py)
 
         # State first, network second, owed notifications last. Bindings load before the
-        # subscriptions, so a restored reg watcher's resource starts from them.
-        closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
-        self.notifier.provide("reg", self.registrar.reg_parts)
-        effects = self.notifier.load(await self.storage.load_subscriptions(),
-                                     self.notifications.clock())
-        for aor in self.registrar.bindings:
-            self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
-        published, unpublished = await self.publish.load()
-        for event, presentity in published:
-            part = self.publish.part(presentity, event)
-            self.notifier.seed_part(presentity, "publish", part, event)
-            if isinstance(part, PresenceDoc) and part.tuples:
-                self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
-        closed |= unpublished
+        # subscriptions, so a restored reg watcher's resource starts from them. The loaded
+        # records are long-lived and free of cycles: collecting while millions of them arrive
+        # only walks them again and again, so the collector is off until they are frozen.
+        gc.disable()
+        try:
+            closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
+            self.notifier.provide("reg", self.registrar.reg_parts)
+            effects = self.notifier.load(await self.storage.load_subscriptions(),
+                                         self.notifications.clock())
+            for aor in self.registrar.bindings:
+                self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
+            published, unpublished = await self.publish.load()
+            for event, presentity in published:
+                part = self.publish.part(presentity, event)
+                self.notifier.seed_part(presentity, "publish", part, event)
+                if isinstance(part, PresenceDoc) and part.tuples:
+                    self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
+            closed |= unpublished
+        finally:
+            gc.freeze()  # what loaded stays; the collector never walks it
+            gc.enable()
 
         started: set[str] = set()
         tcp_table = ConnectionTable()  # the TCP caps count every TCP listener together

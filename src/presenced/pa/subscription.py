@@ -847,17 +847,23 @@ class Notifier:
         final NOTIFY now. Records of a package this version does not serve are skipped."""
         effects: list[Effect] = []
         expired: list[_Dialog] = []
+        # Dialogs that share a flow (behind one proxy) or a limit key share one object of it.
+        flows: dict[str, Peer] = {}
+        keys: dict[str, str] = {}
         for record in records:
             if record.event not in self.packages:
                 continue
-            try:
-                flow = parse_peer(record.peer)
-            except ValueError:
-                continue  # a record no version wrote; nothing to notify it over
+            flow = flows.get(record.peer)
+            if flow is None:
+                try:
+                    flow = flows[record.peer] = parse_peer(record.peer)
+                except ValueError:
+                    continue  # a record no version wrote; nothing to notify it over
             trusted = self.trusted(flow.host)
             # The authenticated identity is not stored: a restored dialog counts for its From
             # (trusted proxy) or its source address.
             key = record.watcher if trusted else f"ip:{flow.host}"
+            key = keys.setdefault(key, key)
             dlg = _Dialog(record, flow, trusted, key)
             # A stored dialog outlived its first NOTIFY: one that was never answered ended with
             # its transaction's timeout. So its watcher had answered (saved a moment before a
