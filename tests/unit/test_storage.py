@@ -455,3 +455,26 @@ async def test_sqlite_inline_checkpointer_moves_the_wal_into_the_database(tmp_pa
         await store.close()
     with sqlite3.connect(path) as other:
         assert other.execute("SELECT count(*) FROM bindings").fetchone()[0] == CHECKPOINT_EVERY
+
+
+async def test_sqlite_a_lone_single_statement_write_autocommits(tmp_path: Path) -> None:
+    """One statement is its own transaction; a burst or a multi-statement op gets BEGIN..COMMIT."""
+    store = await reopened(tmp_path / "p.db")
+    try:
+        assert store._conn is not None
+        seen: list[str] = []
+        store._conn.set_trace_callback(seen.append)
+        await store.put_binding(binding("sip:a@192.0.2.1:1"))
+        assert [s.split()[0] for s in seen] == ["INSERT"]
+        seen.clear()
+        await asyncio.gather(store.put_binding(binding("sip:a@192.0.2.1:2")),
+                             store.delete_binding("alice@example.com", "sip:a@192.0.2.1:1"))
+        assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT", "DELETE", "COMMIT"]
+        seen.clear()
+        await store.put_publication(publication("e1"))
+        await store.put_publication(publication("e2"), replaces="e1")
+        assert [s.split()[0] for s in seen] == ["INSERT", "BEGIN", "DELETE", "INSERT", "COMMIT"]
+        store._conn.set_trace_callback(None)
+        assert [p.etag for p in await store.load_publications()] == ["e2"]
+    finally:
+        await store.close()

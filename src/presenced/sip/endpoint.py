@@ -224,7 +224,7 @@ class Endpoint:
         result = self.txns.receive_response(branch, method, resp.status, now)
         if result is None:
             return []
-        ctx: tuple[object, Peer] = result.context  # type: ignore[assignment]
+        ctx: tuple[object, Peer, bool] = result.context  # type: ignore[assignment]
         dest = ctx[1]
         if self.guard is not None and dest.transport == "udp" and dest.host == peer.host:
             # It carries the branch we sent to `dest`: that address reads what we send
@@ -504,7 +504,7 @@ class Endpoint:
                 else:
                     out.extend(self._guarded(Transmit(ev.data, ctx[1]), now))
             elif isinstance(ev, ClientTimeout):
-                tctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
+                tctx: tuple[object, Peer, bool] = ev.context  # type: ignore[assignment]
                 out.append(ClientTimedOut(tctx[0]))
             elif isinstance(ev, ServerTimeout):
                 self.stats.unanswered += 1

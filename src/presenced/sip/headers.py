@@ -129,7 +129,10 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = header_key(name)
-        return any(k == key for k, _, _ in self._items)
+        for k, _, _ in self._items:  # a loop, not any(): no generator on the hot path
+            if k == key:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((n, v) for _, n, v in self._items)

@@ -362,9 +362,15 @@ def _check_cseq(req: Request) -> CSeq:
     return cseq
 
 
+# lowercased name as written (compact forms too) -> (lookup key, canonical spelling)
+_KNOWN_NAMES: dict[str, tuple[str, str]] = {low: (full.lower(), full) for low, full in CANONICAL.items()}
+
+
 def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str]]:
     entries: list[tuple[str, str, str]] = []
-    canonical = CANONICAL
+    known = _KNOWN_NAMES
+    # Fewer lines than the limit cannot make more entries: then no count per line.
+    max_headers = limits.max_headers if len(lines) - 1 > limits.max_headers else -1
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
             # Line folding (RFC 3261 §7.3.1): a continuation joins the previous value.
@@ -377,14 +383,15 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
         if not colon:
             raise ParseError(f"header line without a colon: {line[:80]!r}")
         name = name.rstrip(" \t")
-        full = canonical.get(name.lower())
-        if full is None:
+        low = name.lower()
+        hit = known.get(low)
+        if hit is None:
             if not _HEADER_NAME.match(name):
                 raise ParseError(f"bad header name {name[:80]!r}")
-            entries.append((name.lower(), name, value.strip()))
+            entries.append((low, name, value.strip()))
         else:
-            entries.append((full.lower(), full, value.strip()))
-        if len(entries) > limits.max_headers:
+            entries.append((hit[0], hit[1], value.strip()))
+        if max_headers >= 0 and len(entries) > max_headers:
             raise ParseError("too many headers")
     return entries
 

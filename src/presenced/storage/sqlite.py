@@ -232,6 +232,19 @@ def _op_load_publications(conn: sqlite3.Connection) -> list[Publication]:
     return [Publication(*row) for row in conn.execute(_SELECT_PUBLICATIONS)]
 
 
+# Ops that run exactly one statement, which autocommit makes atomic by itself.
+_ONE_STATEMENT = frozenset({_op_put_binding, _op_delete_binding, _op_put_subscription,
+                            _op_delete_subscription, _op_delete_publication})
+
+
+def _one_statement(op: tuple[Callable[..., Any] | None, tuple[Any, ...], Any]) -> bool:
+    fn, args, _ = op
+    if fn in _ONE_STATEMENT:
+        return True
+    # A publication that replaces no other ETag is one INSERT ... ON CONFLICT.
+    return fn is _op_put_publication and (args[1] is None or args[1] == args[0].etag)
+
+
 # --- the backend --------------------------------------------------------------------------------
 
 # (function, arguments, future); function None is the stop request, its future resolves on close.
@@ -591,6 +604,10 @@ class SqliteStorage:
                 return stop
 
     def _run_batch(self, conn: sqlite3.Connection, batch: list[_Op]) -> list[_Outcome]:
+        if len(batch) == 1 and _one_statement(batch[0]):
+            # One statement is its own transaction in autocommit mode: the same commit with
+            # two round trips through sqlite3 fewer than BEGIN ... COMMIT around it.
+            return [self._run_one(conn, batch[0], autocommit=True)]
         values: list[Any] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
@@ -605,13 +622,16 @@ class SqliteStorage:
             return [self._run_one(conn, op) for op in batch]
         return [(op[2], None, value) for op, value in zip(batch, values, strict=True)]
 
-    def _run_one(self, conn: sqlite3.Connection, op: _Op) -> _Outcome:
+    def _run_one(self, conn: sqlite3.Connection, op: _Op, autocommit: bool = False) -> _Outcome:
         fn, args, fut = op
         assert fn is not None
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            value = fn(conn, *args)
-            conn.execute("COMMIT")
+            if autocommit:
+                value = fn(conn, *args)
+            else:
+                conn.execute("BEGIN IMMEDIATE")
+                value = fn(conn, *args)
+                conn.execute("COMMIT")
         except Exception as exc:
             _rollback(conn)
             err = StorageError(f"SQLite database {self.path}: {fn.__name__[4:]} failed: {exc}")
