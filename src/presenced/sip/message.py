@@ -105,7 +105,7 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        v = self._cached("vias")
+        v = self._cache.get("vias", _MISSING)
         if v is _MISSING:
             values = self.headers.get_list("Via")
             if not values:
@@ -115,9 +115,9 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        v = self._cached("top_via")
+        v = self._cache.get("top_via", _MISSING)
         if v is _MISSING:
-            v = self._cached("vias")
+            v = self._cache.get("vias", _MISSING)
             if v is not _MISSING:
                 v = v[0]
             else:
@@ -133,14 +133,14 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        v = self._cached("from")
+        v = self._cache.get("from", _MISSING)
         if v is _MISSING:
             v = self._cache["from"] = parse_name_addr(self._required("From"))
         return v  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        v = self._cached("to")
+        v = self._cache.get("to", _MISSING)
         if v is _MISSING:
             v = self._cache["to"] = parse_name_addr(self._required("To"))
         return v  # type: ignore[no-any-return]
@@ -151,14 +151,14 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        v = self._cached("cseq")
+        v = self._cache.get("cseq", _MISSING)
         if v is _MISSING:
             v = self._cache["cseq"] = parse_cseq(self._required("CSeq"))
         return v  # type: ignore[no-any-return]
 
     @property
     def contacts(self) -> list[NameAddr]:
-        v = self._cached("contacts")
+        v = self._cache.get("contacts", _MISSING)
         if v is _MISSING:
             v = self._cache["contacts"] = [parse_name_addr(x) for x in self.headers.get_list("Contact")]
         return v  # type: ignore[no-any-return]
@@ -180,7 +180,7 @@ class Message:
 
     @property
     def event(self) -> EventHeader | None:
-        v = self._cached("event")
+        v = self._cache.get("event", _MISSING)
         if v is _MISSING:
             value = self.headers.get("Event")
             v = self._cache["event"] = None if value is None else parse_event(value)
@@ -203,7 +203,7 @@ class Message:
         the start line or a header value: CR/LF there would let a peer's text add lines to our
         message (header injection). HTAB is allowed in values (RFC 3261 §25.1 LWS)."""
         lines = [self._start_line()]
-        for name, value in self.headers:
+        for _, name, value in self.headers._items:
             if name != "Content-Length":
                 lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
@@ -226,7 +226,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        v = self._cached("ruri")
+        v = self._cache.get("ruri", _MISSING)
         if v is _MISSING:
             v = self._cache["ruri"] = parse_uri(self.uri)
         return v  # type: ignore[no-any-return]
