@@ -850,6 +850,7 @@ class Notifier:
         # Dialogs that share a flow (behind one proxy) or a limit key share one object of it.
         flows: dict[str, Peer] = {}
         keys: dict[str, str] = {}
+        announced: set[tuple[str, str, str]] = set()  # (event, presentity, source) seen
         for record in records:
             if record.event not in self.packages:
                 continue
@@ -872,8 +873,11 @@ class Notifier:
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             res = self._resource(record.event, record.presentity)
-            if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
-                effects.append(WatchStarted(record.presentity, record.source, record.event))
+            watch = (record.event, record.presentity, record.source)
+            if watch not in announced:  # the scan below once per resource and source
+                announced.add(watch)
+                if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
+                    effects.append(WatchStarted(record.presentity, record.source, record.event))
             res.watchers.add(record.id)
             if record.expires_at <= now:
                 expired.append(dlg)
