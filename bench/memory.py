@@ -19,9 +19,9 @@ one-off cost of a fan-out), and per-transaction state under load (transient, bou
 from __future__ import annotations
 
 import argparse
-from collections.abc import Iterator
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))

@@ -142,7 +142,7 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = header_key(name)
-        for k, _, _ in self._items:  # a loop, not any(): no generator on the hot path
+        for k, _, _ in self._items:  # noqa: SIM110 - a loop, not any(): no generator here
             if k == key:
                 return True
         return False
