@@ -307,8 +307,9 @@ class Server:
         # (docs/performance.md).
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
-        # The storage writer thread needs the GIL briefly per commit; the default 5 ms switch
-        # interval makes every durable write wait behind the loop (docs/performance.md).
+        # A storage writer thread (SQLite with synchronous FULL, the checkpointer) needs the
+        # GIL briefly per commit; the default 5 ms switch interval makes every durable write
+        # wait behind the loop (docs/performance.md).
         sys.setswitchinterval(0.0005)
 
     async def stop(self) -> None:
