@@ -58,7 +58,7 @@ def _req(method: str, ruri: str, call_id: str, cseq: int, from_tag: str, to_tag:
          user: str, extra: str = "", body: bytes = b"", branch: str = "") -> bytes:
     to = f"<sip:{user}@{DOMAIN}>" + (f";tag={to_tag}" if to_tag else "")
     head = (f"{method} {ruri} SIP/2.0\r\n"
-            f"Via: SIP/2.0/UDP {CLIENT[0]}:{CLIENT[1]};branch=z9hG4bK{branch}\r\n"
+            f"Via: SIP/2.0/UDP {CLIENT[0]}:{CLIENT[1]};branch=z9hG4bK{branch};rport\r\n"
             f"From: <sip:watcher@{DOMAIN}>;tag={from_tag}\r\nTo: {to}\r\n"
             f"Call-ID: {call_id}\r\nCSeq: {cseq} {method}\r\nMax-Forwards: 70\r\n"
             f"Contact: <sip:watcher@{CLIENT[0]}:{CLIENT[1]}>\r\n{extra}"
@@ -105,7 +105,7 @@ class Cycles:
     async def register(self) -> None:
         self.n += 1
         i = self.n
-        user = f"r{i % 1000}"
+        user = f"b{i}"  # a user per cycle, as sipp's register.xml has it
         for cseq, expires in ((1, 3600), (2, 0)):
             await self._send(_req("REGISTER", f"sip:{DOMAIN}", f"reg{i}", cseq, f"f{i}", None,
                                   user, f"Expires: {expires}\r\n", branch=f"r{i}x{cseq}"))

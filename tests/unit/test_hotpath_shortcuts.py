@@ -1,7 +1,7 @@
 """Shortcuts taken on the per-message hot path (issue 11) give the answers the slow way gives.
 
-make_response knows when the To it wrote carries a tag, so Endpoint.respond does not parse it
-again (RFC 3261 §8.2.6.2: every answer but 100 has a To-tag); `_has_tag` decides without a
+make_response knows whether the To it wrote carries a tag (it added one, or the request's To
+was parsed already), so Endpoint.respond does not parse it again (RFC 3261 §8.2.6.2: every answer but 100 has a To-tag); `_has_tag` decides without a
 parse when the To cannot hold a tag parameter; the dispatcher's UTF-8 check reads the header
 lines once and still names the first identity header in its fixed order.
 """
@@ -60,18 +60,37 @@ def test_to_tag_decision_with_and_without_a_parse(to: str, expected: str) -> Non
     assert make_response(parsed, 200, to_tag="new").headers.get("To") == expected
 
 
-def test_endpoint_still_tags_an_application_answer_made_without_a_tag() -> None:
+def test_make_response_without_a_tag_knows_a_parsed_requests_to() -> None:
+    untagged, tagged = request(), request("<sip:alice@example.com>;tag=t9")
+    untagged.to  # noqa: B018
+    tagged.to  # noqa: B018
+    assert make_response(untagged, 200)._cache[TO_TAGGED] is False
+    assert make_response(tagged, 200)._cache[TO_TAGGED] is True
+
+
+@pytest.mark.parametrize(
+    ("method", "to", "parse_first"),
+    [("SUBSCRIBE", "<sip:alice@example.com>", False),  # the endpoint parses an initial SUBSCRIBE's To
+     ("REGISTER", "<sip:alice@example.com>", False),  # ... not a REGISTER's: unknown, parsed late
+     ("REGISTER", "<sip:alice@example.com>", True),  # known untagged
+     ("REGISTER", "<sip:alice@example.com>;tag=t9", True)],  # known tagged: left alone
+)
+def test_endpoint_tags_every_application_answer_once(method: str, to: str,
+                                                     parse_first: bool) -> None:
     config = EndpointConfig(domains=frozenset({"example.com"}), rate_limits=None,
                             amplification=None, via_hosts={"udp": "127.0.0.1:5060"})
     ep = Endpoint(config, make_token=lambda: "tok")
-    data = request(method="SUBSCRIBE").encode()
+    data = request(to, method=method).encode()
     (ev,) = ep.receive(data, CLIENT, 0.0)
     assert isinstance(ev, RequestReceived)
+    if parse_first:
+        ev.request.to  # noqa: B018 - as a service reading the AOR leaves it
     (out,) = ep.respond(ev.txn, make_response(ev.request, 202), CLIENT, 0.0)
     assert isinstance(out, Transmit)
     resp = parse_message(out.data)
     assert isinstance(resp, Response)
-    assert resp.to.tag == "tok"
+    assert resp.to.tag == ("t9" if "tag=" in to else "tok")
+    assert (resp.headers.get("To") or "").count("tag=") == 1
 
 
 def test_not_utf8_names_the_first_identity_header_in_its_order() -> None:

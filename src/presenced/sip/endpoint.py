@@ -408,11 +408,13 @@ class Endpoint:
 
         A response other than 100 gets a To-tag when the application gave none (RFC 3261
         §8.2.6.2), so no handler can forget it."""
-        if resp.status != 100 and TO_TAGGED not in resp._cache:
-            try:
-                tagged = resp.to.tag is not None
-            except ParseError:
-                tagged = True  # nothing sane to add a tag to; answer as is
+        if resp.status != 100:
+            tagged = resp._cache.get(TO_TAGGED)  # make_response knows, mostly
+            if tagged is None:
+                try:
+                    tagged = resp.to.tag is not None
+                except ParseError:
+                    tagged = True  # nothing sane to add a tag to; answer as is
             if not tagged:
                 to = resp.headers.get("To") or ""
                 resp.headers.set("To", f"{to};tag={self.make_token()}")

@@ -397,7 +397,7 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
 
 
 _COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
-# Cache key make_response sets when the response's To carries a tag for sure.
+# Cache key make_response sets when it knows whether the response's To carries a tag.
 TO_TAGGED = "to_tagged"
 
 
@@ -419,20 +419,29 @@ def make_response(
             copied.append(e)
     h = Headers._from_parsed(copied)
     to = req.headers.get("To")
-    tagged = False
+    tagged: bool | None = None  # whether the To we write has a tag, when known without a parse
     if to is not None:
         if to_tag is not None:
             if not _has_tag(req, to):
                 to = f"{to};tag={to_tag}"
             tagged = True
+        else:
+            tagged = _known_tag(req)
         h.add("To", to)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
-    if tagged:  # Endpoint.respond need not parse the To again to learn it has a tag
-        resp._cache[TO_TAGGED] = True
+    if tagged is not None:  # Endpoint.respond need not parse the To again to learn it
+        resp._cache[TO_TAGGED] = tagged
     top_via = req._cache.get("top_via")
     if top_via is not None:  # the same header: spare routing the response a second parse
         resp._cache["top_via"] = top_via
     return resp
+
+
+def _known_tag(req: Request) -> bool | None:
+    """Whether the request's To has a tag, if it was parsed already (an unparsed one may be
+    broken: Endpoint.respond then decides, as it always did)."""
+    parsed: NameAddr | None = req._cache.get("to")
+    return None if parsed is None else "tag" in parsed.params
 
 
 def _has_tag(req: Request, to: str) -> bool:
