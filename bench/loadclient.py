@@ -170,6 +170,7 @@ class BenchServer:
         self.port = 0
         self.proc: subprocess.Popen[bytes] | None = None
         self._dir: tempfile.TemporaryDirectory[str] | None = None
+        self.start_timeout = 15.0  # seconds until it must answer OPTIONS (a big reload: more)
 
     @property
     def addr(self) -> tuple[str, int]:
@@ -205,6 +206,11 @@ class BenchServer:
             f'domains = ["{DOMAIN}"]\ndata_dir = "{d}"\nlog_level = "warning"\n'
             f"{self.server_extra}{limits}{storage}{self.extra}\n"
         )
+        self._spawn()
+
+    def _spawn(self) -> None:
+        assert self._dir is not None
+        d = Path(self._dir.name)
         python = str(PRESENCED.parent / "python")
         if self.profile:
             cmd = [python, "-m", "cProfile", "-o", self.profile, str(PRESENCED)]
@@ -216,16 +222,31 @@ class BenchServer:
             stderr=open(d / "stderr.log", "wb"),  # noqa: SIM115
             cwd=d,
         )
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError("presenced exited: " + (d / "stderr.log").read_text()[-2000:])
             if _options_ok(self.addr):
                 return
         self.stop()
-        raise RuntimeError("presenced did not answer OPTIONS within 15 s")
+        raise RuntimeError(f"presenced did not answer OPTIONS within {self.start_timeout:.0f} s")
+
+    def restart(self, between: Callable[[Path], object] | None = None) -> None:
+        """Stop the server, call `between(data_dir)`, start it again on the same data dir and
+        port; returns once it answers OPTIONS."""
+        assert self._dir is not None
+        self._halt()
+        if between is not None:
+            between(Path(self._dir.name))
+        self._spawn()
 
     def stop(self) -> None:
+        self._halt()
+        if self._dir is not None:
+            self._dir.cleanup()
+            self._dir = None
+
+    def _halt(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT if self.profile else signal.SIGTERM)
             try:
@@ -234,9 +255,6 @@ class BenchServer:
                 self.proc.kill()
                 self.proc.wait()
         self.proc = None
-        if self._dir is not None:
-            self._dir.cleanup()
-            self._dir = None
 
     def rss_kb(self) -> int:
         return rss_kb(self.pid)

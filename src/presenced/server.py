@@ -353,22 +353,29 @@ class Server:
             await self.cluster.join()  # the feed first: no change after the load is missed
             # --- cluster (end) ---
         # State first, network second, owed notifications last. Bindings load before the
-        # subscriptions, so a restored reg watcher's resource starts from them.
+        # subscriptions, so a restored reg watcher's resource starts from them. The loaded
+        # records are long-lived and free of cycles: collecting while millions of them arrive
+        # only walks them again and again, so the collector is off until they are frozen.
         await self.rules.load()  # before the subscriptions: they are re-decided against it
-        closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
-        self.notifier.provide("reg", self.registrar.reg_parts)
-        await self.notifications.load_ended()  # offline winfo: before the dialogs load
-        effects = self.notifier.load(await self.storage.load_subscriptions(),
-                                     self.notifications.clock())
-        for aor in self.registrar.bindings:
-            self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
-        published, unpublished = await self.publish.load()
-        for event, presentity in published:
-            part = self.publish.part(presentity, event)
-            self.notifier.seed_part(presentity, "publish", part, event)
-            if isinstance(part, PresenceDoc) and part.tuples:
-                self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
-        closed |= unpublished
+        gc.disable()
+        try:
+            closed = {(PRESENCE, aor) for aor in await self.registrar.load()}
+            self.notifier.provide("reg", self.registrar.reg_parts)
+            await self.notifications.load_ended()  # offline winfo: before the dialogs load
+            effects = self.notifier.load(await self.storage.load_subscriptions(),
+                                         self.notifications.clock())
+            for aor in self.registrar.bindings:
+                self.notifier.seed_part(aor, "registrar", self.registrar.part(aor))
+            published, unpublished = await self.publish.load()
+            for event, presentity in published:
+                part = self.publish.part(presentity, event)
+                self.notifier.seed_part(presentity, "publish", part, event)
+                if isinstance(part, PresenceDoc) and part.tuples:
+                    self.notifier.seed_part(presentity, PUBLISHED, PUBLISHED_MARK)
+            closed |= unpublished
+        finally:
+            gc.freeze()  # what loaded stays; the collector never walks it
+            gc.enable()
         # The rules may have changed while we were down (`presenced rules` on a stopped server).
         effects += self.notifier.reauthorize_all(self.notifications.clock())
 
@@ -463,8 +470,9 @@ class Server:
         # (docs/performance.md).
         gc.freeze()
         gc.set_threshold(100_000, 50, 100)
-        # The storage writer thread needs the GIL briefly per commit; the default 5 ms switch
-        # interval makes every durable write wait behind the loop (docs/performance.md).
+        # A storage writer thread (SQLite with synchronous FULL, the checkpointer) needs the
+        # GIL briefly per commit; the default 5 ms switch interval makes every durable write
+        # wait behind the loop (docs/performance.md).
         sys.setswitchinterval(0.0005)
 
     # --- reload (POST /api/v1/reload) -----------------------------------------------------------

@@ -171,7 +171,8 @@ def _patched_root() -> Iterator[None]:
     server_module.TcpTransport = _Tcp  # type: ignore[misc, assignment]
     server_module.Driver = FakeClockDriver  # type: ignore[misc]
     server_module.gc = types.SimpleNamespace(  # type: ignore[assignment]
-        freeze=lambda: None, set_threshold=lambda *a: None)
+        freeze=lambda: None, set_threshold=lambda *a: None, disable=lambda: None,
+        enable=lambda: None)
     try:
         yield
     finally:

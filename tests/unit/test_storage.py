@@ -24,18 +24,26 @@ from presenced.storage.memory import MemoryStorage
 from presenced.storage.sqlite import Migration, SqliteStorage, bundled_migrations
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", "sqlite-thread"])
 async def storage(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Storage]:
     store: Storage = (
-        MemoryStorage() if request.param == "memory" else SqliteStorage(tmp_path / "p.db")
+        MemoryStorage() if request.param == "memory"
+        else SqliteStorage(tmp_path / "p.db", writer="thread") if request.param == "sqlite-thread"
+        else SqliteStorage(tmp_path / "p.db")
     )
     await store.open()
     yield store
     await store.close()
 
 
-async def reopened(path: Path) -> SqliteStorage:
-    store = SqliteStorage(path)
+@pytest.fixture(params=["inline", "thread"])
+def writer(request: pytest.FixtureRequest) -> str:
+    """The SQLite writer: on the event loop (the default) or on its own thread."""
+    return str(request.param)
+
+
+async def reopened(path: Path, writer: str = "inline") -> SqliteStorage:
+    store = SqliteStorage(path, writer=writer)
     await store.open()
     return store
 
@@ -140,15 +148,15 @@ async def test_write_after_close_raises_closed_error(storage: Storage) -> None:
 # --- SQLite durability and error isolation --------------------------------------------------------
 
 
-async def test_sqlite_records_survive_close_and_reopen(tmp_path: Path) -> None:
+async def test_sqlite_records_survive_close_and_reopen(tmp_path: Path, writer: str) -> None:
     path = tmp_path / "p.db"
-    store = await reopened(path)
+    store = await reopened(path, writer)
     await store.put_binding(binding())
     await store.put_subscription(subscription())
     await store.put_publication(publication())
     await store.close()
 
-    store = await reopened(path)
+    store = await reopened(path, writer)
     try:
         assert await store.load_bindings() == [binding()]
         assert await store.load_subscriptions() == [subscription()]
@@ -157,9 +165,9 @@ async def test_sqlite_records_survive_close_and_reopen(tmp_path: Path) -> None:
         await store.close()
 
 
-async def test_sqlite_close_commits_writes_already_submitted(tmp_path: Path) -> None:
+async def test_sqlite_close_commits_writes_already_submitted(tmp_path: Path, writer: str) -> None:
     path = tmp_path / "p.db"
-    store = await reopened(path)
+    store = await reopened(path, writer)
     tasks = [
         asyncio.create_task(store.put_binding(binding(f"sip:a@192.0.2.1:{i}"))) for i in range(200)
     ]
@@ -167,15 +175,15 @@ async def test_sqlite_close_commits_writes_already_submitted(tmp_path: Path) -> 
     await store.close()
     assert all(t.done() and t.exception() is None for t in tasks)
 
-    store = await reopened(path)
+    store = await reopened(path, writer)
     try:
         assert len(await store.load_bindings()) == 200
     finally:
         await store.close()
 
 
-async def test_sqlite_failed_write_reaches_only_its_awaiter(tmp_path: Path) -> None:
-    store = await reopened(tmp_path / "p.db")
+async def test_sqlite_failed_write_reaches_only_its_awaiter(tmp_path: Path, writer: str) -> None:
+    store = await reopened(tmp_path / "p.db", writer)
     try:
         good = [binding(f"sip:a@192.0.2.1:{i}") for i in range(50)]
         bad = binding("sip:bad@192.0.2.1", cseq=2**70)  # too big for an SQLite INTEGER
@@ -192,16 +200,16 @@ async def test_sqlite_failed_write_reaches_only_its_awaiter(tmp_path: Path) -> N
         assert sorted(b.contact for b in await store.load_bindings()) == sorted(
             b.contact for b in good
         )
-        # The writer thread is still serving.
+        # The writer is still serving.
         await store.put_binding(binding("sip:after@192.0.2.1"))
         assert len(await store.load_bindings()) == 51
     finally:
         await store.close()
 
 
-async def test_sqlite_publication_replace_is_atomic(tmp_path: Path) -> None:
+async def test_sqlite_publication_replace_is_atomic(tmp_path: Path, writer: str) -> None:
     # If inserting the new entity fails, the old ETag must survive (no window without state).
-    store = await reopened(tmp_path / "p.db")
+    store = await reopened(tmp_path / "p.db", writer)
     try:
         await store.put_publication(publication("old"))
         broken = publication("new", body=None)  # violates body NOT NULL
@@ -398,3 +406,75 @@ def test_open_storage_builds_the_redis_backend_for_a_redis_url(tmp_path: Path) -
 def test_open_storage_rejects_bad_urls(tmp_path: Path, url: str) -> None:
     with pytest.raises(ValueError, match="storage url"):
         open_storage(url, tmp_path)
+
+
+# --- the inline writer (issue 11) ------------------------------------------------------------------
+
+
+async def test_sqlite_inline_writes_of_one_loop_iteration_share_one_commit(tmp_path: Path) -> None:
+    store = await reopened(tmp_path / "p.db")
+    try:
+        before = store._commits
+        await asyncio.gather(*(store.put_binding(binding(f"sip:a@192.0.2.1:{i}"))
+                               for i in range(100)))
+        assert store._commits == before + 1  # group commit: one transaction for the burst
+        assert len(await store.load_bindings()) == 100
+    finally:
+        await store.close()
+
+
+def test_sqlite_writer_follows_the_durability_mode(tmp_path: Path) -> None:
+    """A per-commit fsync (FULL, EXTRA) would stall the loop: those keep the writer thread."""
+    assert SqliteStorage(tmp_path / "a.db").writer == "inline"
+    assert SqliteStorage(tmp_path / "a.db", synchronous="full").writer == "thread"
+    assert SqliteStorage(tmp_path / "a.db", synchronous="full", writer="inline").writer == "inline"
+    with pytest.raises(ValueError):
+        SqliteStorage(tmp_path / "a.db", writer="process")
+
+
+async def test_sqlite_inline_checkpointer_moves_the_wal_into_the_database(tmp_path: Path) -> None:
+    from presenced.storage.sqlite import CHECKPOINT_EVERY
+
+    path = tmp_path / "p.db"
+    store = await reopened(path)
+    try:
+        for i in range(CHECKPOINT_EVERY):
+            await store.put_binding(binding(f"sip:a@192.0.2.1:{i}"))
+        # The checkpointer thread was asked to checkpoint, and the loop never checkpoints
+        # itself (wal_autocheckpoint is 0 on its connection).
+        checkpointer = store._checkpointer
+        assert checkpointer is not None
+        for _ in range(400):
+            if checkpointer.runs:
+                break
+            await asyncio.sleep(0.05)
+        assert checkpointer.runs >= 1
+        assert store._conn is not None
+        assert store._conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0] == 0
+    finally:
+        await store.close()
+    with sqlite3.connect(path) as other:
+        assert other.execute("SELECT count(*) FROM bindings").fetchone()[0] == CHECKPOINT_EVERY
+
+
+async def test_sqlite_a_lone_single_statement_write_autocommits(tmp_path: Path) -> None:
+    """One statement is its own transaction; a burst or a multi-statement op gets BEGIN..COMMIT."""
+    store = await reopened(tmp_path / "p.db")
+    try:
+        assert store._conn is not None
+        seen: list[str] = []
+        store._conn.set_trace_callback(seen.append)
+        await store.put_binding(binding("sip:a@192.0.2.1:1"))
+        assert [s.split()[0] for s in seen] == ["INSERT"]
+        seen.clear()
+        await asyncio.gather(store.put_binding(binding("sip:a@192.0.2.1:2")),
+                             store.delete_binding("alice@example.com", "sip:a@192.0.2.1:1"))
+        assert [s.split()[0] for s in seen] == ["BEGIN", "INSERT", "DELETE", "COMMIT"]
+        seen.clear()
+        await store.put_publication(publication("e1"))
+        await store.put_publication(publication("e2"), replaces="e1")
+        assert [s.split()[0] for s in seen] == ["INSERT", "BEGIN", "DELETE", "INSERT", "COMMIT"]
+        store._conn.set_trace_callback(None)
+        assert [p.etag for p in await store.load_publications()] == ["e2"]
+    finally:
+        await store.close()

@@ -1300,17 +1300,24 @@ class Notifier:
         final NOTIFY now. Records of a package this version does not serve are skipped."""
         effects: list[Effect] = []
         expired: list[_Dialog] = []
+        # Dialogs that share a flow (behind one proxy) or a limit key share one object of it.
+        flows: dict[str, Peer] = {}
+        keys: dict[str, str] = {}
+        announced: set[tuple[str, str, str]] = set()  # (event, presentity, source) seen
         for record in records:
             if record.event not in self.packages:
                 continue
-            try:
-                flow = parse_peer(record.peer)
-            except ValueError:
-                continue  # a record no version wrote; nothing to notify it over
+            flow = flows.get(record.peer)
+            if flow is None:
+                try:
+                    flow = flows[record.peer] = parse_peer(record.peer)
+                except ValueError:
+                    continue  # a record no version wrote; nothing to notify it over
             trusted = self.trusted(flow.host)
             # The authenticated identity is not stored: a restored dialog counts for its From
             # (trusted proxy) or its source address.
             key = record.watcher if trusted else f"ip:{flow.host}"
+            key = keys.setdefault(key, key)
             dlg = _Dialog(record, flow, trusted, key)
             # A stored dialog outlived its first NOTIFY: one that was never answered ended with
             # its transaction's timeout. So its watcher had answered (saved a moment before a
@@ -1326,8 +1333,11 @@ class Notifier:
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             res = self._resource(record.event, record.presentity)
-            if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
-                effects.append(WatchStarted(record.presentity, record.source, record.event))
+            watch = (record.event, record.presentity, record.source)
+            if watch not in announced:  # the scan below once per resource and source
+                announced.add(watch)
+                if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
+                    effects.append(WatchStarted(record.presentity, record.source, record.event))
             res.watchers.add(record.id)
             if record.expires_at <= now:
                 expired.append(dlg)

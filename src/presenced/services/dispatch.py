@@ -36,6 +36,7 @@ from presenced.sip.auth import (
 )
 from presenced.sip.endpoint import ClientTimedOut, RequestReceived, ResponseReceived
 from presenced.sip.errors import ParseError
+from presenced.sip.headers import header_key
 from presenced.sip.message import Request, make_response
 from presenced.sip.uri import SipUri
 
@@ -240,6 +241,7 @@ def _address(uri: SipUri) -> str:
 
 
 _IDENTITY_HEADERS = ("From", "To", "Call-ID", "Contact", "Record-Route", "Event", "SIP-If-Match")
+_IDENTITY_KEYS = {header_key(n): i for i, n in enumerate(_IDENTITY_HEADERS)}
 
 
 def _not_utf8(req: Request) -> str | None:
@@ -248,11 +250,14 @@ def _not_utf8(req: Request) -> str | None:
     The parser keeps such bytes as surrogates so nothing is lost; they cannot be stored."""
     if not req.uri.isascii() and _surrogates(req.uri):
         return "Request-URI"
-    for name in _IDENTITY_HEADERS:
-        for value in req.headers.get_all(name):
-            if not value.isascii() and _surrogates(value):
-                return name
-    return None
+    # One pass over the header lines; almost every value is ASCII and costs one C call.
+    first: int | None = None
+    for key, _, value in req.headers._items:
+        if not value.isascii():
+            rank = _IDENTITY_KEYS.get(key)
+            if rank is not None and (first is None or rank < first) and _surrogates(value):
+                first = rank
+    return None if first is None else _IDENTITY_HEADERS[first]
 
 
 def _surrogates(text: str) -> bool:

@@ -29,6 +29,7 @@ from presenced.sip.limits import (
 )
 from presenced.sip.message import (
     DEFAULT_LIMITS,
+    TO_TAGGED,
     Limits,
     Request,
     Response,
@@ -236,7 +237,7 @@ class Endpoint:
         result = self.txns.receive_response(branch, method, resp.status, now)
         if result is None:
             return []
-        ctx: tuple[object, Peer] = result.context  # type: ignore[assignment]
+        ctx: tuple[object, Peer, bool] = result.context  # type: ignore[assignment]
         dest = ctx[1]
         if self.guard is not None and dest.transport == "udp" and dest.host == peer.host:
             # It carries the branch we sent to `dest`: that address reads what we send
@@ -424,10 +425,12 @@ class Endpoint:
         A response other than 100 gets a To-tag when the application gave none (RFC 3261
         §8.2.6.2), so no handler can forget it."""
         if resp.status != 100:
-            try:
-                tagged = resp.to.tag is not None
-            except ParseError:
-                tagged = True  # nothing sane to add a tag to; answer as is
+            tagged = resp._cache.get(TO_TAGGED)  # make_response knows, mostly
+            if tagged is None:
+                try:
+                    tagged = resp.to.tag is not None
+                except ParseError:
+                    tagged = True  # nothing sane to add a tag to; answer as is
             if not tagged:
                 to = resp.headers.get("To") or ""
                 resp.headers.set("To", f"{to};tag={self.make_token()}")
@@ -528,7 +531,7 @@ class Endpoint:
                 else:
                     out.extend(self._guarded(Transmit(ev.data, ctx[1]), now))
             elif isinstance(ev, ClientTimeout):
-                tctx: tuple[object, Peer] = ev.context  # type: ignore[assignment]
+                tctx: tuple[object, Peer, bool] = ev.context  # type: ignore[assignment]
                 out.append(ClientTimedOut(tctx[0]))
             elif isinstance(ev, ServerTimeout):
                 self.stats.unanswered += 1

@@ -61,6 +61,16 @@ def header_key(name: str) -> str:
     return key
 
 
+_NAMES: dict[str, tuple[str, str]] = {}  # memo: name as code writes it -> (key, spelling)
+
+
+def _names(name: str) -> tuple[str, str]:
+    names = (header_key(name), canonical_name(name))
+    if len(_NAMES) < 4096:  # names come from our code, mostly; bound it anyway
+        _NAMES[name] = names
+    return names
+
+
 class Headers:
     """Ordered header fields; lookups are case-insensitive and know compact forms.
 
@@ -103,7 +113,10 @@ class Headers:
         return out
 
     def add(self, name: str, value: str) -> None:
-        self._items.append((header_key(name), canonical_name(name), value))
+        names = _NAMES.get(name)
+        if names is None:
+            names = _names(name)
+        self._items.append((names[0], names[1], value))
 
     def insert_first(self, name: str, value: str) -> None:
         self._items.insert(0, (header_key(name), canonical_name(name), value))
@@ -129,7 +142,10 @@ class Headers:
         if not isinstance(name, str):
             return False
         key = header_key(name)
-        return any(k == key for k, _, _ in self._items)
+        for k, _, _ in self._items:  # noqa: SIM110 - a loop, not any(): no generator here
+            if k == key:
+                return True
+        return False
 
     def __iter__(self) -> Iterator[tuple[str, str]]:
         return ((n, v) for _, n, v in self._items)

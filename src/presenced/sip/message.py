@@ -105,7 +105,7 @@ class Message:
 
     @property
     def vias(self) -> list[Via]:
-        v = self._cached("vias")
+        v = self._cache.get("vias", _MISSING)
         if v is _MISSING:
             values = self.headers.get_list("Via")
             if not values:
@@ -115,9 +115,9 @@ class Message:
 
     @property
     def top_via(self) -> Via:
-        v = self._cached("top_via")
+        v = self._cache.get("top_via", _MISSING)
         if v is _MISSING:
-            v = self._cached("vias")
+            v = self._cache.get("vias", _MISSING)
             if v is not _MISSING:
                 v = v[0]
             else:
@@ -133,14 +133,14 @@ class Message:
 
     @property
     def from_(self) -> NameAddr:
-        v = self._cached("from")
+        v = self._cache.get("from", _MISSING)
         if v is _MISSING:
             v = self._cache["from"] = parse_name_addr(self._required("From"))
         return v  # type: ignore[no-any-return]
 
     @property
     def to(self) -> NameAddr:
-        v = self._cached("to")
+        v = self._cache.get("to", _MISSING)
         if v is _MISSING:
             v = self._cache["to"] = parse_name_addr(self._required("To"))
         return v  # type: ignore[no-any-return]
@@ -151,14 +151,14 @@ class Message:
 
     @property
     def cseq(self) -> CSeq:
-        v = self._cached("cseq")
+        v = self._cache.get("cseq", _MISSING)
         if v is _MISSING:
             v = self._cache["cseq"] = parse_cseq(self._required("CSeq"))
         return v  # type: ignore[no-any-return]
 
     @property
     def contacts(self) -> list[NameAddr]:
-        v = self._cached("contacts")
+        v = self._cache.get("contacts", _MISSING)
         if v is _MISSING:
             v = self._cache["contacts"] = [parse_name_addr(x) for x in self.headers.get_list("Contact")]
         return v  # type: ignore[no-any-return]
@@ -180,7 +180,7 @@ class Message:
 
     @property
     def event(self) -> EventHeader | None:
-        v = self._cached("event")
+        v = self._cache.get("event", _MISSING)
         if v is _MISSING:
             value = self.headers.get("Event")
             v = self._cache["event"] = None if value is None else parse_event(value)
@@ -203,7 +203,7 @@ class Message:
         the start line or a header value: CR/LF there would let a peer's text add lines to our
         message (header injection). HTAB is allowed in values (RFC 3261 §25.1 LWS)."""
         lines = [self._start_line()]
-        for name, value in self.headers:
+        for _, name, value in self.headers._items:
             if name != "Content-Length":
                 lines.append(f"{name}: {value}")
         lines.append(f"Content-Length: {len(self.body)}")
@@ -226,7 +226,7 @@ class Request(Message):
 
     @property
     def ruri(self) -> SipUri:
-        v = self._cached("ruri")
+        v = self._cache.get("ruri", _MISSING)
         if v is _MISSING:
             v = self._cache["ruri"] = parse_uri(self.uri)
         return v  # type: ignore[no-any-return]
@@ -362,9 +362,15 @@ def _check_cseq(req: Request) -> CSeq:
     return cseq
 
 
+# lowercased name as written (compact forms too) -> (lookup key, canonical spelling)
+_KNOWN_NAMES: dict[str, tuple[str, str]] = {low: (full.lower(), full) for low, full in CANONICAL.items()}
+
+
 def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str]]:
     entries: list[tuple[str, str, str]] = []
-    canonical = CANONICAL
+    known = _KNOWN_NAMES
+    # Fewer lines than the limit cannot make more entries: then no count per line.
+    max_headers = limits.max_headers if len(lines) - 1 > limits.max_headers else -1
     for line in lines[1:]:
         if line[:1] in (" ", "\t"):
             # Line folding (RFC 3261 §7.3.1): a continuation joins the previous value.
@@ -377,19 +383,22 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
         if not colon:
             raise ParseError(f"header line without a colon: {line[:80]!r}")
         name = name.rstrip(" \t")
-        full = canonical.get(name.lower())
-        if full is None:
+        low = name.lower()
+        hit = known.get(low)
+        if hit is None:
             if not _HEADER_NAME.match(name):
                 raise ParseError(f"bad header name {name[:80]!r}")
-            entries.append((name.lower(), name, value.strip()))
+            entries.append((low, name, value.strip()))
         else:
-            entries.append((full.lower(), full, value.strip()))
-        if len(entries) > limits.max_headers:
+            entries.append((hit[0], hit[1], value.strip()))
+        if max_headers >= 0 and len(entries) > max_headers:
             raise ParseError("too many headers")
     return entries
 
 
 _COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
+# Cache key make_response sets when it knows whether the response's To carries a tag.
+TO_TAGGED = "to_tagged"
 
 
 def make_response(
@@ -410,19 +419,38 @@ def make_response(
             copied.append(e)
     h = Headers._from_parsed(copied)
     to = req.headers.get("To")
+    tagged: bool | None = None  # whether the To we write has a tag, when known without a parse
     if to is not None:
-        if to_tag is not None and not _has_tag(req, to):
-            to = f"{to};tag={to_tag}"
+        if to_tag is not None:
+            if not _has_tag(req, to):
+                to = f"{to};tag={to_tag}"
+            tagged = True
+        else:
+            tagged = _known_tag(req)
         h.add("To", to)
     resp = Response(status, reason or REASONS.get(status, "Unknown"), h)
+    if tagged is not None:  # Endpoint.respond need not parse the To again to learn it
+        resp._cache[TO_TAGGED] = tagged
     top_via = req._cache.get("top_via")
     if top_via is not None:  # the same header: spare routing the response a second parse
         resp._cache["top_via"] = top_via
     return resp
 
 
+def _known_tag(req: Request) -> bool | None:
+    """Whether the request's To has a tag, if it was parsed already (an unparsed one may be
+    broken: Endpoint.respond then decides, as it always did)."""
+    parsed: NameAddr | None = req._cache.get("to")
+    return None if parsed is None else "tag" in parsed.params
+
+
 def _has_tag(req: Request, to: str) -> bool:
     """Whether To already carries a tag parameter (not ";tag=" inside a quoted display name)."""
+    parsed = req._cache.get("to")
+    if parsed is not None:
+        return "tag" in parsed.params
+    if "tag" not in to.lower():
+        return False  # no parameter named tag can hide in a value without those letters
     try:
         return "tag" in req.to.params
     except ParseError:
