@@ -1065,7 +1065,12 @@ class Notifier:
     def _winfo_ended(self, dlg: _Dialog, cause: str, effects: list[Effect]) -> None:
         keep = self.policy.max_ended_watchers
         record = dlg.record
-        if keep <= 0:
+        if keep <= 0 or (record.event == PRESENCE and not self.watching(record.presentity, WINFO)
+                         and not self._decides(record.presentity)):
+            # Offline winfo is for presentities that decide who watches them (rules, or a
+            # default other than allow): under allow-all nobody is ever pending, and a watcher
+            # that left is reported only to a live winfo subscriber (no bookkeeping per
+            # unsubscribe on the default path).
             self._winfo_mark(record.presentity)
             return
         status = "terminated"

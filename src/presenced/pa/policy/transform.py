@@ -35,14 +35,29 @@ def _service_kept(t: Tuple, p: Provide) -> bool:
     return t.contact in p.uris or t.contact.partition(":")[0].lower() in p.schemes
 
 
+def _keeps_all(doc: PresenceDoc, view: View, registrar_id: str) -> bool:
+    """Whether `view` leaves `doc` as it is: every attribute, service and person provided,
+    and no registered contact to hide."""
+    if not view.all_attributes or view.services is None or not view.services.all:
+        return False
+    if doc.persons and (view.persons is None or not view.persons.all):
+        return False
+    return view.contacts or not any(t.id == registrar_id and t.contact is not None
+                                    for t in doc.tuples)
+
+
 def apply_view(doc: PresenceDoc, view: View, presentity: str) -> PresenceDoc:
     if view.offline:
         return closed_doc(presentity)
     attrs = view.attributes
     notes = view.all_attributes or "provide-note" in attrs
+    if not doc.tuples and not doc.persons and (notes or not doc.notes):
+        return doc  # nothing a view could leave out (an unregistered user's closed document)
+    registrar_id = presentity_tuple_id(presentity)
+    if _keeps_all(doc, view, registrar_id):
+        return doc  # the default view of a document without a device address: no copy
     activities = view.all_attributes or "provide-activities" in attrs
     moods = view.all_attributes or "provide-mood" in attrs
-    registrar_id = presentity_tuple_id(presentity)
     aor_uri = f"sip:{presentity}"
     tuples: list[Tuple] = []
     if view.services is not None:
