@@ -19,7 +19,7 @@ import socket
 import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from presenced import __version__, sdnotify
@@ -393,6 +393,15 @@ class Server:
         for a in addresses:
             advertised = _reachable_host(a.host)
             t: UdpTransport | TcpTransport | WsTransport
+            # What every stream listener (TCP, TLS, WS, WSS) shares: one table, the same caps.
+            stream: dict[str, Any] = {
+                "advertised_host": advertised, "table": tcp_table,
+                "max_message_size": srv.max_message_size,
+                "max_connections": srv.max_tcp_connections,
+                "max_connections_per_source": srv.max_connections_per_source,
+                "idle_timeout": srv.connection_idle_timeout,
+                "first_message_timeout": srv.connection_first_message_timeout,
+            }
             if a.transport == "udp":
                 t = UdpTransport(self.driver.receive, a.host, a.port, advertised,
                                  reuse_port=reuse_port)
@@ -400,22 +409,10 @@ class Server:
                 secure = a.transport == "wss"
                 t = WsTransport(self.driver.receive, a.host, a.port, secure=secure,
                                 ssl_context=self.certificates.server if secure and self.certificates else None,
-                                advertised_host=advertised, table=tcp_table,
-                                max_message_size=srv.max_message_size,
-                                max_connections=srv.max_tcp_connections,
-                                max_connections_per_source=srv.max_connections_per_source,
-                                idle_timeout=srv.connection_idle_timeout,
-                                first_message_timeout=srv.connection_first_message_timeout,
-                                ping_interval=srv.websocket_ping_interval)
+                                ping_interval=srv.websocket_ping_interval, **stream)
             else:
-                t = TcpTransport(self.driver.receive, a.host, a.port,
-                                 advertised_host=advertised, table=tcp_table,
-                                 max_message_size=srv.max_message_size,
-                                 max_connections=srv.max_tcp_connections,
-                                 max_connections_per_source=srv.max_connections_per_source,
-                                 idle_timeout=srv.connection_idle_timeout,
-                                 first_message_timeout=srv.connection_first_message_timeout,
-                                 reuse_port=reuse_port)
+                t = TcpTransport(self.driver.receive, a.host, a.port, reuse_port=reuse_port,
+                                 **stream)
                 if a.transport == "tls":
                     assert self.certificates is not None  # config.py refuses tls without [tls]
                     t = TlsTransport.over(t, self.certificates)

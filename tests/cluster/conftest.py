@@ -17,7 +17,7 @@ if str(_INTEGRATION) not in sys.path:
     sys.path.insert(0, str(_INTEGRATION))
 
 from cluster_env import LEASE, NODE_HOSTS, NodeFactory, RedisServer  # noqa: E402
-from harness import ServerError, ServerProcess, SipClient  # noqa: E402
+from harness import ServerProcess, SipClient, finish_servers  # noqa: E402
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -59,19 +59,7 @@ def node_factory(tmp_path: Path, redis_server: RedisServer) -> Iterator[NodeFact
         return srv
 
     yield make
-    problems: list[str] = []
-    for srv in nodes:
-        try:
-            if srv.running:
-                srv.stop()
-        except ServerError as exc:
-            problems.append(str(exc))
-        finally:
-            srv.close()
-        if not srv.allow_tracebacks and srv.tracebacks():
-            problems.append(f"{srv.root} logged a traceback:\n" + "\n".join(srv.tracebacks()[:3]))
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
+    finish_servers(nodes)
 
 
 @pytest.fixture

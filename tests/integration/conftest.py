@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from harness import ServerError, ServerProcess, SipClient, sipp_path
+from harness import ServerProcess, SipClient, finish_servers, sipp_path
 
 _IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
@@ -29,24 +29,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 ServerFactory = Callable[..., ServerProcess]
-
-
-def _finish(servers: list[ServerProcess]) -> None:
-    """Stop every still-running server cleanly; a crash or unclean exit fails the test."""
-    problems: list[str] = []
-    for srv in servers:
-        try:
-            if srv.running:
-                srv.stop()
-        except ServerError as exc:
-            problems.append(str(exc))
-        finally:
-            srv.close()
-        if not srv.allow_tracebacks and srv.tracebacks():
-            shown = "\n".join(line[:2000] for line in srv.tracebacks()[:3])
-            problems.append(f"server logged a traceback ({srv.root}):\n{shown}")
-    if problems:
-        pytest.fail("\n\n".join(problems), pytrace=False)
 
 
 @pytest.fixture
@@ -62,7 +44,7 @@ def server_factory(tmp_path: Path) -> Iterator[ServerFactory]:
         return srv
 
     yield start
-    _finish(servers)
+    finish_servers(servers)
 
 
 @pytest.fixture

@@ -1435,3 +1435,24 @@ def xpidf_presentity(body: bytes) -> str | None:
     parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False)
     el = etree.fromstring(body, parser).find("presentity")
     return None if el is None else el.get("uri")
+
+
+def finish_servers(servers: list[ServerProcess]) -> None:
+    """Stop every still-running server cleanly; a crash or unclean exit fails the test (the
+    fixtures' teardown: tests/integration and tests/cluster)."""
+    import pytest  # only the fixtures call this; the bench scripts import the harness too
+
+    problems: list[str] = []
+    for srv in servers:
+        try:
+            if srv.running:
+                srv.stop()
+        except ServerError as exc:
+            problems.append(str(exc))
+        finally:
+            srv.close()
+        if not srv.allow_tracebacks and srv.tracebacks():
+            shown = "\n".join(line[:2000] for line in srv.tracebacks()[:3])
+            problems.append(f"server logged a traceback ({srv.root}):\n{shown}")
+    if problems:
+        pytest.fail("\n\n".join(problems), pytrace=False)

@@ -925,7 +925,9 @@ class Notifier:
                 if dlg is not None:
                     dlg.outstanding = False
 
-    def _discard(self, sub_id: str) -> None:
+    def _discard(self, sub_id: str, effects: list[Effect] | None = None) -> None:
+        """Forget a dialog: its expiry, its count against the per-watcher cap, its watch
+        (`effects` gets the WatchStopped that may cause)."""
         dlg = self.dialogs.pop(sub_id, None)
         if dlg is None:
             return
@@ -936,24 +938,14 @@ class Notifier:
             self.per_watcher[key] = n
         else:
             self.per_watcher.pop(key, None)
-        self._unwatch(dlg.record, None)
+        self._unwatch(dlg.record, effects)
 
     def release(self, sub_id: str) -> list[Effect]:
         """Another node of a cluster took this dialog over: forget it here without a NOTIFY
         or a storage write (the new owner holds the record and its CSeq lease). Returns the
         WatchStopped the dialog's departure causes, if any."""
-        dlg = self.dialogs.pop(sub_id, None)
-        if dlg is None:
-            return []
-        self.expiry.discard(sub_id)
-        key = dlg.limit_key
-        n = self.per_watcher.get(key, 0) - 1
-        if n > 0:
-            self.per_watcher[key] = n
-        else:
-            self.per_watcher.pop(key, None)
         effects: list[Effect] = []
-        self._unwatch(dlg.record, effects)
+        self._discard(sub_id, effects)
         return effects
 
     def touch(self, sub_ids: Iterable[str], now: float) -> list[Effect]:
