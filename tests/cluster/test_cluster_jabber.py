@@ -85,9 +85,7 @@ def _activities(doc: Any) -> set[str]:
 async def test_gateway_leader_serves_other_nodes_and_another_takes_over_after_sigkill(
     node_factory: NodeFactory, client: Callable[..., SipClient], prosody: ProsodyServer
 ) -> None:
-    jabber = {"gateway_domain": GATEWAY, "component": COMPONENT,
-              "server": f"127.0.0.1:{prosody.component_port}",
-              "secret": prosody.component_secret}
+    jabber = prosody.jabber_section(GATEWAY)
     nodes = [node_factory(i, start=False, sections={"jabber": jabber}) for i in range(3)]
     for n in nodes:
         await asyncio.to_thread(n.start)

@@ -72,6 +72,12 @@ class ProsodyServer:
     def ports(self) -> dict[str, int]:
         return {"c2s": self.c2s_port, "component": self.component_port}
 
+    def jabber_section(self, gateway_domain: str, **extra: object) -> dict[str, object]:
+        """presenced's `[jabber]` section for this server's component (`extra`: more keys)."""
+        return {"gateway_domain": gateway_domain, "component": self.component,
+                "server": f"127.0.0.1:{self.component_port}",
+                "secret": self.component_secret, **extra}
+
     def _write_config(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.data_dir.mkdir(exist_ok=True)

@@ -55,12 +55,7 @@ def _gateway_server(prosody: ProsodyServer, root: Path,
         domains=(DOMAIN,),
         log_level="info",
         sections={
-            "jabber": {
-                "gateway_domain": GATEWAY,
-                "component": COMPONENT,
-                "server": f"127.0.0.1:{prosody.component_port}",
-                "secret": prosody.component_secret,
-            },
+            "jabber": prosody.jabber_section(GATEWAY),
             **(extra or {}),
         },
     )

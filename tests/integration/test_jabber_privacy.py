@@ -59,9 +59,7 @@ async def _presenced(prosody: ProsodyServer, root: Path, policy: str) -> ServerP
     srv = ServerProcess(
         root, domains=(DOMAIN,), log_level="info", storage="sqlite:///presenced.db",
         sections={
-            "jabber": {"gateway_domain": GATEWAY, "component": COMPONENT,
-                       "server": f"127.0.0.1:{prosody.component_port}",
-                       "secret": prosody.component_secret},
+            "jabber": prosody.jabber_section(GATEWAY),
             "pa": {"default_policy": policy},
         })
     await asyncio.to_thread(srv.start)

@@ -48,14 +48,8 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
         domains=(DOMAIN,),
         log_level="info",
         sections={
-            "jabber": {
-                "gateway_domain": GATEWAY,
-                "component": COMPONENT,
-                "server": f"127.0.0.1:{prosody.component_port}",
-                "secret": prosody.component_secret,
-                "max_contacts_per_user": CAP,
-                "allowed_domains": ["jabber.test"],
-            }
+            "jabber": prosody.jabber_section(GATEWAY, max_contacts_per_user=CAP,
+                                             allowed_domains=["jabber.test"]),
         },
     )
     await asyncio.to_thread(srv.start)
