@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 from baresip import BaresipProcess, baresip_binary
-from harness import ServerProcess, SipClient, free_udp_port, register, wait_until
+from harness import ServerProcess, SipClient, register, wait_until
 
 Client = Callable[..., SipClient]
 
@@ -33,7 +33,7 @@ class Baresip(BaresipProcess):
                  password: str | None = None) -> None:
         auth = f";auth_pass={password}" if password else ""
         super().__init__(
-            binary, home, f"127.0.0.1:{free_udp_port()}",
+            binary, home, "127.0.0.1",
             ("account.so", "contact.so", "presence.so", "menu.so"),
             f'<sip:{user}@{server.domain}>{auth};regint=0;outbound="sip:127.0.0.1:{server.port}"',
             contacts=f'"Alice" <sip:alice@{server.domain}>;presence=p2p',

@@ -9,7 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from baresip import BaresipProcess, baresip_binary
-from harness import ServerProcess, SipClient, free_tcp_port, make_certificates, register, wait_until
+from harness import ServerProcess, SipClient, make_certificates, register, wait_until
 
 
 def test_baresip_over_tls_sees_alice_go_online(
@@ -19,7 +19,7 @@ def test_baresip_over_tls_sees_alice_go_online(
     srv = server_factory("tls", extra_listen=("tls",), sections={"tls": certs.tls_section()})
     tls_port = srv.ports["tls"]
     b = BaresipProcess(
-        binary, tmp_path / "baresip", f"127.0.0.1:{free_tcp_port()}",
+        binary, tmp_path / "baresip", "127.0.0.1",
         ("account.so", "contact.so", "presence.so", "menu.so"),
         f'<sip:bob@{srv.domain};transport=tls>;regint=0;'
         f'outbound="sip:127.0.0.1:{tls_port};transport=tls"',

@@ -29,7 +29,6 @@ from harness import (
     ServerProcess,
     SipClient,
     free_port_pair,
-    free_udp_port,
     register,
     run_sipp,
     wait_until,
@@ -79,7 +78,7 @@ class MwiPhone(BaresipProcess):
 
     def __init__(self, binary: str, home: Path, server_port: int) -> None:
         super().__init__(
-            binary, home, f"{LOCALHOST}:{free_udp_port()}", ("account.so", "menu.so", "mwi.so"),
+            binary, home, LOCALHOST, ("account.so", "menu.so", "mwi.so"),
             f'<sip:bob@example.com>;regint=600;outbound="sip:{LOCALHOST}:{server_port}"',
         )
 
