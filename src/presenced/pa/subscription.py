@@ -272,7 +272,8 @@ ResourceKey = tuple[str, str]  # (event package, AOR)
 class _Resource:
     """One (package, AOR): its sources' parts, the composed state, its watchers."""
 
-    __slots__ = ("bodies", "package", "parts", "state", "summaries", "views", "watchers")
+    __slots__ = ("bodies", "package", "parts", "sources", "state", "summaries", "views",
+                 "watchers")
 
     def __init__(self, package: EventPackage, name: str) -> None:
         self.package = package
@@ -284,6 +285,26 @@ class _Resource:
         # per watcher view (interned, so keyed by identity): content type -> body
         self.views: dict[View, dict[str, bytes | tuple[bytes, bytes]]] = {}
         self.watchers: set[str] = set()
+        # source ("registrar", "jabber", ...) -> how many of the watchers came through it:
+        # the first and last of each start and stop a watch (O(1), not a scan of `watchers`)
+        self.sources: dict[str, int] = {}
+
+    def watch(self, sub_id: str, source: str) -> bool:
+        """Add a watcher; True when it is its source's first."""
+        self.watchers.add(sub_id)
+        n = self.sources.get(source, 0)
+        self.sources[source] = n + 1
+        return n == 0
+
+    def unwatch(self, sub_id: str, source: str) -> bool:
+        """Remove a watcher; True when it was its source's last."""
+        self.watchers.discard(sub_id)
+        n = self.sources.get(source, 0) - 1
+        if n > 0:
+            self.sources[source] = n
+            return False
+        self.sources.pop(source, None)
+        return True
 
     def reset_bodies(self) -> None:
         self.bodies = {}
@@ -616,9 +637,8 @@ class Notifier:
         self.dialogs[record.id] = dlg
         self.per_watcher[limit_key] = self.per_watcher.get(limit_key, 0) + 1
         res = self._resource(package.name, presentity)
-        if not any(self.dialogs[s].record.source == source for s in res.watchers):
+        if res.watch(record.id, source):
             effects.append(WatchStarted(presentity, source, package.name))
-        res.watchers.add(record.id)
         if package.name == PRESENCE:
             self._winfo_mark(presentity)
         elif package.name == WINFO and presentity in self._ended:
@@ -903,9 +923,7 @@ class Notifier:
         res = self.resources.get(key)
         if res is None or record.id not in res.watchers:
             return
-        res.watchers.discard(record.id)
-        if effects is not None and not any(
-                self.dialogs[s].record.source == record.source for s in res.watchers):
+        if res.unwatch(record.id, record.source) and effects is not None:
             effects.append(WatchStopped(record.presentity, record.source, record.event))
         if not res.watchers and (not res.parts or record.event == WINFO):
             # A winfo resource nobody watches is dropped: its state is rebuilt (from the
@@ -1300,7 +1318,6 @@ class Notifier:
         # Dialogs that share a flow (behind one proxy) or a limit key share one object of it.
         flows: dict[str, Peer] = {}
         keys: dict[str, str] = {}
-        announced: set[tuple[str, str, str]] = set()  # (event, presentity, source) seen
         for record in records:
             if record.event not in self.packages:
                 continue
@@ -1330,12 +1347,8 @@ class Notifier:
             self.dialogs[record.id] = dlg
             self.per_watcher[key] = self.per_watcher.get(key, 0) + 1
             res = self._resource(record.event, record.presentity)
-            watch = (record.event, record.presentity, record.source)
-            if watch not in announced:  # the scan below once per resource and source
-                announced.add(watch)
-                if not any(self.dialogs[s].record.source == record.source for s in res.watchers):
-                    effects.append(WatchStarted(record.presentity, record.source, record.event))
-            res.watchers.add(record.id)
+            if res.watch(record.id, record.source):
+                effects.append(WatchStarted(record.presentity, record.source, record.event))
             if record.expires_at <= now:
                 expired.append(dlg)
             else:
