@@ -1,5 +1,6 @@
 """The jabber gateway's admission of SIP watchers (issue 9 finding 7): faithful addresses,
-allowed XMPP domains, contact caps per watcher and in total, and the subscribe rate.
+allowed XMPP domains, contact caps per watcher and in total, and the subscribe rate; and what
+it keeps of an XMPP user's presence (a farewell text against a late probe answer).
 
 Built on the real pieces (presence agent and service, memory storage, an XMPP component that is
 simply not connected); `check` is called with parsed SIP requests and a fake clock.
@@ -12,7 +13,8 @@ from typing import Any
 import pytest
 
 from presenced.jabber.addressing import Addressing
-from presenced.jabber.component import XmppComponent
+from presenced.jabber.component import PresenceChanged, XmppComponent
+from presenced.jabber.mapping import XmppPresence
 from presenced.pa.subscription import Notifier, PaPolicy
 from presenced.services.jabber import JabberGateway, _Remote
 from presenced.services.notifier import NotifierService
@@ -144,3 +146,25 @@ async def test_fetches_cost_no_token_and_count_no_contact(clock: Clock) -> None:
     for i in range(5):
         assert _check(gw, f"u{i}*jabber.test", "k", expires=0) is None
     assert _check(gw, "u9*jabber.test", "k") is None
+
+
+async def test_a_late_probe_answer_without_status_keeps_the_farewell_text(clock: Clock) -> None:
+    """She goes offline with "bye"; the answer to the gateway's probe, sent by her server
+    before or after, is an unavailable from her bare JID without text (RFC 6121 §4.3.2). SIP
+    watchers keep seeing "bye" on the closed tuple, whatever order the two arrive in."""
+    gw = _gateway(clock)
+    remote = gw._remotes.setdefault("juliet@jabber.test", _Remote())
+    watcher = f"romeo*example.com@{COMP}"
+    remote.watchers[watcher] = True
+    gw._on_presence(PresenceChanged("juliet@jabber.test/balcony", watcher,
+                                    XmppPresence(available=True)))
+    assert set(remote.resources) == {"balcony"}
+    gw._on_presence(PresenceChanged("juliet@jabber.test/balcony", watcher,
+                                    XmppPresence(available=False, statuses=(("bye", "en"),))))
+    assert not remote.resources and remote.farewell == (("bye", "en"),)
+    gw._on_presence(PresenceChanged("juliet@jabber.test", watcher, XmppPresence(available=False)))
+    assert remote.farewell == (("bye", "en"),)
+    # A bare unavailable with a text of its own is news: it replaces the farewell.
+    gw._on_presence(PresenceChanged("juliet@jabber.test", watcher,
+                                    XmppPresence(available=False, statuses=(("away", None),))))
+    assert remote.farewell == (("away", None),)

@@ -720,8 +720,9 @@ class JabberGateway:
                     return
             else:
                 # Unavailable from the bare JID (e.g. the answer to a probe): no resource is
-                # online.
-                if not remote.resources and pres.statuses == farewell:
+                # online. A probe answered late, after her own "unavailable" with a status,
+                # often carries no text (RFC 6121 §4.3.2): it must not erase her farewell.
+                if not remote.resources and (pres.statuses == farewell or not pres.statuses):
                     return
                 remote.resources.clear()
             if not remote.resources:
