@@ -13,6 +13,7 @@ import functools
 import gc
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -77,8 +78,32 @@ if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only w
 log = logging.getLogger("presenced.server")
 
 
-def make_token() -> str:
-    return secrets.token_hex(8)
+class _Tokens:
+    """Tags, branches and ETags: 64 random bits each, as hex. The bits are os.urandom's, as
+    secrets.token_hex(8) would give, drawn 4 KiB at a time: one getrandom() system call per
+    512 tokens instead of one each (a subscribe cycle draws four)."""
+
+    __slots__ = ("_hex", "_at")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def __call__(self) -> str:
+        at = self._at
+        if at >= len(self._hex):
+            self._hex = os.urandom(4096).hex()
+            at = 0
+        self._at = at + 16
+        return self._hex[at:at + 16]
+
+    def reset(self) -> None:
+        self._hex = ""
+        self._at = 0
+
+
+make_token = _Tokens()
+# A forked worker must not hand out its parent's unused tokens too.
+os.register_at_fork(after_in_child=make_token.reset)
 
 
 def _reachable_host(host: str) -> str:

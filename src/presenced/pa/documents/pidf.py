@@ -51,6 +51,7 @@ about 13 µs. Decoding a one-tuple PIDF takes about 8 µs, a two-tuple document 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
 from datetime import UTC, datetime
@@ -183,6 +184,7 @@ _RPID_NOTE = f"{{{RPID_NS}}}note"
 _RPID_PREFIX = f"{{{RPID_NS}}}"
 
 
+@functools.lru_cache(maxsize=4096)  # the same AORs and contacts come back at every NOTIFY
 def stable_id(seed: str) -> str:
     """A valid, stable tuple/person id derived from any string (an AOR, a contact, a resource).
 
@@ -205,9 +207,14 @@ def format_timestamp(ts: float) -> str:
     millis = round((ts - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
-    d = datetime.fromtimestamp(whole, UTC)
-    base = f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
+    base = _seconds_text(whole)
     return f"{base}.{millis:03d}Z" if millis else base + "Z"
+
+
+@functools.lru_cache(maxsize=256)  # NOTIFYs in the same second share their timestamps
+def _seconds_text(whole: int) -> str:
+    d = datetime.fromtimestamp(whole, UTC)
+    return f"{d.year:04d}-{d.month:02d}-{d.day:02d}T{d.hour:02d}:{d.minute:02d}:{d.second:02d}"
 
 
 def format_priority(p: float) -> str:
