@@ -83,10 +83,11 @@ class _Tokens:
     secrets.token_hex(8) would give, drawn 4 KiB at a time: one getrandom() system call per
     512 tokens instead of one each (a subscribe cycle draws four)."""
 
-    __slots__ = ("_hex", "_at")
+    __slots__ = ("_at", "_hex")
 
     def __init__(self) -> None:
-        self.reset()
+        self._hex: str = ""
+        self._at: int = 0
 
     def __call__(self) -> str:
         at = self._at
