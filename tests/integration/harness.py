@@ -394,6 +394,14 @@ class ServerProcess:
                         raise ServerError(f"server port {addr[1]} not accepting\n"
                                           f"{self.log_tail()}") from None
                     time.sleep(0.05)
+        # The first listener answers while the rest of start() runs (more listeners, XCAP,
+        # admin, the gateway): at info level and below its last line says it is done.
+        if self.log_level in ("debug", "info"):
+            while "serving domains" not in self.log_text().rpartition("--- harness: start #")[2]:
+                self._check_alive("while starting")
+                if time.monotonic() > deadline:
+                    raise ServerError(f"server did not finish starting\n{self.log_tail()}")
+                time.sleep(0.02)
 
     def _check_alive(self, when: str) -> None:
         if self.proc is None or self.proc.poll() is not None:
