@@ -430,7 +430,9 @@ class Server:
             }
             if a.transport == "udp":
                 t = UdpTransport(self.driver.receive, a.host, a.port, advertised,
-                                 reuse_port=reuse_port)
+                                 reuse_port=reuse_port,
+                                 backlog_limit=cfg.limits.overload_backlog,
+                                 on_backlog=self.driver.set_backlog)
             elif a.transport in ("ws", "wss"):
                 secure = a.transport == "wss"
                 t = WsTransport(self.driver.receive, a.host, a.port, secure=secure,

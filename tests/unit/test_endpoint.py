@@ -646,6 +646,44 @@ def test_overload_answers_503_without_state_when_transactions_are_capped() -> No
     assert len(ep.txns.servers) == 2 and ep.stats.overloaded == 1
 
 
+def test_while_backlogged_new_work_gets_503_and_work_under_way_goes_on() -> None:
+    """docs/performance.md "Overload": REGISTER, an initial SUBSCRIBE and an initial PUBLISH
+    are shed without state; an in-dialog SUBSCRIBE, a PUBLISH refresh, OPTIONS and responses
+    are served; once the queue drained, new work is served again."""
+    ep = Endpoint(EndpointConfig(domains=frozenset({"example.com"})), lambda: "tok")
+    peer = Peer("udp", "192.0.2.1", 5060)
+
+    def request(method: str, branch: str, extra: str = "", to_tag: str = "") -> bytes:
+        to = "<sip:a@example.com>" + (f";tag={to_tag}" if to_tag else "")
+        return (
+            f"{method} sip:a@example.com SIP/2.0\r\n"
+            f"Via: SIP/2.0/UDP 192.0.2.1;branch=z9hG4bK{branch}\r\n"
+            f"From: <sip:b@example.com>;tag=1\r\nTo: {to}\r\nCall-ID: {branch}\r\n"
+            f"CSeq: 1 {method}\r\nMax-Forwards: 70\r\n{extra}Content-Length: 0\r\n\r\n"
+        ).encode()
+
+    ep.backlogged = True
+    for data in (request("REGISTER", "r1"),
+                 request("SUBSCRIBE", "s1", "Event: presence\r\n"),
+                 request("PUBLISH", "p1", "Event: presence\r\n")):
+        (out,) = ep.receive(data, peer, 0.0)
+        assert isinstance(out, Transmit)
+        resp = parse_message(out.data)
+        assert isinstance(resp, Response)
+        assert (resp.status, resp.reason, resp.headers.get("Retry-After")) == (503, "Overloaded", "2")
+    assert ep.stats.shed == ep.stats.overloaded == 3 and not ep.txns.servers
+    served = (request("SUBSCRIBE", "s2", "Event: presence\r\n", to_tag="x"),
+              request("PUBLISH", "p2", "Event: presence\r\nSIP-If-Match: e1\r\n"))
+    for data in served:
+        (out,) = ep.receive(data, peer, 0.0)
+        assert isinstance(out, RequestReceived)
+    (out,) = ep.receive(request("OPTIONS", "o1"), peer, 0.0)
+    assert isinstance(out, Transmit) and parse_message(out.data).status == 200  # type: ignore[union-attr]
+    ep.backlogged = False
+    (out,) = ep.receive(request("REGISTER", "r2"), peer, 0.0)
+    assert isinstance(out, RequestReceived) and ep.stats.shed == 3
+
+
 def test_a_received_parameter_written_by_the_peer_is_replaced_by_the_source_address() -> None:
     """RFC 3261 §18.2.1: received is the server's record of the source; a forged one would
     aim our answers at any address (reflection)."""

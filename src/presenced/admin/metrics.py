@@ -32,8 +32,8 @@ STATES = ("active", "pending", "terminated")
 _CLASSES = {1: "1xx", 2: "2xx", 3: "3xx", 4: "4xx", 5: "5xx", 6: "6xx"}
 # EndpointStats fields exported as presenced_sip_events_total{kind=...}
 _ENDPOINT_KINDS = ("received", "dropped", "bad_requests", "retransmissions_absorbed",
-                   "late_responses", "unanswered", "overloaded", "rate_refused", "rate_dropped",
-                   "amplification_dropped")
+                   "late_responses", "unanswered", "overloaded", "shed", "rate_refused",
+                   "rate_dropped", "amplification_dropped")
 
 
 class MeteredStorage:

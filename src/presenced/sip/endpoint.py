@@ -116,7 +116,8 @@ class EndpointStats:
     retransmissions_absorbed: int = 0
     late_responses: int = 0  # the application answered after the transaction ended
     unanswered: int = 0  # the application never answered within the guard time
-    overloaded: int = 0  # answered 503 because max_transactions was reached
+    overloaded: int = 0  # answered 503: max_transactions reached, or shed while backlogged
+    shed: int = 0  # of those: new REGISTER/SUBSCRIBE/PUBLISH refused while backlogged
     rate_refused: int = 0  # answered 503 by the per-source limiter (once per block)
     rate_dropped: int = 0  # dropped unanswered: the source is blocked
     amplification_dropped: int = 0  # Transmits to an unproven UDP address over its budget
@@ -169,6 +170,12 @@ class Endpoint:
         )
         self.limiter = SourceLimiter(config.rate_limits) if config.rate_limits else None
         self.guard = AmplificationGuard(config.amplification) if config.amplification else None
+        # Set by the driver while a listener's receive queue is long (docs/performance.md
+        # "Overload"): requests that would start new work get a stateless 503, while the
+        # work under way -- responses, in-dialog requests, refreshes of a publication --
+        # goes on. Shedding early keeps the served rate at capacity instead of collapsing
+        # when queued requests wait past their retransmission timers.
+        self.backlogged = False
 
     def accept_hosts(self, hosts: Iterable[str]) -> None:
         """Treat more hosts as ours in Request-URIs (a cluster: every node's addresses, since
@@ -279,11 +286,17 @@ class Endpoint:
             # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
             refusal = self._method_not_allowed(req, _stateless_tag(req))
             return self._stateless(req, refusal, peer, now)
-        if not live and len(servers) >= self.config.max_transactions:
-            # Overload: answer without state rather than let memory grow (RFC 3261 §21.5.4).
+        if not live and (len(servers) >= self.config.max_transactions
+                         or (self.backlogged and _creates_state(req))):
+            # Overload: answer without state rather than let memory grow or the queue of
+            # requests waiting to be read get longer (RFC 3261 §21.5.4).
             self.stats.overloaded += 1
+            retry = "5"
+            if len(servers) < self.config.max_transactions:
+                self.stats.shed += 1
+                retry = "2"
             busy = make_response(req, 503, "Overloaded", to_tag=_stateless_tag(req))
-            busy.headers.add("Retry-After", "5")
+            busy.headers.add("Retry-After", retry)
             return self._stateless(req, busy, peer, now)
         outcome = self.txns.receive_request(key, peer.reliable, now)
         if outcome.action == "absorbed":

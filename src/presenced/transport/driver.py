@@ -74,6 +74,24 @@ class Driver:
         self._deadline: float | None = None
         self._loop = asyncio.get_running_loop()
         self.now: Callable[[], float] = self._loop.time
+        self._backlogged: set[str] = set()  # listeners whose receive queue is long
+        self._backlog_logged = -1e9
+
+    def set_backlog(self, listener: str, backlogged: bool) -> None:
+        """A UDP listener's receive queue went over its limit (True) or drained (False): the
+        endpoint sheds new work while any is over (Endpoint.backlogged)."""
+        if backlogged:
+            self._backlogged.add(listener)
+        else:
+            self._backlogged.discard(listener)
+        was = self.endpoint.backlogged
+        self.endpoint.backlogged = bool(self._backlogged)
+        now = self._loop.time()
+        if self.endpoint.backlogged and not was and now - self._backlog_logged >= 10:
+            self._backlog_logged = now  # at most one line per 10 s, however it flaps
+            log.warning("overloaded: the receive queue of udp %s is over [limits] "
+                        "overload_backlog; new REGISTER, SUBSCRIBE and PUBLISH get 503 until it "
+                        "drains (%d shed so far)", listener, self.endpoint.stats.shed)
 
     def add_transport(self, transport: Transport) -> None:
         name = transport.name
