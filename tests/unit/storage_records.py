@@ -41,6 +41,7 @@ _SUBSCRIPTION = Subscription(
     state="pending",
     event_id="e1",
     version=4,
+    identity="bob@example.com",  # every field set: each backend must round-trip it
 )
 
 _PUBLICATION = Publication(

@@ -220,3 +220,40 @@ def test_pending_and_politely_blocked_watchers_get_no_notify_when_the_state_chan
     answer(a, a.subscribe(subscribe_req(), ALICE, "registrar", PEER, T0))
     away = PresenceDoc(f"pres:{ALICE}", (Tuple(REG, "closed", "sip:alice@192.0.2.9:5070"),))
     assert basics(notify(a.set_part(ALICE, "registrar", away, T0 + 1))) == [(REG, "closed")]
+
+
+def test_the_rules_judge_the_authenticated_user_not_the_from_it_claims() -> None:
+    """With [auth], mallory may write any From: a rule change is applied to her, live and
+    after a restart (the identity is part of the stored record)."""
+    a, p = agent("allow")
+    req = subscribe_req(watcher="bob")  # From: bob, authenticated as mallory
+    effects = a.subscribe(req, ALICE, "registrar", PEER, T0, identity="mallory@example.com")
+    (saved,) = [e.sub for e in of(effects, Persist)]
+    assert saved.identity == "mallory@example.com" and saved.watcher == "bob@example.com"
+    answer(a, effects)
+    changed = set_rules(a, p, [("b", "allow", ["bob@example.com"]),
+                               ("m", "block", ["mallory@example.com"])])
+    st = sub_state(notify(changed))
+    assert st.state == "terminated" and st.reason == "rejected"
+    # Restored from storage: the same rules keep her out at once.
+    b, q = agent("allow")
+    q.set_rules(ALICE, parse_rules(simple_rules([("b", "allow", ["bob@example.com"]),
+                                                 ("m", "block", ["mallory@example.com"])])))
+    b.load([saved], T0 + 2)
+    assert b.dialogs[saved.id].withheld
+
+
+def test_a_restored_dialog_counts_for_its_authenticated_user_and_answers_only_to_them() -> None:
+    a, _p = agent("allow")
+    req = subscribe_req(watcher="bob")
+    effects = a.subscribe(req, ALICE, "registrar", PEER, T0, identity="bob@example.com")
+    (saved,) = [e.sub for e in of(effects, Persist)]
+    b, _q = agent("allow")
+    b.load([saved], T0 + 1)
+    assert b.per_watcher == {"bob@example.com": 1}  # not the source address "ip:192.0.2.20"
+    refresh = subscribe_req(watcher="bob", call_id=req.call_id, from_tag=req.from_.tag,
+                            to_tag=saved.local_tag, cseq=2)
+    assert reply(b.resubscribe(refresh, T0 + 2, PEER, identity="eve@example.com")).status == 481
+    refresh = subscribe_req(watcher="bob", call_id=req.call_id, from_tag=req.from_.tag,
+                            to_tag=saved.local_tag, cseq=3)
+    assert reply(b.resubscribe(refresh, T0 + 3, PEER, identity="bob@example.com")).status == 200

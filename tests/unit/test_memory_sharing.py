@@ -47,9 +47,10 @@ def _contact(presentity: str, flow: Peer | str) -> str:
 def test_restored_dialogs_behind_one_flow_share_its_peer() -> None:
     notifier = Notifier(PaPolicy(), lambda: "tag", _contact)
     records: list[Subscription] = [
-        subscription(f"s{i}", peer="udp:192.0.2.7:5060", watcher=f"w{i}@example.com")
+        subscription(f"s{i}", peer="udp:192.0.2.7:5060", watcher=f"w{i}@example.com",
+                     identity=None)  # without [auth]: the source address is the key
         for i in range(2)
-    ] + [subscription("s9", peer="udp:192.0.2.8:5060")]
+    ] + [subscription("s9", peer="udp:192.0.2.8:5060", identity=None)]
     notifier.load(records, now=0.0)
     d0, d1, d9 = (notifier.dialogs[k] for k in ("s0", "s1", "s9"))
     assert d0.flow is d1.flow and d0.flow == Peer("udp", "192.0.2.7", 5060)

@@ -50,6 +50,9 @@ class Subscription(msgspec.Struct, frozen=True, gc=False):
     state: str = "active"  # "active" | "pending"
     event_id: str | None = None  # Event header id parameter
     version: int = 0
+    # The authenticated "user@domain" that subscribed ([auth]); None without authentication.
+    # The watcher rules decide for and the per-watcher cap counts: the From is only a claim.
+    identity: str | None = None
 
 
 class Publication(msgspec.Struct, frozen=True, gc=False):

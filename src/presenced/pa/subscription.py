@@ -604,6 +604,7 @@ class Notifier:
             peer=str(flow),
             state="active" if authorized else "pending",
             event_id=event.id,
+            identity=identity,
         )
         ok = self._ok(req, local_tag, expires, presentity, flow)
         for rr in req.headers.get_all("Record-Route"):
@@ -663,20 +664,24 @@ class Notifier:
                 return False
         return True
 
-    def resubscribe(self, req: Request, now: float, peer: Peer | str | None = None) -> list[Effect]:
+    def resubscribe(self, req: Request, now: float, peer: Peer | str | None = None,
+                    identity: str | None = None) -> list[Effect]:
         """A SUBSCRIBE inside a dialog: refresh, or end it with Expires: 0 (RFC 6665 §4.1.2.2).
 
         `peer` is the flow the refresh came on: NOTIFYs follow it (a client behind NAT or on a
-        new TCP connection refreshes from a new address)."""
+        new TCP connection refreshes from a new address). `identity`: the authenticated user
+        of the refresh; a dialog an authenticated user opened answers only to that user."""
         try:
             sub_id = dialog_id(req.call_id, req.to.tag or "", req.from_.tag or "")
             cseq = req.cseq.seq
         except ParseError as exc:
             return [Reply(make_response(req, 400, f"Bad Request ({exc.reason})"))]
         dlg = self.dialogs.get(sub_id)
-        if dlg is None or dlg.final is not None or req.from_.uri.aor != dlg.record.watcher:
+        if (dlg is None or dlg.final is not None or req.from_.uri.aor != dlg.record.watcher
+                or (dlg.record.identity is not None and identity != dlg.record.identity)):
             # The tags alone do not make the dialog: its remote URI must match too (RFC 3261
-            # §12.2.2), or anyone who learnt them could end someone else's subscription.
+            # §12.2.2), and its authenticated user, or anyone who learnt them could end
+            # someone else's subscription.
             return [Reply(make_response(req, 481, "Subscription Does Not Exist"))]
         record = dlg.record
         if cseq <= record.remote_cseq:
@@ -725,7 +730,7 @@ class Notifier:
         if self._governed(record):
             # Rules with validity periods may say otherwise by now (RFC 4745 §7.3).
             assert self.authz is not None
-            self._apply(dlg, self.authz.decide(record.presentity, record.watcher, now), now,
+            self._apply(dlg, self.authz.decide(record.presentity, _judged(record), now), now,
                         effects, refresh=True)
             return effects
         self._notify(dlg, now, effects)
@@ -1193,7 +1198,7 @@ class Notifier:
         for sub_id in list(res.watchers):
             dlg = self.dialogs[sub_id]
             if dlg.final is None and self._governed(dlg.record):
-                self._apply(dlg, self.authz.decide(presentity, dlg.record.watcher, now), now,
+                self._apply(dlg, self.authz.decide(presentity, _judged(dlg.record), now), now,
                             effects)
         return effects
 
@@ -1328,9 +1333,9 @@ class Notifier:
                 except ValueError:
                     continue  # a record no version wrote; nothing to notify it over
             trusted = self.trusted(flow.host)
-            # The authenticated identity is not stored: a restored dialog counts for its From
-            # (trusted proxy) or its source address.
-            key = record.watcher if trusted else f"ip:{flow.host}"
+            # As in subscribe(): the authenticated user, else the From a trusted proxy vouches
+            # for, else the source address.
+            key = record.identity or (record.watcher if trusted else f"ip:{flow.host}")
             key = keys.setdefault(key, key)
             dlg = _Dialog(record, flow, trusted, key)
             # A stored dialog outlived its first NOTIFY: one that was never answered ended with
@@ -1341,7 +1346,7 @@ class Notifier:
                 # Until reauthorize_all applies the rules: what they show now, and nothing at
                 # all to a watcher they would not let in (no final NOTIFY may leak the state).
                 assert self.authz is not None
-                decision = self.authz.decide(record.presentity, record.watcher, now)
+                decision = self.authz.decide(record.presentity, _judged(record), now)
                 dlg.view = decision.view
                 dlg.withheld = decision.handling in ("block", "confirm")
             self.dialogs[record.id] = dlg
@@ -1392,6 +1397,12 @@ def _info(dlg: _Dialog) -> SubscriptionInfo:
     return SubscriptionInfo(
         dlg.record, str(dlg.flow), "terminated" if dlg.final is not None else dlg.record.state,
         dlg.outstanding, dlg.last_status, dlg.cseq)
+
+
+def _judged(record: Subscription) -> str:
+    """Whom the presence rules judge for a dialog: its authenticated user; without [auth],
+    the From AOR (a claim, documented in docs/presence.md)."""
+    return record.identity or record.watcher
 
 
 def _replace(record: Subscription, **changes: object) -> Subscription:

@@ -133,7 +133,7 @@ class NotifierService:
         if req.to.tag:
             if self.claims is not None and not await self._claim(event):
                 return
-            effects = self.notifier.resubscribe(req, now, event.peer)
+            effects = self.notifier.resubscribe(req, now, event.peer, identity)
         else:
             effects = self.notifier.subscribe(req, presentity, source, event.peer, now, identity,
                                               authorized)
