@@ -60,6 +60,7 @@ def test_admin_status_and_presentities_follow_sip_traffic(server_factory: Factor
     srv, api = start_admin_server(server_factory)
     st = api.get("/api/v1/status")
     assert st["version"] and st["node"] and st["uptime"] >= 0
+    assert st["overloaded"] is False and st["counts"]["shed"] == 0
     assert st["storage"]["backend"] == "memory" and st["storage"]["ok"] is True
     assert st["counts"]["subscriptions"] == 0 and "cluster" in st
     alice = SipClient(srv.addr, user="alice")

@@ -68,6 +68,7 @@ def test_metrics_move_with_sip_traffic(server_factory: Factory) -> None:
         methods = {dict(k[1]).get("method") for k in m if k[0] == "presenced_sip_requests_total"}
         assert "FROBNICATE" not in methods
         assert value(m, "presenced_transactions", kind="server") >= 0
+        assert value(m, "presenced_overloaded") == 0  # nothing queued: nothing shed
     finally:
         alice.close()
         bob.close()

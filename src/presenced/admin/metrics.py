@@ -214,6 +214,9 @@ class StateCollector(Collector):
         txns.add_metric(["server"], len(self.endpoint.txns.servers))
         txns.add_metric(["client"], len(self.endpoint.txns.clients))
         yield txns
+        yield GaugeMetricFamily("presenced_overloaded",
+                                "1 while new work is shed ([limits] overload_backlog)",
+                                value=int(self.endpoint.backlogged))
         if self.storage is not None:
             writes = CounterMetricFamily("presenced_storage_writes", "Storage writes, by operation",
                                          labels=["op"])

@@ -385,9 +385,12 @@ class AdminServer:
                 "publications": len(st.publish.pubs),
                 "server_transactions": len(st.endpoint.txns.servers),
                 "client_transactions": len(st.endpoint.txns.clients),
+                "shed": st.endpoint.stats.shed,
                 "notifies_sent": st.notifications.notifies_sent,
                 "notify_failures": st.notifications.notify_failures,
             },
+            # True while a UDP receive queue is over [limits] overload_backlog: new work is shed.
+            "overloaded": st.endpoint.backlogged,
             "xmpp": None if st.xmpp_up() is None else {"connected": st.xmpp_up()},
             "cluster": st.cluster(),  # None on a single node
         })
