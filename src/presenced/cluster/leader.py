@@ -27,14 +27,11 @@ import secrets
 import time
 from collections.abc import Awaitable, Callable
 
-import msgspec
-
 from presenced.cluster.store import ClusterStore
-from presenced.pa.records import Subscription
+from presenced.pa.records import Subscription, decode_subscription
 
 log = logging.getLogger("presenced.cluster")
 
-_decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
 
 # KEYS: leader key; ARGV: token, px. 1 when renewed, 0 when the key is not ours.
 _RENEW = """
@@ -158,6 +155,6 @@ class JabberLink:
             raw.update(page)
             if cursor == 0:
                 break
-        records = [r for r in map(_decode_subscription, raw.values()) if r.source == source]
+        records = [r for r in map(decode_subscription, raw.values()) if r.source == source]
         owners = await self.store.owners(r.id for r in records)
         return [(r, owners.get(r.id)) for r in records]

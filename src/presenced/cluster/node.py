@@ -27,14 +27,18 @@ from typing import Any, Protocol
 import msgspec
 
 from presenced.cluster.store import ClusterStore, ClusterUnavailable
-from presenced.pa.records import Binding, Publication, Subscription
+from presenced.pa.records import (
+    Binding,
+    Publication,
+    Subscription,
+    decode_binding,
+    decode_publication,
+    encode_msgpack,
+)
 
 log = logging.getLogger("presenced.cluster")
 
 _decode = msgspec.msgpack.Decoder().decode
-_decode_binding = msgspec.msgpack.Decoder(Binding).decode
-_decode_publication = msgspec.msgpack.Decoder(Publication).decode
-_encode = msgspec.msgpack.Encoder().encode
 
 
 class Replica(Protocol):
@@ -90,7 +94,7 @@ class ClusterNode:
         (so no change committed after the load is missed). Changes wait until `ready()`."""
         await self._renew()
         client = self.store.client
-        await client.hset(self.store.nodes_key, self.node_id, _encode(self.hosts))
+        await client.hset(self.store.nodes_key, self.node_id, encode_msgpack(self.hosts))
         await self._learn_hosts()
         self._tasks.append(asyncio.create_task(self._feed_loop(), name="cluster-feed"))
         self._tasks.append(asyncio.create_task(self._lease_loop(), name="cluster-lease"))
@@ -170,7 +174,7 @@ class ClusterNode:
         client = self.store.client
         nodes = await self._learn_hosts()
         if self.node_id not in nodes:  # an adopter removed us while we were cut off
-            await client.hset(self.store.nodes_key, self.node_id, _encode(self.hosts))
+            await client.hset(self.store.nodes_key, self.node_id, encode_msgpack(self.hosts))
         others = [n for n in nodes if n != self.node_id]
         if not others:
             self._suspects = set()
@@ -258,12 +262,12 @@ class ClusterNode:
     async def _dispatch(self, kind: str, origin: str, rest: list[Any]) -> None:
         r = self.replica
         if kind == "b+":
-            b = _decode_binding(rest[0])
+            b = decode_binding(rest[0])
             await r.binding(b.aor, b.contact, b, False)
         elif kind == "b-":
             await r.binding(rest[0], rest[1], None, bool(rest[2]))
         elif kind == "p+":
-            pub = _decode_publication(rest[0])
+            pub = decode_publication(rest[0])
             await r.publication(pub.etag, pub, rest[1])
         elif kind == "p-":
             await r.publication(rest[0], None, None)

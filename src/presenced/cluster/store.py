@@ -34,16 +34,19 @@ import importlib
 from collections.abc import Iterable
 from typing import Any
 
-import msgspec
-
-from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
-
-_encode = msgspec.msgpack.Encoder().encode
-_decode_binding = msgspec.msgpack.Decoder(Binding).decode
-_decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
-_decode_publication = msgspec.msgpack.Decoder(Publication).decode
-_decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
-_decode_ended = msgspec.msgpack.Decoder(EndedWatchers).decode
+from presenced.pa.records import (
+    Binding,
+    EndedWatchers,
+    Publication,
+    RulesDocument,
+    Subscription,
+    decode_binding,
+    decode_ended,
+    decode_publication,
+    decode_rules,
+    decode_subscription,
+    encode_msgpack,
+)
 
 RETRY_AFTER = 5  # seconds a client is told to wait when Redis cannot take a write
 MAX_BATCH = 256  # scripts in one pipeline
@@ -317,12 +320,12 @@ class ClusterStore:
 
     def message(self, *fields: object) -> bytes:
         """A feed message: (kind, origin node, ...)."""
-        return _encode((fields[0], self.node_id, *fields[1:]))
+        return encode_msgpack((fields[0], self.node_id, *fields[1:]))
 
     # --- bindings -------------------------------------------------------------------------
 
     async def put_binding(self, binding: Binding) -> None:
-        value = _encode(binding)
+        value = encode_msgpack(binding)
         await self._run("put_exp", [self.bindings_key, self.bindexp_key, self.feed],
                         [binding_field(binding.aor, binding.contact), value,
                          repr(binding.expires_at), self.message("b+", value)])
@@ -336,15 +339,15 @@ class ClusterStore:
         raw = await self._run("expire", [self.bindings_key, self.bindexp_key, self.feed],
                               [binding_field(aor, contact), repr(now),
                                self.message("b-", aor, contact, True)])
-        return None if raw is None else _decode_binding(raw)
+        return None if raw is None else decode_binding(raw)
 
     async def load_bindings(self) -> list[Binding]:
-        return [_decode_binding(v) for v in await self._hgetall(self.bindings_key)]
+        return [decode_binding(v) for v in await self._hgetall(self.bindings_key)]
 
     # --- publications ---------------------------------------------------------------------
 
     async def put_publication(self, pub: Publication, replaces: str | None = None) -> None:
-        value = _encode(pub)
+        value = encode_msgpack(pub)
         await self._run("put_pub", [self.pubs_key, self.pubexp_key, self.feed],
                         [pub.etag, value, repr(pub.expires_at), replaces or "",
                          self.message("p+", value, replaces)])
@@ -356,29 +359,29 @@ class ClusterStore:
     async def expire_publication(self, etag: str, now: float) -> Publication | None:
         raw = await self._run("expire", [self.pubs_key, self.pubexp_key, self.feed],
                               [etag, repr(now), self.message("p-", etag, True)])
-        return None if raw is None else _decode_publication(raw)
+        return None if raw is None else decode_publication(raw)
 
     async def load_publications(self) -> list[Publication]:
-        return [_decode_publication(v) for v in await self._hgetall(self.pubs_key)]
+        return [decode_publication(v) for v in await self._hgetall(self.pubs_key)]
 
     # --- presence rules (every node applies them to the dialogs it owns) -----------------
 
     async def put_rules(self, rules: RulesDocument) -> None:
         await self._run("put_ann", [self.rules_key, self.feed],
-                        [rules.aor, _encode(rules), self.message("r", rules.aor)])
+                        [rules.aor, encode_msgpack(rules), self.message("r", rules.aor)])
 
     async def delete_rules(self, aor: str) -> None:
         await self._run("put_ann", [self.rules_key, self.feed], [aor, "", self.message("r", aor)])
 
     async def load_rules(self) -> list[RulesDocument]:
-        return [_decode_rules(v) for v in await self._hgetall(self.rules_key)]
+        return [decode_rules(v) for v in await self._hgetall(self.rules_key)]
 
     # --- ended watchers not yet shown by presence.winfo (this node's) ----------------------
 
     async def put_ended_watchers(self, ended: EndedWatchers) -> None:
         client = self._live()
         try:
-            await client.hset(self.my_ended, ended.presentity, _encode(ended))
+            await client.hset(self.my_ended, ended.presentity, encode_msgpack(ended))
         except self._errors as exc:
             raise ClusterUnavailable(f"redis put_ended_watchers failed: {exc}") from exc
 
@@ -390,13 +393,13 @@ class ClusterStore:
             raise ClusterUnavailable(f"redis delete_ended_watchers failed: {exc}") from exc
 
     async def load_ended_watchers(self) -> list[EndedWatchers]:
-        return [_decode_ended(v) for v in await self._hgetall(self.my_ended)]
+        return [decode_ended(v) for v in await self._hgetall(self.my_ended)]
 
     # --- subscriptions (fenced by ownership) ----------------------------------------------
 
     async def put_subscription(self, sub: Subscription) -> None:
         ok = await self._run("put_sub", [self.subs_key, self.owner_key, self.my_subs],
-                             [sub.id, _encode(sub), self.node_id])
+                             [sub.id, encode_msgpack(sub), self.node_id])
         if not ok:
             raise NotOwnerError(f"subscription {sub.id} is owned by another node")
 
@@ -415,7 +418,7 @@ class ClusterStore:
                 chunk = ids[i:i + 1000]
                 owners = await client.hmget(self.owner_key, chunk)
                 values = await client.hmget(self.subs_key, chunk)
-                records.extend(_decode_subscription(v) for o, v in zip(owners, values, strict=True)
+                records.extend(decode_subscription(v) for o, v in zip(owners, values, strict=True)
                                if v is not None and o is not None and o.decode() == self.node_id)
             return records
         except self._errors as exc:
@@ -425,7 +428,7 @@ class ClusterStore:
         """Take over a dialog for an in-dialog request that reached this node."""
         raw = await self._run("claim", [self.subs_key, self.owner_key, self.feed, self.node_prefix],
                               [sub_id, self.node_id, self.message("claim", [sub_id])])
-        return None if raw is None else _decode_subscription(raw)
+        return None if raw is None else decode_subscription(raw)
 
     async def adopt(self, dead: str, batch: int = 500) -> tuple[int, list[Subscription]] | None:
         """A batch of a dead node's dialogs: (how many remain, records), or None while its
@@ -435,7 +438,7 @@ class ClusterStore:
                               [dead, self.node_id, batch])
         if out[0] == -1:
             return None
-        records = [_decode_subscription(out[i]) for i in range(2, len(out), 2)]
+        records = [decode_subscription(out[i]) for i in range(2, len(out), 2)]
         return int(out[0]), records
 
     async def owners(self, sub_ids: Iterable[str]) -> dict[str, str | None]:

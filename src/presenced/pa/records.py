@@ -84,3 +84,13 @@ class EndedWatchers(msgspec.Struct, frozen=True):
     presentity: str  # "alice@example.com"
     watchers: tuple[tuple[str, str, str, str], ...]
     updated: float  # wall-clock epoch seconds of the last write
+
+
+# The records' msgpack form: one encoding for the Redis storage and for every node of a cluster
+# (cluster/ writes and reads the same values).
+encode_msgpack = msgspec.msgpack.Encoder().encode
+decode_binding = msgspec.msgpack.Decoder(Binding).decode
+decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
+decode_publication = msgspec.msgpack.Decoder(Publication).decode
+decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
+decode_ended = msgspec.msgpack.Decoder(EndedWatchers).decode

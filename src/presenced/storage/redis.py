@@ -41,17 +41,23 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import msgspec
 
-from presenced.pa.records import Binding, EndedWatchers, Publication, RulesDocument, Subscription
+from presenced.pa.records import (
+    Binding,
+    EndedWatchers,
+    Publication,
+    RulesDocument,
+    Subscription,
+    decode_binding,
+    decode_ended,
+    decode_publication,
+    decode_rules,
+    decode_subscription,
+    encode_msgpack,
+)
 from presenced.storage import StorageClosedError, StorageError
 
 DEFAULT_PREFIX = "presenced:"
 
-_encode = msgspec.msgpack.Encoder().encode
-_decode_binding = msgspec.msgpack.Decoder(Binding).decode
-_decode_subscription = msgspec.msgpack.Decoder(Subscription).decode
-_decode_publication = msgspec.msgpack.Decoder(Publication).decode
-_decode_rules = msgspec.msgpack.Decoder(RulesDocument).decode
-_decode_ended = msgspec.msgpack.Decoder(EndedWatchers).decode
 
 
 def redact_url(url: str) -> str:
@@ -223,32 +229,32 @@ class RedisStorage:
             "put_binding",
             self._bindings_key,
             _binding_field(binding.aor, binding.contact),
-            _encode(binding),
+            encode_msgpack(binding),
         )
 
     async def delete_binding(self, aor: str, contact: str) -> None:
         await self._hdel("delete_binding", self._bindings_key, _binding_field(aor, contact))
 
     async def load_bindings(self) -> list[Binding]:
-        return await self._load("load_bindings", self._bindings_key, _decode_binding)
+        return await self._load("load_bindings", self._bindings_key, decode_binding)
 
     async def put_subscription(self, sub: Subscription) -> None:
-        await self._hset("put_subscription", self._subscriptions_key, sub.id, _encode(sub))
+        await self._hset("put_subscription", self._subscriptions_key, sub.id, encode_msgpack(sub))
 
     async def delete_subscription(self, sub_id: str) -> None:
         await self._hdel("delete_subscription", self._subscriptions_key, sub_id)
 
     async def load_subscriptions(self) -> list[Subscription]:
-        return await self._load("load_subscriptions", self._subscriptions_key, _decode_subscription)
+        return await self._load("load_subscriptions", self._subscriptions_key, decode_subscription)
 
     async def put_publication(self, pub: Publication, replaces: str | None = None) -> None:
         if replaces is None or replaces == pub.etag:
-            await self._hset("put_publication", self._publications_key, pub.etag, _encode(pub))
+            await self._hset("put_publication", self._publications_key, pub.etag, encode_msgpack(pub))
             return
         # RFC 3903 §4.4: the new entity-tag replaces the old one. MULTI/EXEC so no reader (or
         # crash) ever sees both ETags or neither.
         client = self._open_client()
-        value = _encode(pub)
+        value = encode_msgpack(pub)
         try:
             async with client.pipeline(transaction=True) as pipe:
                 pipe.hdel(self._publications_key, replaces)
@@ -261,22 +267,22 @@ class RedisStorage:
         await self._hdel("delete_publication", self._publications_key, etag)
 
     async def load_publications(self) -> list[Publication]:
-        return await self._load("load_publications", self._publications_key, _decode_publication)
+        return await self._load("load_publications", self._publications_key, decode_publication)
 
     async def put_rules(self, rules: RulesDocument) -> None:
-        await self._hset("put_rules", self._rules_key, rules.aor, _encode(rules))
+        await self._hset("put_rules", self._rules_key, rules.aor, encode_msgpack(rules))
 
     async def delete_rules(self, aor: str) -> None:
         await self._hdel("delete_rules", self._rules_key, aor)
 
     async def load_rules(self) -> list[RulesDocument]:
-        return await self._load("load_rules", self._rules_key, _decode_rules)
+        return await self._load("load_rules", self._rules_key, decode_rules)
 
     async def put_ended_watchers(self, ended: EndedWatchers) -> None:
-        await self._hset("put_ended_watchers", self._ended_key, ended.presentity, _encode(ended))
+        await self._hset("put_ended_watchers", self._ended_key, ended.presentity, encode_msgpack(ended))
 
     async def delete_ended_watchers(self, presentity: str) -> None:
         await self._hdel("delete_ended_watchers", self._ended_key, presentity)
 
     async def load_ended_watchers(self) -> list[EndedWatchers]:
-        return await self._load("load_ended_watchers", self._ended_key, _decode_ended)
+        return await self._load("load_ended_watchers", self._ended_key, decode_ended)
