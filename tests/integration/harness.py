@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import secrets
+import select
 import shutil
 import signal
 import socket
@@ -598,6 +599,9 @@ class SipClient:
         self.pongs = 0  # RFC 5626 §4.4.1 CRLF answers to our CRLFCRLF pings (TCP)
         self.closed = threading.Event()  # the server closed the connection (TCP)
         self._stopping = False
+        # TLS: the reader thread and senders take turns on the one SSL object (see _read_loop);
+        # other transports need no turns, and a no-op lock keeps one code path.
+        self._tls_lock: Any = threading.Lock() if transport == "tls" else contextlib.nullcontext()
         self.local_host = local_host
         family = socket.AF_INET6 if ":" in local_host else socket.AF_INET
         self._framer = StreamFramer(1 << 20)
@@ -735,7 +739,7 @@ class SipClient:
         if self._ws is not None:
             self._ws_send(data)
             return
-        with self._send_lock:
+        with self._send_lock, self._tls_lock:
             if not self._connected:
                 self.sock.sendto(data, to or self.server)
             elif self.transport == "udp":
@@ -971,9 +975,22 @@ class SipClient:
             return bytes(self.raw_received)
 
     def _read_loop(self) -> None:
+        tls = self.transport == "tls"
         while not self._stopping:
+            if tls and not self.sock.pending():  # type: ignore[attr-defined]
+                try:
+                    readable, _, _ = select.select([self.sock], [], [], 0.2)
+                except (OSError, ValueError):
+                    break  # closed under us
+                if not readable:
+                    continue
             try:
-                data = self.sock.recv(65535)
+                # One SSL object must never be read and written by two threads at once
+                # (OpenSSL): a TLS read here and a send from the test thread take turns.
+                # Without it a fresh connection's first request, written while this thread
+                # read the server's TLS 1.3 session tickets, was lost now and then under load.
+                with self._tls_lock:
+                    data = self.sock.recv(65535)
             except TimeoutError:
                 continue
             except ConnectionRefusedError:
