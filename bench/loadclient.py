@@ -59,9 +59,13 @@ def machine() -> str:
         loop = "yes"
     except ImportError:
         loop = "no"
+    # The server inherits PYTHONPATH: pointing it at a mypyc build (docs/performance.md) benchmarks
+    # that build, and this line says which core the figures are from.
+    from presenced.build import core_build
+
     return (
         f"machine: nproc={os.cpu_count()} cpu={cpu!r} python={platform.python_version()} "
-        f"uvloop={loop} kernel={platform.release()}"
+        f"uvloop={loop} kernel={platform.release()} core={core_build()}"
     )
 
 

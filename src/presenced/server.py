@@ -24,6 +24,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from presenced import __version__, sdnotify
+from presenced.build import core_build
 from presenced.cluster.leader import ComponentLease, JabberLink
 from presenced.cluster.node import ClusterNode
 from presenced.cluster.store import ClusterStore, ClusterUnavailable
@@ -475,7 +476,8 @@ class Server:
             state = AdminState(
                 endpoint=self.endpoint, notifications=self.notifications, registrar=self.registrar,
                 publish=self.publish, storage=metered, storage_backend=cfg.storage.backend,
-                version=__version__, reload=self.reload, domains=tuple(sorted(domains)),
+                version=__version__, core=core_build(), reload=self.reload,
+                domains=tuple(sorted(domains)),
                 xmpp_up=(lambda: None) if jabber is None else (lambda: jabber.component.connected),
                 rules=self.rules,
                 cluster=(lambda: None) if self.cluster is None else self.cluster.status)
@@ -484,8 +486,9 @@ class Server:
                                      metrics_public=cfg.admin.metrics_public, histograms=histograms)
             await self.admin.start()
         # --- admin server start (end) ---
-        log.info("serving domains %s with %d subscriptions and %d registered AORs",
-                 ", ".join(sorted(domains)), len(self.notifier.dialogs), len(self.registrar.bindings))
+        log.info("serving domains %s with %d subscriptions and %d registered AORs (%s core)",
+                 ", ".join(sorted(domains)), len(self.notifier.dialogs), len(self.registrar.bindings),
+                 core_build())
         await self.notifications.run(effects)
         for event, presentity in closed:  # their state changed while we were down
             await self.notifications.renotify(presentity, event)

@@ -38,12 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import presenced
 from presenced.sip.errors import ParseError
 from presenced.sip.framing import KeepAlivePing, StreamFramer
 from presenced.sip.headers import Headers
 from presenced.sip.message import Request, Response, make_response, parse_message
 
-_SRC = Path(__file__).resolve().parents[2] / "src"
+# The server runs the code these tests import: this checkout's src/ as a rule, or the mypyc build
+# when the suite runs with PYTHONPATH pointing at it (.ci/run's compiled pass).
+_SRC = Path(presenced.__file__).resolve().parents[1]
 LOCALHOST = "127.0.0.1"
 DEFAULT_DOMAIN = "example.com"
 T1 = 0.5  # RFC 3261 §17.1.1.1
@@ -332,8 +335,8 @@ class ServerProcess:
 
     def _spawn(self) -> None:
         env = dict(os.environ)
-        # The server runs this checkout's code, whatever the venv's editable install points at
-        # (a relative PYTHONPATH would not survive the child's cwd, the test's tmp dir).
+        # The server runs the code the tests import, whatever the venv's editable install points
+        # at (a relative PYTHONPATH would not survive the child's cwd, the test's tmp dir).
         env["PYTHONPATH"] = os.pathsep.join(
             p for p in (str(_SRC), env.get("PYTHONPATH", "")) if p
         )

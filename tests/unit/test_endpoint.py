@@ -334,7 +334,7 @@ def test_incomplete_request_answer_passes_the_amplification_guard() -> None:
     """The 400 to an unproven UDP address counts against its budget like every answer."""
     from presenced.sip.limits import AmplificationLimits
 
-    ep = make_endpoint(amplification=AmplificationLimits(factor=1.0))
+    ep = make_endpoint(amplification=AmplificationLimits(factor=1))
     data = b"OPTIONS sip:example.com SIP/2.0\r\nVia: SIP/2.0/UDP 192.0.2.10:5070;rport;branch=z9hG4bK1\r\n\r\n"
     # The 400 is larger than the request: over a 1x budget it is dropped, never sent.
     assert ep.receive(data, CLIENT, 0.0) == []

@@ -9,8 +9,8 @@ import pytest
 
 from presenced.sip.errors import ParseError
 from presenced.sip.headers import (
+    STAR_CONTACT,
     Headers,
-    NameAddr,
     parse_name_addr,
     parse_via,
     split_list,
@@ -180,7 +180,7 @@ def test_split_list_skips_empty_elements_and_rejects_open_quotes() -> None:
 
 def test_contact_star() -> None:
     req = headers_of("Contact: *")
-    assert req.contacts == [NameAddr.STAR]
+    assert req.contacts == [STAR_CONTACT]
     assert req.contacts[0].star
     assert str(req.contacts[0]) == "*"
 

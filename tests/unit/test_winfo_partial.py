@@ -189,6 +189,7 @@ def test_coalesced_changes_a_refused_notify_and_a_refresh_each_give_full_state()
     assert t2.of() == full_list(a) and len(t2.of()) == 4
 
 
+@pytest.mark.pure_python
 def test_a_partial_document_is_encoded_once_for_every_winfo_subscriber(
         monkeypatch: pytest.MonkeyPatch) -> None:
     a, _ = agent("confirm")

@@ -187,7 +187,8 @@ def render(command: str, data: Any, out: TextIO) -> None:
     if command == "status":
         c = data["counts"]
         st = data["storage"]
-        print(f"presenced {data['version']} on {data['node']}, up {data['uptime']:.0f} s", file=out)
+        print(f"presenced {data['version']} ({data.get('core', 'python')} core) on {data['node']}, "
+              f"up {data['uptime']:.0f} s", file=out)
         print(f"storage {st['backend']}: {'ok' if st.get('ok') else 'FAILING'}"
               + (f" (last error: {st['last_error']})" if st.get("last_error") else ""), file=out)
         table([(k, v if not isinstance(v, dict) else ", ".join(f"{e}={n}" for e, n in v.items()))

@@ -78,6 +78,7 @@ class AdminState:
     storage_backend: str
     version: str
     reload: Reload
+    core: str = "python"  # which build of the sans-IO core runs: "python" or "mypyc"
     started: float = field(default_factory=time.time)
     node: str = field(default_factory=socket.gethostname)
     domains: tuple[str, ...] = ()
@@ -370,6 +371,7 @@ class AdminServer:
         health.update(st.storage.health() if st.storage is not None else {"ok": True})
         return _json({
             "version": st.version,
+            "core": st.core,
             "node": st.node,
             "started_at": st.started,
             "uptime": round(time.time() - st.started, 3),

@@ -38,6 +38,7 @@ from presenced.sip.message import (
 )
 from presenced.sip.transaction import (
     ClientTimeout,
+    Context,
     Retransmit,
     ServerTimeout,
     TransactionError,
@@ -97,12 +98,12 @@ class RequestReceived:
 @dataclass(frozen=True, slots=True)
 class ResponseReceived:
     response: Response
-    context: object
+    context: Context
 
 
 @dataclass(frozen=True, slots=True)
 class ClientTimedOut:
-    context: object
+    context: Context
 
 
 Event = Transmit | RequestReceived | ResponseReceived | ClientTimedOut

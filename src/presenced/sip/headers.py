@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import ClassVar
 
 from presenced.sip.errors import ParseError
 from presenced.sip.uri import SipUri, parse_hostport, parse_uri
@@ -88,7 +87,7 @@ class Headers:
 
     @classmethod
     def _from_parsed(cls, entries: list[tuple[str, str, str]]) -> Headers:
-        h = cls.__new__(cls)
+        h = cls()
         h._items = entries
         return h
 
@@ -291,8 +290,6 @@ class NameAddr:
     params: dict[str, str | None] = field(default_factory=dict)
     star: bool = False  # "Contact: *"
 
-    STAR: ClassVar[NameAddr]
-
     @property
     def tag(self) -> str | None:
         return self.params.get("tag")
@@ -307,14 +304,14 @@ class NameAddr:
 
 
 _DISPLAY_TOKENS = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+(?: [A-Za-z0-9\-.!%*_+`'~]+)*\Z")
-NameAddr.STAR = NameAddr(SipUri("sip"), star=True)
+STAR_CONTACT = NameAddr(SipUri("sip"), star=True)  # "Contact: *", one shared value
 
 
 def parse_name_addr(value: str) -> NameAddr:
     """Parse one name-addr or addr-spec with header parameters (RFC 3261 §20.10)."""
     value = value.strip()
     if value == "*":
-        return NameAddr.STAR
+        return STAR_CONTACT
     display: str | None = None
     if value.startswith('"'):
         m = _DISPLAY_QUOTED.match(value)

@@ -55,8 +55,10 @@ def _make_parser() -> etree.XMLParser:
 _PARSER = _make_parser()
 
 
-def parse_xml(body: bytes, max_size: int = DEFAULT_MAX_SIZE) -> etree._Element:
-    """Parse an untrusted XML body and return its root element, or raise `DocumentError`."""
+def parse_xml(body: object, max_size: int = DEFAULT_MAX_SIZE) -> etree._Element:
+    """Parse an untrusted XML body and return its root element, or raise `DocumentError`.
+    `body` is typed `object` because anything that is not bytes-like is refused here with a
+    `DocumentError`, also in the mypyc build, whose signature checks would raise TypeError."""
     if not isinstance(body, (bytes, bytearray, memoryview)):
         raise DocumentError("body is not bytes")
     if len(body) > max_size:

@@ -21,6 +21,7 @@ nobody) and hands them back to the package. Adding a package is one module with 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import ClassVar
 
 from presenced.pa.documents.negotiate import choose_format
 from presenced.pa.documents.xml import DocumentError
@@ -31,12 +32,13 @@ __all__ = ["DocumentError", "EventPackage"]
 class EventPackage:
     """Base of every package. Subclasses set the class attributes and override the methods."""
 
-    name: str = ""
-    formats: tuple[str, ...] = ()  # bodies we produce, preferred first; [0] without Accept
-    publish_formats: tuple[str, ...] = ()  # bodies PUBLISH may carry; () = not publishable
-    default_expires: int | None = None  # None: [pa] default_expires
-    owner_only: bool = False  # with [auth], only the resource's own user may subscribe
-    versioned: bool = False  # documents carry the watcher's version counter
+    # Class-level facts, ClassVar so that the mypyc build keeps them on the class too.
+    name: ClassVar[str] = ""
+    formats: ClassVar[tuple[str, ...]] = ()  # bodies we produce, preferred first; [0] without Accept
+    publish_formats: ClassVar[tuple[str, ...]] = ()  # bodies PUBLISH may carry; () = not publishable
+    default_expires: ClassVar[int | None] = None  # None: [pa] default_expires
+    owner_only: ClassVar[bool] = False  # with [auth], only the resource's own user may subscribe
+    versioned: ClassVar[bool] = False  # documents carry the watcher's version counter
 
     def choose_format(self, accept: list[str] | None) -> str | None:
         """The format for a SUBSCRIBE's Accept (None header: the default), or None for 406."""

@@ -1,0 +1,22 @@
+"""Which build of the sans-IO core is running: "mypyc" (compiled) or "python" (pure).
+
+`pip install .` and `pip install -e .` give the pure-Python package. With
+`PRESENCED_MYPYC=1 pip install --no-build-isolation .` (mypy installed, a C compiler present)
+setup.py compiles `sip/` and `pa/` with mypyc; the `.py` files ship beside the extension
+modules, which Python imports first. See docs/performance.md for what the compiled core buys.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+
+import presenced.pa.subscription
+import presenced.sip.message
+
+
+def core_build() -> str:
+    """"mypyc" when the parser and the notifier are extension modules, else "python"."""
+    suffixes = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+    compiled = [m.__file__ is not None and m.__file__.endswith(suffixes)
+                for m in (presenced.sip.message, presenced.pa.subscription)]
+    return "mypyc" if all(compiled) else "python"
