@@ -105,3 +105,29 @@ async def test_stop_cancels_a_handler_that_overstays_the_bound_cleanly(
     gc.collect()
     assert "Task was destroyed" not in caplog.text
     client.close()
+
+
+def test_a_background_follows_a_new_loop_once_the_old_one_closed() -> None:
+    """Background and Alarm remember their loop (asking asyncio costs a system call on 3.11);
+    a loop that has closed is not reused: the next one runs the tasks."""
+    from presenced.services.alarm import Alarm, Background
+
+    bg = Background("test")
+    ran: list[str] = []
+
+    async def job(name: str) -> None:
+        ran.append(name)
+
+    async def round_(name: str) -> None:
+        bg.spawn(job(name))
+        fired = asyncio.Event()
+
+        async def action() -> None:
+            fired.set()
+
+        Alarm(action, bg).arm(0.0)
+        await asyncio.wait_for(fired.wait(), 5)
+
+    asyncio.run(round_("first"))
+    asyncio.run(round_("second"))
+    assert ran == ["first", "second"]
