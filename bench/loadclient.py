@@ -166,8 +166,12 @@ class BenchServer:
         extra: str = "",
         profile: str | None = None,
         server_extra: str = "",
+        pythonpath: str | None = None,
     ) -> None:
         self.storage = storage
+        # Where the server imports presenced from (a mypyc build, docs/performance.md); None:
+        # whatever this process's environment says.
+        self.pythonpath = pythonpath
         self.extra = extra
         self.server_extra = server_extra  # more [server] keys ("workers = 2\n")
         self.profile = profile  # a cProfile output path: run the server under cProfile
@@ -220,11 +224,13 @@ class BenchServer:
             cmd = [python, "-m", "cProfile", "-o", self.profile, str(PRESENCED)]
         else:
             cmd = [str(PRESENCED)]
+        env = None if self.pythonpath is None else {**os.environ, "PYTHONPATH": self.pythonpath}
         self.proc = subprocess.Popen(
             [*cmd, "--config", str(d / "presenced.toml")],
             stdout=subprocess.DEVNULL,
             stderr=open(d / "stderr.log", "wb"),  # noqa: SIM115
             cwd=d,
+            env=env,
         )
         deadline = time.monotonic() + self.start_timeout
         while time.monotonic() < deadline:

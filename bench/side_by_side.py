@@ -3,6 +3,7 @@
     .venv/bin/python bench/side_by_side.py [--from 1600] [--to 8000] [--step 800]
         [--seconds 4] [--fanout 1000,10000] [--scenarios register,subscribe,publish]
         [--presenced-storage sqlite|memory:] [--only presenced|kamailio]
+        [--compiled DIR]
 
 Each server is started in turn on a fresh port of 127.0.0.1 and loaded with the same sipp
 scenarios (bench/scenarios/): register (REGISTER, REGISTER Expires 0), subscribe (SUBSCRIBE,
@@ -25,6 +26,10 @@ The servers:
   per-source limiter (`[limits] exempt`); without it the benchmark would measure the limiter
   doing its job.
 
+With `--compiled DIR` (a mypyc build installed with `pip install --target DIR`, see
+docs/performance.md) a third server runs the same ladders: presenced importing from DIR, so
+the pure and the compiled core are measured in the same run as Kamailio.
+
 Absolute figures on a shared 2-core machine are noisy; the ratios of one run are what
 docs/performance.md quotes. Both servers and sipp share the two cores.
 """
@@ -41,13 +46,24 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_fanout import Counter
-from loadclient import HOST, BenchServer, LoadClient, _options_ok, free_port, header, run, run_sipp
+from loadclient import (
+    HOST,
+    ROOT,
+    BenchServer,
+    LoadClient,
+    _options_ok,
+    free_port,
+    header,
+    run,
+    run_sipp,
+)
 
 KAMAILIO_CFG = Path(__file__).resolve().parent / "kamailio" / "presence.cfg"
 DBTEXT_SCHEMA = Path("/usr/share/kamailio/dbtext/kamailio")
@@ -147,6 +163,9 @@ class Step:
                 f"{self.retransmissions:7,} {self.cpu_ms:7.3f}")
 
 
+SRC = ROOT / "src"  # the pure build: this checkout's sources
+
+
 @dataclass
 class Ladder:
     steps: list[Step] = field(default_factory=list)
@@ -226,10 +245,15 @@ async def main_async(args: argparse.Namespace) -> None:
     with tempfile.TemporaryDirectory(prefix="bench-sbs-") as d:
         inject = Path(d) / "presentities.csv"
         inject.write_text("SEQUENTIAL\n" + "".join(f"p{i}\n" for i in range(1000)))
-        servers = [("kamailio", lambda: KamailioServer()),
-                   ("presenced", lambda: BenchServer(storage=storage))]
+        servers: list[tuple[str, Callable[[], KamailioServer | BenchServer]]] = [
+            ("kamailio", lambda: KamailioServer()),
+            ("presenced", lambda: BenchServer(storage=storage, pythonpath=str(SRC)))]
+        if args.compiled:
+            compiled = str(Path(args.compiled).resolve())
+            servers.append(("mypyc", lambda: BenchServer(storage=storage, pythonpath=compiled)))
         for name, make in servers:
-            if args.only and args.only != name:
+            if args.only and args.only != name and not (args.only == "presenced"
+                                                        and name == "mypyc"):
                 continue
             results[name] = {}
             print(f"\n{name}: scenario  target  achieved failed retrans  cpu ms/call", flush=True)
@@ -249,20 +273,33 @@ async def main_async(args: argparse.Namespace) -> None:
 
 def report(results: dict[str, dict[str, Ladder | float | None]], scenarios: list[str],
            sizes: list[int]) -> None:
-    k, p = results.get("kamailio", {}), results.get("presenced", {})
-    print("\n| scenario | Kamailio max rate | presenced max rate | ratio | Kamailio CPU ms/call "
-          "| presenced CPU ms/call |")
-    print("|---|---|---|---|---|---|")
+    k = results.get("kamailio", {})
+    ours = [n for n in ("presenced", "mypyc") if n in results]
+    title = {"presenced": "presenced", "mypyc": "presenced mypyc"}
+    print("\n| scenario | Kamailio max rate | " + " | ".join(
+        f"{title[n]} max rate | ratio" for n in ours) + " | Kamailio CPU ms/call | " + " | ".join(
+        f"{title[n]} CPU ms/call" for n in ours) + " |")
+    print("|---|---|" + "---|---|" * len(ours) + "---|" + "---|" * len(ours))
     for s in scenarios:
-        kb = k[s].best if isinstance(k.get(s), Ladder) else None  # type: ignore[union-attr]
-        pb = p[s].best if isinstance(p.get(s), Ladder) else None  # type: ignore[union-attr]
-        ratio = f"{pb.rate / kb.rate:.2f}x" if kb and pb else "—"
-        print(f"| {s} | {_rate(kb)} | {_rate(pb)} | {ratio} | {_cpu(kb)} | {_cpu(pb)} |")
+        kb = _best(k.get(s))
+        bests = [_best(results[n].get(s)) for n in ours]
+        cells = [f"{_rate(b)} | {f'{b.rate / kb.rate:.2f}x' if kb and b else '—'}" for b in bests]
+        print(f"| {s} | {_rate(kb)} | " + " | ".join(cells) + f" | {_cpu(kb)} | "
+              + " | ".join(_cpu(b) for b in bests) + " |")
     for n in sizes:
-        kt, pt = k.get(f"fanout{n}"), p.get(f"fanout{n}")
-        ratio = (f"{kt / pt:.1f}x faster" if isinstance(kt, float) and isinstance(pt, float)
-                 else "—")
-        print(f"| fan-out to {n:,} watchers (median) | {_ms(kt)} | {_ms(pt)} | {ratio} | | |")
+        kt = k.get(f"fanout{n}")
+        cells = []
+        for name in ours:
+            pt = results[name].get(f"fanout{n}")
+            ratio = (f"{kt / pt:.1f}x faster" if isinstance(kt, float) and isinstance(pt, float)
+                     else "—")
+            cells.append(f"{_ms(pt)} | {ratio}")
+        print(f"| fan-out to {n:,} watchers (median) | {_ms(kt)} | " + " | ".join(cells)
+              + " |" + " |" * (1 + len(ours)))
+
+
+def _best(ladder: object) -> Step | None:
+    return ladder.best if isinstance(ladder, Ladder) else None
 
 
 def _rate(s: Step | None) -> str:
@@ -287,6 +324,8 @@ def main() -> None:
     ap.add_argument("--scenarios", default="register,subscribe,publish")
     ap.add_argument("--presenced-storage", default="sqlite")
     ap.add_argument("--only", choices=("presenced", "kamailio"))
+    ap.add_argument("--compiled", metavar="DIR",
+                    help="also run presenced from a mypyc build installed in DIR")
     args = ap.parse_args()
     header("side_by_side: Kamailio and presenced, same sipp scenarios, one run")
     run(lambda: main_async(args))
