@@ -161,6 +161,13 @@ _ROUTE_SET_INDEX = _SUBSCRIPTION_COLS.index("route_set")
 
 _PUT_PUBLICATION = _upsert("publications", _PUBLICATION_COLS, ("etag",))
 _DELETE_PUBLICATION = "DELETE FROM publications WHERE etag = ?"
+# A modify or refresh that replaces the entity-tag rewrites the old row, key included: one
+# statement where DELETE + INSERT took two and a transaction around them. OR REPLACE: should the
+# new tag exist already, that row gives way, as the upsert would have overwritten it.
+_REPLACE_PUBLICATION = (
+    f"UPDATE OR REPLACE publications SET {', '.join(f'{c} = ?' for c in _PUBLICATION_COLS)} "
+    "WHERE etag = ?"
+)
 _SELECT_PUBLICATIONS = f"SELECT {', '.join(_PUBLICATION_COLS)} FROM publications"
 
 _RULES_COLS = RulesDocument.__struct_fields__
@@ -228,11 +235,14 @@ def _op_load_subscriptions(conn: sqlite3.Connection) -> list[Subscription]:
 
 
 def _op_put_publication(conn: sqlite3.Connection, pub: Publication, replaces: str | None) -> None:
-    # Both statements share the op's transaction: the old ETag never outlives the new one
-    # (RFC 3903 §4.4 -- a refresh or modify replaces the entity-tag).
-    if replaces is not None and replaces != pub.etag:
-        conn.execute(_DELETE_PUBLICATION, (replaces,))
-    conn.execute(_PUT_PUBLICATION, _astuple(pub))
+    # The old ETag never outlives the new one (RFC 3903 §4.4 -- a refresh or modify replaces the
+    # entity-tag): the UPDATE turns the old row into the new one. Only when no old row is left
+    # (it expired, or was never stored) is the new one inserted, and then nothing else changes.
+    values = _astuple(pub)
+    if (replaces is not None and replaces != pub.etag
+            and conn.execute(_REPLACE_PUBLICATION, (*values, replaces)).rowcount):
+        return
+    conn.execute(_PUT_PUBLICATION, values)
 
 
 def _op_delete_publication(conn: sqlite3.Connection, etag: str) -> None:
@@ -271,16 +281,15 @@ def _op_load_ended(conn: sqlite3.Connection) -> list[EndedWatchers]:
 
 
 # Ops that run exactly one statement, which autocommit makes atomic by itself.
+# Ops that write with one statement, or (a publication that replaces a tag no longer stored) a
+# no-op UPDATE and then one INSERT: each is its own transaction in autocommit mode.
 _ONE_STATEMENT = frozenset({_op_put_binding, _op_delete_binding, _op_put_subscription,
-                            _op_delete_subscription, _op_delete_publication})
+                            _op_delete_subscription, _op_put_publication,
+                            _op_delete_publication})
 
 
 def _one_statement(op: tuple[Callable[..., Any] | None, tuple[Any, ...], Any]) -> bool:
-    fn, args, _ = op
-    if fn in _ONE_STATEMENT:
-        return True
-    # A publication that replaces no other ETag is one INSERT ... ON CONFLICT.
-    return fn is _op_put_publication and (args[1] is None or args[1] == args[0].etag)
+    return op[0] in _ONE_STATEMENT
 
 
 # --- the backend --------------------------------------------------------------------------------
