@@ -2,7 +2,7 @@
 
 Only with PRESENCED_MYPYC=1 does this compile the typed sans-IO core (sip/ and pa/) with mypyc:
 
-    .venv/bin/pip install mypy==2.4.1 setuptools wheel
+    .venv/bin/pip install mypy==2.4.1 wheel==0.48.0
     PRESENCED_MYPYC=1 .venv/bin/pip install --no-build-isolation .
 
 Never for an editable install: compiled modules beside the sources would shadow every edit

@@ -33,9 +33,19 @@ class Background:
             coro.close()
             log.debug("%s: shut down, task dropped", self.name)
             return
-        task = running_loop(self).create_task(coro)
+        task = self.loop().create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
+
+    def loop(self) -> asyncio.AbstractEventLoop:
+        """The loop this runs on, asked of asyncio once: `asyncio.get_running_loop()` makes a
+        getpid() system call each time on CPython 3.11 (its fork check), and a request spawns a
+        task and arms a timer or two (py-spy: ~2 % of a subscribe cycle). A closed loop is asked
+        again (tests run one loop after another); one Background never serves two live loops."""
+        loop = self._loop
+        if loop is None or loop.is_closed():
+            loop = self._loop = asyncio.get_running_loop()
+        return loop
 
     def _done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
@@ -66,17 +76,6 @@ class Background:
         return len(left)
 
 
-def running_loop(owner: Background) -> asyncio.AbstractEventLoop:
-    """The loop `owner` runs on, asked of asyncio once: `asyncio.get_running_loop()` makes a
-    getpid() system call each time on CPython 3.11 (its fork check), and a request spawns a task
-    and arms a timer or two (py-spy: ~2 % of a subscribe cycle). A closed loop is asked again
-    (tests run one loop after another); one Background never serves two live loops."""
-    loop = owner._loop
-    if loop is None or loop.is_closed():
-        loop = owner._loop = asyncio.get_running_loop()
-    return loop
-
-
 async def drain_all(backgrounds: Iterable[Background], timeout: float) -> int:
     """Drain several `Background`s against one shared deadline, in order (a task of an
     earlier one may spawn into a later one: the notifier's NOTIFY runs after a handler)."""
@@ -102,7 +101,7 @@ class Alarm:
         self._deadline = deadline
         if deadline is not None:
             delay = max(0.0, deadline - self._clock())
-            self._timer = running_loop(self._background).call_later(delay, self._fire)
+            self._timer = self._background.loop().call_later(delay, self._fire)
 
     def _fire(self) -> None:
         self._timer = None
