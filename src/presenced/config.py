@@ -266,8 +266,9 @@ class LimitsConfig(_Section, frozen=True):
     # Bytes sent to an unproven UDP address <= amplification_factor x bytes received from it.
     amplification_factor: PosInt = 10
     proven_ttl: PosInt = 3600  # seconds an address stays proven after its last response
-    # Bytes waiting in a UDP listener's receive queue (~1.3 KB per small datagram) above which
-    # new REGISTER, SUBSCRIBE and PUBLISH get 503 until it is under half of it; 0 = never.
+    # Bytes waiting in a UDP listener's receive queue (kernel accounting: ~1.3 KB for a 500-byte
+    # datagram, ~2.3 KB for a 700-byte one) above which new REGISTER, SUBSCRIBE and PUBLISH get
+    # 503 until it is under half of it; 0 = never.
     # Half the 16 MiB receive buffer (docs/performance.md "Overload" measured 4 and 8 MiB).
     overload_backlog: NonNegInt = 8_388_608
 

@@ -31,9 +31,10 @@ class UdpTransport(asyncio.DatagramProtocol):
         """`advertised_host`: the address our Via and Contact name for this listener (a
         wildcard host is no address); `local` becomes "advertised_host:port" once bound.
 
-        `backlog_limit`: bytes waiting in the socket's receive queue (kernel accounting,
-        ~1.3 KB per small datagram) above which `on_backlog(local, True)` says the server is
-        behind; `on_backlog(local, False)` once it is under half of it. 0: never."""
+        `backlog_limit`: bytes waiting in the socket's receive queue (kernel accounting, ~1.3 KB
+        for a 500-byte datagram, ~2.3 KB for a 700-byte one) above which `on_backlog(local,
+        True)` says the server is behind; `on_backlog(local, False)` once it is under half of
+        it. 0: never."""
         self._receiver = receiver
         self._sock: socket.socket | None = None
         self.backlog_limit = backlog_limit if on_backlog is not None else 0
