@@ -31,11 +31,14 @@ from presenced.sip.transaction import (
     TxnEvent,
     _live,
     client_transition,
+    key_method,
+    server_key,
     server_transition,
+    with_method,
 )
 
 NOTIFY = b"NOTIFY sip:bob@192.0.2.1:5060 SIP/2.0\r\nCSeq: 1 NOTIFY\r\n\r\n"
-KEY = ("z9hG4bKabc", "192.0.2.1:5060", "SUBSCRIBE")
+KEY = server_key("z9hG4bKabc", "192.0.2.1:5060", "SUBSCRIBE")
 PEER = ("udp", "192.0.2.1", 5060)
 
 
@@ -122,10 +125,13 @@ def test_client_final_response_stops_timers_and_timer_k_absorbs_retransmissions(
     assert layer.receive_response("b", "NOTIFY", 180, now=3.0) is None
     assert layer.receive_response("b", "NOTIFY", 481, now=3.0) is None
     assert layer.handle_timer(5.999) == []
-    assert "b" in layer.clients
+    # Completed is an entry, not an object (transaction.py's docstring)
+    assert "b" not in layer.clients and layer.completed_clients == {"b": "NOTIFY"}
+    with pytest.raises(TransactionError):  # the branch is still taken
+        layer.start_client("b", NOTIFY, reliable=False, now=5.0)
 
     assert layer.handle_timer(6.0) == []  # no retransmission or timeout ever fired
-    assert layer.clients == {}
+    assert layer.clients == {} and layer.completed_clients == {}
     assert layer.get_timer() is None
     assert layer.receive_response("b", "NOTIFY", 200, now=7.0) is None
 
@@ -135,9 +141,9 @@ def test_client_final_response_in_proceeding_completes() -> None:
     layer.start_client("b", NOTIFY, reliable=False, now=0.0)
     layer.receive_response("b", "NOTIFY", 100, now=0.1)
     assert layer.receive_response("b", "NOTIFY", 404, now=0.2) == ClientResult(None, True)
-    assert layer.clients["b"].state == "completed"
+    assert "b" in layer.completed_clients and layer.client_count == 1
     assert run_timers(layer, until=100.0) == []
-    assert layer.clients == {}
+    assert layer.clients == {} and layer.completed_clients == {}
 
 
 def test_client_over_reliable_transport_never_retransmits() -> None:
@@ -208,6 +214,17 @@ def test_client_unknown_3digit_status_is_final() -> None:
     assert layer.receive_response("b", "NOTIFY", 799, now=0.0) == ClientResult(None, True)
 
 
+def test_server_keys_are_strings_that_keep_their_parts_apart() -> None:
+    """§17.2.3's (branch, sent-by, method) as one string; a branch may hold spaces (RFC 2543)."""
+    key = server_key("call-1|1|tag|SIP/2.0/UDP h:5060", "h:5060", "PUBLISH")
+    assert isinstance(key, str)
+    assert key_method(key) == "PUBLISH"
+    assert with_method(key, "CANCEL") == server_key("call-1|1|tag|SIP/2.0/UDP h:5060", "h:5060",
+                                                   "CANCEL")
+    assert len({server_key("b", "h:5060", "SUBSCRIBE"), server_key("b", "h:5061", "SUBSCRIBE"),
+                server_key("b", "h:5060", "PUBLISH"), server_key("c", "h:5060", "SUBSCRIBE")}) == 4
+
+
 # --- server transactions (§17.2.2) ---------------------------------------------------------------
 
 
@@ -230,7 +247,10 @@ def test_server_resends_the_last_response() -> None:
     layer.send_response(KEY, 183, b"183", now=0.6)
     assert layer.receive_request(KEY, False, 0.7) == ServerReceive("resend", b"183")
     layer.send_response(KEY, 200, b"200", now=1.0)
-    assert layer.servers[KEY].state == "completed"
+    assert layer.servers == {} and layer.completed == {KEY: b"200"}
+    assert layer.has_server(KEY) and layer.server_count == 1
+    with pytest.raises(TransactionError):  # §17.2.2: no second final response
+        layer.send_response(KEY, 500, b"500", now=1.2)
     assert layer.receive_request(KEY, False, 1.5) == ServerReceive("resend", b"200")
     assert layer.receive_request(KEY, False, 2.5) == ServerReceive("resend", b"200")
 
@@ -243,7 +263,7 @@ def test_server_timer_j_removes_the_transaction_after_64_t1() -> None:
     assert layer.handle_timer(36.999) == []
     assert layer.receive_request(KEY, False, 36.999).data == b"202"
     assert layer.handle_timer(37.0) == []  # expiry emits nothing
-    assert layer.servers == {}
+    assert layer.servers == {} and layer.completed == {} and not layer.has_server(KEY)
     assert layer.get_timer() is None
     # a request arriving afterwards is a new transaction
     assert layer.receive_request(KEY, reliable=False, now=40.0) is NEW
@@ -256,7 +276,7 @@ def test_server_reliable_final_response_terminates_at_once() -> None:
     layer.send_response(KEY, 100, b"100", now=0.0)
     assert layer.receive_request(KEY, True, 0.1) == ServerReceive("resend", b"100")
     layer.send_response(KEY, 200, b"200", now=0.2)
-    assert layer.servers == {}
+    assert layer.servers == {} and layer.completed == {}
     assert layer.get_timer() is None
 
 
@@ -282,9 +302,9 @@ def test_server_misuse_raises_transaction_error() -> None:
     with pytest.raises(TransactionError):
         layer.send_response(KEY, 200, b"200", now=0.0)  # no such transaction
     with pytest.raises(TransactionError):
-        layer.receive_request(("z9hG4bKx", "h:5060", "INVITE"), False, 0.0)
+        layer.receive_request(server_key("z9hG4bKx", "h:5060", "INVITE"), False, 0.0)
     with pytest.raises(TransactionError):
-        layer.receive_request(("z9hG4bKx", "h:5060", "ACK"), False, 0.0)
+        layer.receive_request(server_key("z9hG4bKx", "h:5060", "ACK"), False, 0.0)
     layer.receive_request(KEY, reliable=False, now=0.0)
     with pytest.raises(TransactionError):
         layer.send_response(KEY, 700, b"700", now=0.0)
@@ -301,8 +321,9 @@ def test_server_keys_differ_by_method_and_sent_by() -> None:
     """§17.2.3: branch, sent-by and method together identify the transaction."""
     layer = TransactionLayer()
     assert layer.receive_request(KEY, False, 0.0) is NEW
-    assert layer.receive_request((KEY[0], KEY[1], "CANCEL"), False, 0.0) is NEW
-    assert layer.receive_request((KEY[0], "192.0.2.9:5060", KEY[2]), False, 0.0) is NEW
+    assert layer.receive_request(with_method(KEY, "CANCEL"), False, 0.0) is NEW
+    assert layer.receive_request(server_key("z9hG4bKabc", "192.0.2.9:5060", "SUBSCRIBE"), False,
+                                 0.0) is NEW
     assert len(layer.servers) == 3
 
 
@@ -365,16 +386,16 @@ def test_cancelled_timers_do_not_accumulate_in_the_heap() -> None:
             branch = f"b{round_}.{i}"
             layer.start_client(branch, NOTIFY, reliable=False, now=now)
             layer.receive_response(branch, "NOTIFY", 200, now=now)
-            key = (branch, "h:5060", "PUBLISH")
+            key = server_key(branch, "h:5060", "PUBLISH")
             layer.receive_request(key, reliable=True, now=now)
             layer.send_response(key, 200, b"200", now=now)
-        live = len(layer.clients)  # each holds exactly one live timer (K)
+        live = layer.client_count  # each holds exactly one live timer (K)
         assert layer.timer_entries <= 2 * live + 70
         assert_heap_accounting(layer)
         now += 1.0
         layer.handle_timer(now)
     run_timers(layer, until=now + 100)
-    assert layer.clients == {} and layer.servers == {}
+    assert layer.client_count == 0 and layer.server_count == 0
     assert layer.timer_entries == 0
 
 
@@ -394,10 +415,33 @@ def test_compaction_while_timers_fire_keeps_the_heap_consistent() -> None:
     assert layer.timer_entries == 0
 
 
+def test_timers_j_and_k_interleave_with_the_heap_in_deadline_order() -> None:
+    """J and K are FIFO queues beside the heap: get_timer() is the earliest of all three."""
+    layer = TransactionLayer()
+    layer.receive_request(KEY, reliable=False, now=0.0)
+    layer.send_response(KEY, 200, b"200", now=0.0)  # Timer J at 32
+    layer.start_client("b", NOTIFY, reliable=False, now=1.0)
+    layer.receive_response("b", "NOTIFY", 200, now=2.0)  # Timer K at 7
+    layer.start_client("c", NOTIFY, reliable=False, now=3.0)  # Timer E at 3.5, F at 35
+    assert [t for t, _ in run_timers(layer, until=3.5)] == [3.5]  # E fired once
+    assert layer.get_timer() == pytest.approx(4.5)
+    run_timers(layer, until=6.9)
+    assert layer.completed_clients == {"b": "NOTIFY"}
+    run_timers(layer, until=7.0)
+    assert layer.completed_clients == {}
+    run_timers(layer, until=31.9)
+    assert layer.completed == {KEY: b"200"}
+    run_timers(layer, until=32.0)
+    assert layer.completed == {}
+    assert [(t, type(e)) for t, e in run_timers(layer, until=35.0)][-2:] == [
+        (34.5, Retransmit), (35.0, ClientTimeout)]  # every T2, then Timer F
+    assert layer.get_timer() is None and layer.timer_entries == 0
+
+
 # --- random interleavings ------------------------------------------------------------------------
 
 BRANCHES = ("b1", "b2", "b3")
-KEYS = tuple((b, "h:5060", m) for b in BRANCHES for m in ("SUBSCRIBE", "PUBLISH"))
+KEYS = tuple(server_key(b, "h:5060", m) for b in BRANCHES for m in ("SUBSCRIBE", "PUBLISH"))
 STATUSES = st.sampled_from([100, 180, 200, 202, 404, 481, 500])
 
 ops = st.one_of(
@@ -434,7 +478,7 @@ def test_random_interleavings_only_raise_transaction_error_and_drain(
             try:
                 layer.start_client(a, NOTIFY, b, now, context=(a, now))
             except TransactionError:
-                assert a in layer.clients  # only a duplicate branch is misuse
+                assert a in layer.clients or a in layer.completed_clients  # a duplicate
             else:
                 contexts[a] = (a, now)
         elif op == "response":
@@ -444,7 +488,7 @@ def test_random_interleavings_only_raise_transaction_error_and_drain(
                 assert result.context == contexts[a]
                 assert result.final == (b >= 200)
         elif op == "request":
-            assert isinstance(a, tuple) and isinstance(b, bool)
+            assert isinstance(a, str) and isinstance(b, bool)
             received = layer.receive_request(a, b, now)  # the peer: never raises
             if received is NEW:
                 sent.pop(a, None)
@@ -453,12 +497,12 @@ def test_random_interleavings_only_raise_transaction_error_and_drain(
             else:
                 assert received.data == sent[a]
         elif op == "respond":
-            assert isinstance(a, tuple) and isinstance(b, int)
+            assert isinstance(a, str) and isinstance(b, int)
             data = f"{b} at {now}".encode()
             try:
                 layer.send_response(a, b, data, now)
             except TransactionError:
-                assert a not in layer.servers or layer.servers[a].state == "completed"
+                assert a not in layer.servers  # gone, never created, or Completed
             else:
                 sent[a] = data
         elif op == "tick":
@@ -470,7 +514,7 @@ def test_random_interleavings_only_raise_transaction_error_and_drain(
             if deadline is not None:
                 now = max(now, deadline)
                 check_events(layer.handle_timer(now))
-        assert layer.timer_entries <= 3 * (len(layer.clients) + len(layer.servers)) + 70
+        assert layer.timer_entries <= 3 * (layer.client_count + layer.server_count) + 70
         assert_heap_accounting(layer)
 
     # every transaction holds a timer, so firing them all leaves nothing behind
@@ -480,6 +524,6 @@ def test_random_interleavings_only_raise_transaction_error_and_drain(
             break
         now = max(now, deadline)
         check_events(layer.handle_timer(now))
-    assert layer.clients == {}
-    assert layer.servers == {}
+    assert layer.client_count == 0
+    assert layer.server_count == 0
     assert layer.timer_entries == 0

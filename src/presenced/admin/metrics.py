@@ -211,8 +211,8 @@ class StateCollector(Collector):
         yield GaugeMetricFamily("presenced_publications", "Live publications (RFC 3903)",
                                 value=len(self.publish.pubs))
         txns = GaugeMetricFamily("presenced_transactions", "Live SIP transactions", labels=["kind"])
-        txns.add_metric(["server"], len(self.endpoint.txns.servers))
-        txns.add_metric(["client"], len(self.endpoint.txns.clients))
+        txns.add_metric(["server"], self.endpoint.txns.server_count)
+        txns.add_metric(["client"], self.endpoint.txns.client_count)
         yield txns
         yield GaugeMetricFamily("presenced_overloaded",
                                 "1 while new work is shed ([limits] overload_backlog)",

@@ -41,8 +41,12 @@ from presenced.sip.transaction import (
     Context,
     Retransmit,
     ServerTimeout,
+    ServerTransactionKey,
     TransactionError,
     TransactionLayer,
+    key_method,
+    server_key,
+    with_method,
 )
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
@@ -92,7 +96,7 @@ class Transmit:
 class RequestReceived:
     request: Request
     peer: Peer
-    txn: tuple[str, str, str]  # server transaction key, for respond()
+    txn: ServerTransactionKey  # for respond()
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,8 +279,8 @@ class Endpoint:
             self.stats.bad_requests += 1
             bad = make_response(req, 400, _reason(exc), _stateless_tag(req))
             return self._stateless(req, bad, peer, now)
-        servers = self.txns.servers
-        live = key in servers
+        txns = self.txns
+        live = txns.has_server(key)
         if not live and self.limiter is not None:
             # Before any state exists; a retransmission of a live transaction is not counted
             # again.
@@ -287,19 +291,19 @@ class Endpoint:
             # We are no user agent for sessions: answer without any INVITE state (§8.2.1).
             refusal = self._method_not_allowed(req, _stateless_tag(req))
             return self._stateless(req, refusal, peer, now)
-        if not live and (len(servers) >= self.config.max_transactions
+        if not live and (txns.server_count >= self.config.max_transactions
                          or (self.backlogged and _creates_state(req))):
             # Overload: answer without state rather than let memory grow or the queue of
             # requests waiting to be read get longer (RFC 3261 §21.5.4).
             self.stats.overloaded += 1
             retry = "5"
-            if len(servers) < self.config.max_transactions:
+            if txns.server_count < self.config.max_transactions:
                 self.stats.shed += 1
                 retry = "2"
             busy = make_response(req, 503, "Overloaded", to_tag=_stateless_tag(req))
             busy.headers.add("Retry-After", retry)
             return self._stateless(req, busy, peer, now)
-        outcome = self.txns.receive_request(key, peer.reliable, now)
+        outcome = txns.receive_request(key, peer.reliable, now)
         if outcome.action == "absorbed":
             self.stats.retransmissions_absorbed += 1
             return []
@@ -335,7 +339,7 @@ class Endpoint:
         except ParseError:  # nothing sane to answer
             return []
 
-    def _core_checks(self, req: Request, key: tuple[str, str, str]) -> Response | None:
+    def _core_checks(self, req: Request, key: ServerTransactionKey) -> Response | None:
         """The checks every request gets before the application sees it (RFC 3261 §8.2).
 
         Every answer gets a To-tag: §8.2.6.2 requires one on all but 100 responses.
@@ -366,9 +370,8 @@ class Endpoint:
         if method == "CANCEL":
             # §9.2: 200 when the CANCEL matches a transaction (it has no effect on a non-INVITE
             # one), else 481. We keep no INVITE transactions, so nothing is ever cancelled.
-            branch, sent_by, _ = key
-            servers = self.txns.servers
-            if any((branch, sent_by, m) in servers for m in self._cancellable):
+            txns = self.txns
+            if any(txns.has_server(with_method(key, m)) for m in self._cancellable):
                 return self._reply(req, 200)
             return self._reply(req, 481)
         if method in KNOWN_METHODS:
@@ -398,14 +401,14 @@ class Endpoint:
         return r
 
     @staticmethod
-    def _server_key(req: Request, sent_by: str) -> tuple[str, str, str]:
+    def _server_key(req: Request, sent_by: str) -> ServerTransactionKey:
         branch = req.top_via.branch
         if branch is None or not branch.startswith(MAGIC_COOKIE):
             # RFC 2543 peers (§17.2.3): no usable branch, match on the dialog-ish fields.
             branch = "|".join(
                 (req.call_id, str(req.cseq.seq), req.from_.tag or "", req.headers.get("Via") or "")
             )
-        return (branch, sent_by, req.method)
+        return server_key(branch, sent_by, req.method)
 
     @staticmethod
     def _stamp_via(req: Request, peer: Peer) -> None:
@@ -433,7 +436,7 @@ class Endpoint:
 
     # --- output -----------------------------------------------------------------------------
 
-    def respond(self, txn: tuple[str, str, str], resp: Response, peer: Peer, now: float) -> list[Event]:
+    def respond(self, txn: ServerTransactionKey, resp: Response, peer: Peer, now: float) -> list[Event]:
         """Send the application's (or the core's) answer through its server transaction.
 
         A response other than 100 gets a To-tag when the application gave none (RFC 3261
@@ -456,7 +459,9 @@ class Endpoint:
         except TransactionError:
             self.stats.late_responses += 1
             return []
-        method = txn[2] if txn[2] in KNOWN_METHODS else "OTHER"
+        method = key_method(txn)
+        if method not in KNOWN_METHODS:
+            method = "OTHER"
         counts = self.stats.responses
         key = (method, resp.status // 100)
         counts[key] = counts.get(key, 0) + 1

@@ -28,11 +28,22 @@ request the TU never answers cannot hold memory forever. It emits `ServerTimeout
 Cancelled timers stay in the heap and are skipped when popped (each transaction remembers the
 sequence number of its live heap entry per timer); the heap is rebuilt when stale entries
 outnumber live ones, so memory stays proportional to live transactions.
+
+Completed transactions are not objects. A UDP server transaction spends almost all of its life
+in Completed (Timer J is 32 s, the TU answers in milliseconds), so at thousands of requests a
+second the Completed ones are nearly all the transactions alive. All one of them needs is the
+final response to resend, so Completed is an entry `key -> response bytes` in `completed`, and a
+client's is `branch -> method` in `completed_clients`: no object the cyclic garbage collector
+has to walk (docs/performance.md, "The cyclic garbage collector"), and the key is a string,
+which the collector never tracks. Timers J and K have one
+fixed duration each, so with `now` never going backwards their deadlines come in the order they
+were armed: each is a FIFO queue, not heap entries.
 """
 
 from __future__ import annotations
 
 import heapq
+from collections import deque
 from dataclasses import dataclass
 from typing import Final, Literal, TypeAlias
 
@@ -57,14 +68,36 @@ __all__ = [
     "TransactionLayer",
     "TxnEvent",
     "client_transition",
+    "key_method",
+    "server_key",
     "server_transition",
+    "with_method",
 ]
 
 T1: Final = 0.5  # RFC 3261 Appendix A: RTT estimate
 T2: Final = 4.0  # maximum retransmit interval for non-INVITE requests
 T4: Final = 5.0  # maximum duration a message remains in the network
 
-ServerTransactionKey = tuple[str, str, str]  # (top Via branch, sent-by "host:port", method)
+# "METHOD sent-by branch": see server_key().
+ServerTransactionKey = str
+
+
+def server_key(branch: str, sent_by: str, method: str) -> ServerTransactionKey:
+    """The key that matches a request to its server transaction (§17.2.3): top Via branch,
+    sent-by ("host:port") and method, as one string rather than a tuple. A Completed
+    transaction's key is kept for Timer J's 32 s; a tuple stays tracked by the cyclic garbage
+    collector until a collection has walked it once, a string is never tracked. The method and
+    the sent-by hold no space; the branch, last, may (RFC 2543 peers, see the endpoint)."""
+    return f"{method} {sent_by} {branch}"
+
+
+def key_method(key: ServerTransactionKey) -> str:
+    return key[: key.find(" ")]
+
+
+def with_method(key: ServerTransactionKey, method: str) -> ServerTransactionKey:
+    """The key of the same branch and sent-by for another method (what a CANCEL targets, §9.1)."""
+    return method + key[key.find(" ") :]
 
 
 class TransactionError(Exception):
@@ -215,9 +248,7 @@ TxnEvent = Retransmit | ClientTimeout | ServerTimeout
 # that timer still holds `seq`; cancelling a timer or removing a transaction zeroes the slot.
 _E: Final = 0
 _F: Final = 1
-_K: Final = 2
-_J: Final = 3
-_GUARD: Final = 4
+_GUARD: Final = 2
 
 
 class _Timed:
@@ -227,11 +258,12 @@ class _Timed:
 
     def __init__(self) -> None:
         self.e_seq = 0  # Timer E (clients only)
-        self.end_seq = 0  # Timer F or K (client), guard or Timer J (server)
+        self.end_seq = 0  # Timer F (client) or the guard (server)
 
 
 class ClientTransaction(_Timed):
-    """One non-INVITE client transaction; owned by `TransactionLayer.clients`."""
+    """One non-INVITE client transaction until its final response; owned by
+    `TransactionLayer.clients` (Completed ones are `TransactionLayer.completed_clients` entries)."""
 
     __slots__ = ("branch", "context", "data", "interval", "method", "reliable", "state")
 
@@ -249,7 +281,8 @@ class ClientTransaction(_Timed):
 
 
 class ServerTransaction(_Timed):
-    """One non-INVITE server transaction; owned by `TransactionLayer.servers`."""
+    """One non-INVITE server transaction until its final response; owned by
+    `TransactionLayer.servers` (Completed ones are `TransactionLayer.completed` entries)."""
 
     __slots__ = ("key", "last", "reliable", "resend", "state")
 
@@ -284,8 +317,16 @@ class TransactionLayer:
         self.t4 = t4
         self.timer_f = 64 * t1  # also Timer J (§17.2.2)
         self.server_guard = 64 * t1 if server_guard is None else server_guard
-        self.clients: dict[str, ClientTransaction] = {}
-        self.servers: dict[ServerTransactionKey, ServerTransaction] = {}
+        self.clients: dict[str, ClientTransaction] = {}  # Trying, Proceeding
+        self.completed_clients: dict[str, str] = {}  # Completed: branch -> method (Timer K)
+        self.servers: dict[ServerTransactionKey, ServerTransaction] = {}  # Trying, Proceeding
+        self.completed: dict[ServerTransactionKey, bytes] = {}  # Completed: final response (J)
+        # Timers J and K: deadlines and keys side by side, so that arming one allocates nothing
+        # the collector tracks (a (deadline, key) tuple would be one more per transaction).
+        self._j_at: deque[float] = deque()
+        self._j_keys: deque[ServerTransactionKey] = deque()
+        self._k_at: deque[float] = deque()
+        self._k_branches: deque[str] = deque()
         self._heap: list[_HeapEntry] = []
         self._seq = 0
         self._stale = 0  # heap entries whose timer was cancelled
@@ -298,7 +339,10 @@ class TransactionLayer:
         """Match a received non-INVITE request (§17.2.3) and say what to do with it."""
         txn = self.servers.get(key)
         if txn is None:
-            method = key[2]
+            last = self.completed.get(key)
+            if last is not None:  # ("completed", "request") -> resend
+                return ServerReceive("resend", last)
+            method = key_method(key)
             if method == "INVITE" or method == "ACK":
                 raise TransactionError(f"{method} is not a non-INVITE transaction")
             txn = ServerTransaction(key, reliable)
@@ -323,7 +367,7 @@ class TransactionLayer:
         then not transmit (§17.2.2 discards further final responses).
         """
         txn = self.servers.get(key)
-        if txn is None:
+        if txn is None:  # never created, gone, or Completed (§17.2.2: no second final)
             raise TransactionError(f"no server transaction {key!r}")
         if not 100 <= status <= 699:
             raise TransactionError(f"bad status {status}")
@@ -336,11 +380,13 @@ class TransactionLayer:
             elif action == "stop_guard":
                 self._cancel_end(txn)
             elif action == "start_j":
-                if txn.reliable:  # Timer J is zero: terminate now (§17.2.2)
-                    txn.state = "terminated"
-                    del self.servers[key]
-                    return
-                txn.end_seq = self._push(now + self.timer_f, txn, _J)
+                txn.state = "terminated"  # as an object: Completed is an entry, if anything
+                del self.servers[key]
+                if not txn.reliable:  # else Timer J is zero: terminate now (§17.2.2)
+                    self.completed[key] = data
+                    self._j_at.append(now + self.timer_f)
+                    self._j_keys.append(key)
+                return
             else:  # pragma: no cover - the table has no other actions for these inputs
                 raise TransactionError(f"unexpected action {action!r}")
         txn.state = state
@@ -355,7 +401,7 @@ class TransactionLayer:
         `data` is the encoded request; its method (the first token of the request line, §7.1)
         is kept for response matching (§17.1.3). `context` comes back with every event.
         """
-        if branch in self.clients:
+        if branch in self.clients or branch in self.completed_clients:
             raise TransactionError(f"client transaction {branch!r} exists")
         space = data.find(b" ")
         if space <= 0:
@@ -379,6 +425,7 @@ class TransactionLayer:
         """
         txn = self.clients.get(branch)
         if txn is None or txn.method != method:
+            # No match, or Completed: ("completed", "final" | "provisional") absorbs it.
             return None
         # Any 3-digit code the parser let through counts: a 7xx-9xx is final, not our error.
         if not 100 <= status <= 999:
@@ -394,11 +441,12 @@ class TransactionLayer:
                 self._cancel_e(txn)
                 self._cancel_end(txn)
             elif action == "start_k":
-                if txn.reliable:  # Timer K is zero: terminate now (§17.1.2.2)
-                    txn.state = "terminated"
-                    del self.clients[branch]
-                else:
-                    txn.end_seq = self._push(now + self.t4, txn, _K)
+                txn.state = "terminated"  # as an object: Completed is an entry, if anything
+                del self.clients[branch]
+                if not txn.reliable:  # else Timer K is zero: terminate now (§17.1.2.2)
+                    self.completed_clients[branch] = method
+                    self._k_at.append(now + self.t4)
+                    self._k_branches.append(branch)
             else:  # pragma: no cover - the table has no other actions for responses
                 raise TransactionError(f"unexpected action {action!r}")
         return result
@@ -407,22 +455,53 @@ class TransactionLayer:
 
     @property
     def timer_entries(self) -> int:
-        """Heap entries, live and stale: stays proportional to the live transactions."""
-        return len(self._heap)
+        """Timer entries, live and stale: stays proportional to the live transactions."""
+        return len(self._heap) + len(self._j_at) + len(self._k_at)
+
+    @property
+    def server_count(self) -> int:
+        """Server transactions alive, Completed included."""
+        return len(self.servers) + len(self.completed)
+
+    @property
+    def client_count(self) -> int:
+        """Client transactions alive, Completed included."""
+        return len(self.clients) + len(self.completed_clients)
+
+    def has_server(self, key: ServerTransactionKey) -> bool:
+        return key in self.servers or key in self.completed
 
     def get_timer(self) -> float | None:
         """The earliest live deadline, or None when no timer is armed."""
         heap = self._heap
+        earliest: float | None = None
         while heap:
             entry = heap[0]
             if _live(entry):
-                return entry[0]
+                earliest = entry[0]
+                break
             heapq.heappop(heap)
             self._stale -= 1
-        return None
+        for fifo in (self._j_at, self._k_at):
+            if fifo and (earliest is None or fifo[0] < earliest):
+                earliest = fifo[0]
+        return earliest
 
     def handle_timer(self, now: float) -> list[TxnEvent]:
         """Fire every timer due at `now`, in deadline order; return what the endpoint must do."""
+        # Timers J and K end a Completed transaction, with nothing to do (figures 6 and 8).
+        j_at = self._j_at
+        if j_at and j_at[0] <= now:
+            completed, keys = self.completed, self._j_keys
+            while j_at and j_at[0] <= now:
+                j_at.popleft()
+                del completed[keys.popleft()]
+        k_at = self._k_at
+        if k_at and k_at[0] <= now:
+            completed_clients, branches = self.completed_clients, self._k_branches
+            while k_at and k_at[0] <= now:
+                k_at.popleft()
+                del completed_clients[branches.popleft()]
         heap = self._heap
         events: list[TxnEvent] = []
         while heap and heap[0][0] <= now:
@@ -435,13 +514,13 @@ class TransactionLayer:
                 self._fire_client(txn, entry[3], now, events)
             else:
                 assert isinstance(txn, ServerTransaction)
-                self._fire_server(txn, entry[3], events)
+                self._fire_server(txn, events)
         return events
 
     def _fire_client(
         self, txn: ClientTransaction, kind: int, now: float, events: list[TxnEvent]
     ) -> None:
-        event: ClientInput = "timer_e" if kind == _E else "timer_f" if kind == _F else "timer_k"
+        event: ClientInput = "timer_e" if kind == _E else "timer_f"
         if kind == _E:
             txn.e_seq = 0
         else:
@@ -465,9 +544,9 @@ class TransactionLayer:
             self._cancel_e(txn)
             del self.clients[txn.branch]
 
-    def _fire_server(self, txn: ServerTransaction, kind: int, events: list[TxnEvent]) -> None:
-        txn.end_seq = 0
-        actions, state = server_transition(txn.state, "timer_j" if kind == _J else "guard")
+    def _fire_server(self, txn: ServerTransaction, events: list[TxnEvent]) -> None:
+        txn.end_seq = 0  # the guard: a Completed transaction has no heap entry
+        actions, state = server_transition(txn.state, "guard")
         txn.state = state
         if actions:  # ("abandon",)
             events.append(ServerTimeout(txn.key))
