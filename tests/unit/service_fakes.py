@@ -18,6 +18,7 @@ from presenced.services.publish import PublishService
 from presenced.services.registrar import RegistrarService
 from presenced.sip.endpoint import Peer, RequestReceived
 from presenced.sip.message import Request, Response, parse_message
+from presenced.sip.transaction import server_key
 from presenced.storage import StorageError
 from presenced.storage.memory import MemoryStorage
 
@@ -123,7 +124,8 @@ def received(text: str, body: bytes = b"", peer: Peer = WATCHER) -> RequestRecei
     head = text.replace("\n", "\r\n") + f"Content-Length: {len(body)}\r\n\r\n"
     msg = parse_message(head.encode() + body)
     assert isinstance(msg, Request)
-    return RequestReceived(msg, peer, (f"z9hG4bK{next(_n)}", "192.0.2.10:5070", msg.method))
+    return RequestReceived(msg, peer, server_key(f"z9hG4bK{next(_n)}", "192.0.2.10:5070",
+                                                 msg.method))
 
 
 def subscribe(user: str = "alice", call_id: str = "sub1", cseq: int = 1, expires: int = 600,

@@ -45,7 +45,7 @@ from __future__ import annotations
 import heapq
 from collections import deque
 from dataclasses import dataclass
-from typing import Final, Literal, TypeAlias
+from typing import Final, Literal, TypeAlias, TypeVar
 
 # What the transaction user hands in with a client transaction and gets back with its result:
 # opaque here. An alias, not `object` on the dataclass fields, so that mypyc compiles them.
@@ -492,18 +492,10 @@ class TransactionLayer:
     def handle_timer(self, now: float) -> list[TxnEvent]:
         """Fire every timer due at `now`, in deadline order; return what the endpoint must do."""
         # Timers J and K end a Completed transaction, with nothing to do (figures 6 and 8).
-        j_at = self._j_at
-        if j_at and j_at[0] <= now:
-            completed, keys = self.completed, self._j_keys
-            while j_at and j_at[0] <= now:
-                j_at.popleft()
-                del completed[keys.popleft()]
-        k_at = self._k_at
-        if k_at and k_at[0] <= now:
-            completed_clients, branches = self.completed_clients, self._k_branches
-            while k_at and k_at[0] <= now:
-                k_at.popleft()
-                del completed_clients[branches.popleft()]
+        if self._j_at:
+            _forget_due(self._j_at, self._j_keys, self.completed, now)
+        if self._k_at:
+            _forget_due(self._k_at, self._k_branches, self.completed_clients, now)
         heap = self._heap
         events: list[TxnEvent] = []
         while heap and heap[0][0] <= now:
@@ -583,6 +575,16 @@ class TransactionLayer:
                              if (e[2].e_seq if e[3] == _E else e[2].end_seq) == e[1]]
             heapq.heapify(self._heap)
             self._stale = 0
+
+
+_V = TypeVar("_V")
+
+
+def _forget_due(at: deque[float], keys: deque[str], table: dict[str, _V], now: float) -> None:
+    """Pop a FIFO timer queue's due entries and remove their keys from `table`."""
+    while at and at[0] <= now:
+        at.popleft()
+        del table[keys.popleft()]
 
 
 def _live(entry: _HeapEntry) -> bool:
