@@ -379,8 +379,7 @@ class TransactionLayer:
                 txn.resend = None
             elif action == "stop_guard":
                 self._cancel_end(txn)
-            elif action == "start_j":
-                txn.state = "terminated"  # as an object: Completed is an entry, if anything
+            elif action == "start_j":  # the object ends here: Completed is an entry, if anything
                 del self.servers[key]
                 if not txn.reliable:  # else Timer J is zero: terminate now (§17.2.2)
                     self.completed[key] = data
@@ -440,8 +439,7 @@ class TransactionLayer:
             elif action == "stop_timers":
                 self._cancel_e(txn)
                 self._cancel_end(txn)
-            elif action == "start_k":
-                txn.state = "terminated"  # as an object: Completed is an entry, if anything
+            elif action == "start_k":  # the object ends here: Completed is an entry, if anything
                 del self.clients[branch]
                 if not txn.reliable:  # else Timer K is zero: terminate now (§17.1.2.2)
                     self.completed_clients[branch] = method
