@@ -281,7 +281,10 @@ def format_params(params: dict[str, str | None]) -> str:
     return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
 
 
-@dataclass(slots=True)
+# Records made for every message write their __init__ out (init=False): mypyc compiles it,
+# where the one @dataclass generates stays interpreted, ~1 us a call against ~0.2 compiled
+# (docs/performance.md, "Sixth pass"). Frozen ones set fields as @dataclass does.
+@dataclass(slots=True, init=False)
 class NameAddr:
     """`( name-addr / addr-spec ) *( SEMI param )` — From, To, Contact, Route, Record-Route."""
 
@@ -289,6 +292,13 @@ class NameAddr:
     display: str | None = None  # unquoted display name
     params: dict[str, str | None] = field(default_factory=dict)
     star: bool = False  # "Contact: *"
+
+    def __init__(self, uri: SipUri, display: str | None = None,
+                 params: dict[str, str | None] | None = None, star: bool = False) -> None:
+        self.uri = uri
+        self.display = display
+        self.params = {} if params is None else params
+        self.star = star
 
     @property
     def tag(self) -> str | None:
@@ -346,7 +356,7 @@ def parse_name_addr(value: str) -> NameAddr:
     return NameAddr(uri, display, params)
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, init=False)
 class Via:
     """One via-parm (RFC 3261 §20.42, received/rport per RFC 3581)."""
 
@@ -354,6 +364,13 @@ class Via:
     host: str
     port: int | None = None
     params: dict[str, str | None] = field(default_factory=dict)
+
+    def __init__(self, transport: str, host: str, port: int | None = None,
+                 params: dict[str, str | None] | None = None) -> None:
+        self.transport = transport
+        self.host = host
+        self.port = port
+        self.params = {} if params is None else params
 
     @property
     def branch(self) -> str | None:
@@ -402,10 +419,14 @@ def parse_via(value: str) -> Via:
     return Via(transport.upper(), host, port, params)
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class CSeq:
     seq: int
     method: str
+
+    def __init__(self, seq: int, method: str) -> None:
+        object.__setattr__(self, "seq", seq)
+        object.__setattr__(self, "method", method)
 
     def __str__(self) -> str:
         return f"{self.seq} {self.method}"
@@ -424,12 +445,16 @@ def parse_cseq(value: str) -> CSeq:
     return CSeq(seq, m.group(2))
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class EventHeader:
     """Event: event-type *( ";" event-param ) (RFC 6665 §8.4). `package` is lowercased."""
 
     package: str
     params: dict[str, str | None] = field(default_factory=dict)
+
+    def __init__(self, package: str, params: dict[str, str | None] | None = None) -> None:
+        object.__setattr__(self, "package", package)
+        object.__setattr__(self, "params", {} if params is None else params)
 
     @property
     def id(self) -> str | None:
