@@ -40,7 +40,10 @@ def count(scenario: str, cycles: int, storage: str) -> int:
     cmd = ["valgrind", "--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null",
            sys.executable, str(HERE / "inproc_cycles.py"), "--cycles", str(cycles),
            "--repeat", "1", "--scenarios", scenario, "--storage", storage]
-    out = subprocess.run(cmd, capture_output=True, env=os.environ, check=True)
+    out = subprocess.run(cmd, capture_output=True, env=os.environ)
+    if out.returncode != 0:
+        raise RuntimeError(f"{scenario} at {cycles} cycles failed (exit {out.returncode}):\n"
+                           f"{out.stderr.decode(errors='replace')[-2000:]}")
     m = _REFS.search(out.stderr)
     if m is None:
         raise RuntimeError(f"no instruction count from cachegrind:\n{out.stderr.decode()[-2000:]}")
