@@ -214,9 +214,9 @@ class ClusterNode:
         first = True
         backoff = 0.2
         while True:
-            pubsub = self.store.client.pubsub()
+            feed = self.store.feed_link()
             try:
-                await pubsub.subscribe(self.store.feed)
+                await feed.subscribe(self.store.feed)
                 self._subscribed.set()
                 await self._ready.wait()
                 if not first:
@@ -228,9 +228,7 @@ class ClusterNode:
                 first = False
                 backoff = 0.2
                 while True:
-                    msg = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                    if msg is not None and msg.get("type") == "message":
-                        await self._apply(msg["data"])
+                    await self._apply(await feed.next())
             except asyncio.CancelledError:
                 raise
             except self._failures as exc:
@@ -240,8 +238,7 @@ class ClusterNode:
                 await asyncio.sleep(backoff)
                 backoff = min(backoff * 2, 2.0)
             finally:
-                with contextlib.suppress(Exception):
-                    await pubsub.aclose()
+                await feed.close()
 
     async def _apply(self, data: bytes) -> None:
         try:

@@ -16,10 +16,10 @@ change that did not commit, and every node sees committed changes in Redis's own
                                watchers of the dialogs a node owned, not yet shown by winfo
     {p}feed                    pub/sub channel of changes (see `FeedMessage` in node.py)
 
-Group commit: the scripts of requests handled in the same moment go to Redis in one pipeline
-(one write, one read), as the SQLite writer commits them in one transaction. One batch is in
-flight at a time, so under load the next batch gathers what arrived meanwhile; each request
-still awaits its own script's answer before its SIP answer goes out.
+Group commit: each script goes to Redis on the node's pipelined link (cluster/link.py), and
+the scripts of requests handled in the same turn of the event loop leave in one write, as the
+SQLite writer commits them in one transaction; Redis answers them in order. Each request still
+awaits its own script's answer before its SIP answer goes out.
 
 Fencing: a subscription write from a node that no longer owns the dialog is refused
 (`NotOwnerError`), so a node that lost a dialog (adopted while it was cut off) cannot
@@ -28,12 +28,12 @@ overwrite the new owner's record or CSeq lease.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
+import hashlib
 import importlib
 from collections.abc import Iterable
 from typing import Any
 
+from presenced.cluster.link import LinkDown, RedisFeed, RedisLink
 from presenced.pa.records import (
     Binding,
     EndedWatchers,
@@ -49,7 +49,6 @@ from presenced.pa.records import (
 )
 
 RETRY_AFTER = 5  # seconds a client is told to wait when Redis cannot take a write
-MAX_BATCH = 256  # scripts in one pipeline
 
 
 class ClusterUnavailable(Exception):
@@ -168,15 +167,6 @@ return out
 """
 
 
-def _settle(fut: asyncio.Future[Any], result: Any) -> None:
-    if fut.done():  # its request was cancelled meanwhile
-        return
-    if isinstance(result, BaseException):
-        fut.set_exception(result)
-    else:
-        fut.set_result(result)
-
-
 def binding_field(aor: str, contact: str) -> str:
     return f"{aor}\x00{contact}"  # as storage/redis.py: NUL occurs in no URI
 
@@ -201,15 +191,25 @@ class ClusterStore:
         self.my_subs = f"{p}node:{node_id}:subs"
         # Per node: each node's notifier lists (in winfo) the watchers of its own dialogs.
         self.my_ended = f"{p}node:{node_id}:ended"
-        self.client: Any = None
+        self.client: Any = None  # redis-py: loads, leases, adoption
+        self.link: RedisLink | None = None  # the scripts of requests (cluster/link.py)
         self._errors: tuple[type[BaseException], ...] = (OSError,)
-        self._scripts: dict[str, Any] = {}
-        self._pending: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]] = []
-        self._wake = asyncio.Event()
-        self._writer: asyncio.Task[None] | None = None
-        self._noscript: type[BaseException] = BaseException  # redis.exceptions.NoScriptError
-        self.batches = 0  # pipelines sent (the bench reports scripts per batch)
-        self.scripts_run = 0
+        self._reply_error: type[BaseException] = BaseException  # hiredis.ReplyError
+        self._scripts: dict[str, tuple[str, str]] = {}  # name -> (sha1, text)
+
+    def feed_link(self) -> RedisFeed:
+        """A new subscriber connection for the change feed (cluster/node.py reads it)."""
+        return RedisFeed(self.url, connect_timeout=self._connect_timeout,
+                         command_timeout=self._command_timeout)
+
+    @property
+    def batches(self) -> int:
+        """Writes on the link: each carries the scripts of one turn of the event loop."""
+        return self.link.writes if self.link is not None else 0
+
+    @property
+    def scripts_run(self) -> int:
+        return self.link.commands if self.link is not None else 0
 
     def lease_key(self, node: str) -> str:
         return f"{self.prefix}lease:{node}"
@@ -217,8 +217,13 @@ class ClusterStore:
     # --- lifecycle ------------------------------------------------------------------------
 
     async def open(self) -> None:
-        aioredis = importlib.import_module("redis.asyncio")
-        exceptions = importlib.import_module("redis.exceptions")
+        try:
+            aioredis = importlib.import_module("redis.asyncio")
+            exceptions = importlib.import_module("redis.exceptions")
+            self._reply_error = importlib.import_module("hiredis").ReplyError
+        except ImportError as exc:
+            raise ClusterUnavailable(f"a cluster needs the redis and hiredis packages ({exc}): "
+                                     "install presenced[redis]") from exc
         pool = aioredis.BlockingConnectionPool.from_url(
             self.url, max_connections=self._max_connections, timeout=self._command_timeout,
             socket_connect_timeout=self._connect_timeout, socket_timeout=self._command_timeout)
@@ -230,32 +235,29 @@ class ClusterStore:
             await self.client.aclose()
             self.client = None
             raise ClusterUnavailable(f"cannot connect to Redis for the cluster: {exc}") from exc
-        for name, text in (("put_exp", _PUT_EXPIRING), ("del_exp", _DELETE_EXPIRING),
-                           ("expire", _EXPIRE), ("put_pub", _PUT_PUBLICATION),
-                           ("put_sub", _PUT_SUBSCRIPTION), ("del_sub", _DELETE_SUBSCRIPTION),
-                           ("claim", _CLAIM), ("adopt", _ADOPT), ("put_ann", _PUT_ANNOUNCED)):
-            self._scripts[name] = self.client.register_script(text)
-        try:  # pipelined EVALSHAs need the scripts in Redis already
-            for text in {sc.script for sc in self._scripts.values()}:
-                await self.client.script_load(text)
-        except self._errors as exc:
+        link = RedisLink(self.url, connect_timeout=self._connect_timeout,
+                         command_timeout=self._command_timeout)
+        try:  # the scripts in Redis before the first EVALSHA (and again after a restart)
+            for name, text in (("put_exp", _PUT_EXPIRING), ("del_exp", _DELETE_EXPIRING),
+                               ("expire", _EXPIRE), ("put_pub", _PUT_PUBLICATION),
+                               ("put_sub", _PUT_SUBSCRIPTION), ("del_sub", _DELETE_SUBSCRIPTION),
+                               ("claim", _CLAIM), ("adopt", _ADOPT), ("put_ann", _PUT_ANNOUNCED)):
+                self._scripts[name] = (hashlib.sha1(text.encode()).hexdigest(), text)
+                reply = await link.call("SCRIPT", "LOAD", text)
+                if isinstance(reply, self._reply_error):
+                    raise LinkDown(str(reply))
+        except LinkDown as exc:
+            await link.close()
             await self.client.aclose()
             self.client = None
             raise ClusterUnavailable(f"cannot load the cluster's scripts into Redis: {exc}") from exc
-        self._noscript = exceptions.NoScriptError
-        self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+        self.link = link
 
     async def close(self) -> None:
         client, self.client = self.client, None
-        if self._writer is not None:
-            self._writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._writer
-            self._writer = None
-        for *_, fut in self._pending:
-            if not fut.done():
-                fut.set_exception(ClusterUnavailable("the cluster store is closed"))
-        self._pending = []
+        link, self.link = self.link, None
+        if link is not None:
+            await link.close()
         if client is not None:
             await client.aclose(close_connection_pool=True)
 
@@ -265,58 +267,20 @@ class ClusterStore:
         return self._errors
 
     async def _run(self, name: str, keys: list[str], args: list[Any]) -> Any:
-        if self.client is None:
+        link = self.link
+        if link is None:
             raise ClusterUnavailable("the cluster store is closed")
-        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        self._pending.append((name, keys, args, fut))
-        self._wake.set()
-        return await fut
-
-    async def _write_loop(self) -> None:
-        while True:
-            await self._wake.wait()
-            self._wake.clear()
-            while self._pending:
-                batch = self._pending[:MAX_BATCH]
-                del self._pending[:MAX_BATCH]
-                await self._send(batch)
-
-    async def _send(self, batch: list[tuple[str, list[str], list[Any], asyncio.Future[Any]]]) -> None:
-        self.batches += 1
-        self.scripts_run += len(batch)
-        if len(batch) == 1:
-            name, keys, args, fut = batch[0]
-            try:
-                result = await self._scripts[name](keys=keys, args=args)
-            except self._errors as exc:
-                result = ClusterUnavailable(f"redis {name} failed: {exc}")
-                result.__cause__ = exc
-            except Exception as exc:
-                result = exc
-            _settle(fut, result)
-            return
+        sha, text = self._scripts[name]
         try:
-            pipe = self.client.pipeline(transaction=False)
-            for name, keys, args, _ in batch:
-                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
-            results = await pipe.execute(raise_on_error=False)
-        except Exception as exc:
-            failure: BaseException = (
-                ClusterUnavailable(f"redis pipeline of {len(batch)} failed: {exc}")
-                if isinstance(exc, self._errors) else exc)
-            for *_, fut in batch:
-                _settle(fut, failure)
-            return
-        for (name, keys, args, fut), result in zip(batch, results, strict=True):
-            if isinstance(result, BaseException):
-                if isinstance(result, self._noscript):  # Redis lost its scripts (restart): reload
-                    try:
-                        result = await self._scripts[name](keys=keys, args=args)
-                    except self._errors as exc:
-                        result = exc
-                if isinstance(result, BaseException):
-                    result = ClusterUnavailable(f"redis {name} failed: {result}")
-            _settle(fut, result)
+            reply = await link.call("EVALSHA", sha, len(keys), *keys, *args)
+            if isinstance(reply, self._reply_error) and str(reply).startswith("NOSCRIPT"):
+                await link.call("SCRIPT", "LOAD", text)  # Redis restarted: scripts are not kept
+                reply = await link.call("EVALSHA", sha, len(keys), *keys, *args)
+        except LinkDown as exc:
+            raise ClusterUnavailable(f"redis {name} failed: {exc}") from exc
+        if isinstance(reply, self._reply_error):
+            raise ClusterUnavailable(f"redis {name} failed: {reply}")
+        return reply
 
     def message(self, *fields: object) -> bytes:
         """A feed message: (kind, origin node, ...)."""
