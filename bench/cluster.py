@@ -127,7 +127,8 @@ async def main_async(args: argparse.Namespace) -> None:
                             redis.wait_nodes(2)
                         before = redis.stats()
                         lad: Ladder = await ladder(srv, scenario, rates, args.seconds,
-                                                   inject if scenario == "publish" else None)
+                                                   inject if scenario == "publish" else None,
+                                                   args.sipp_transport)
                         after = redis.stats()
                     calls = sum(s.successful for s in lad.steps) or 1
                     best = lad.best
@@ -158,6 +159,9 @@ def main() -> None:
     ap.add_argument("--fanout", default="1000,10000")
     ap.add_argument("--scenarios", default="register,subscribe,publish")
     ap.add_argument("--only", choices=("a", "b", "c"))
+    ap.add_argument("--sipp-transport", default="u1", choices=("u1", "un"),
+                    help="sipp's -t: u1 is one socket (one flow: SO_REUSEPORT hands all of it "
+                         "to one worker), un a socket per call (flows spread over the workers)")
     asyncio.run(main_async(ap.parse_args()))
     os._exit(0)
 

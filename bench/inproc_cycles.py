@@ -1,7 +1,7 @@
 """CPU per cycle of the whole server stack, in one process, without the kernel's network.
 
     .venv/bin/python bench/inproc_cycles.py [--cycles 4000] [--repeat 5]
-        [--scenarios register,subscribe,publish] [--storage sqlite|memory:]
+        [--scenarios register,subscribe,publish] [--storage sqlite|memory:|redis://HOST:PORT/DB]
 
 The real `Server` starts on its defaults (SQLite in a temporary data dir, the bench scripts'
 `[limits]` exemptions), listening on a free UDP port like any run; then the datagrams of
@@ -14,6 +14,11 @@ The figure is the CPU time of the process (all threads: the SQLite writer too) p
 the best of `--repeat` rounds of `--cycles` cycles each, one cycle in flight at a time. CPU time
 of our own code moves far less than wall-clock rates when other work shares the machine,
 which is why this script exists (issue 11); the sipp scripts measure what the kernel adds.
+
+With `--storage redis://...` the server is a cluster node (`[cluster] node_id = "inproc"`) on
+that Redis (flushed first: use a throw-away one), and the figure adds redis-server's own CPU
+(`INFO cpu`) per cycle, shown apart too. One cycle in flight means no group commit: each
+write is its own round trip, the cluster path's worst case.
 """
 
 from __future__ import annotations
@@ -149,13 +154,35 @@ class Cycles:
 
 def _config(d: Path, port: int, storage: str) -> str:
     store = f'[storage]\nurl = "{storage}"\n' if storage else ""
+    if storage.startswith("redis"):
+        store += '[cluster]\nnode_id = "inproc"\n'
     return (f'[server]\nlisten = ["udp:{HOST}:{port}"]\ndomains = ["{DOMAIN}"]\n'
             f'data_dir = "{d}"\nlog_level = "warning"\n'
             '[limits]\nexempt = ["127.0.0.0/8"]\n[pa]\nmax_subscriptions_per_watcher = 10000000\n'
             f"{store}")
 
 
-async def run_scenario(name: str, cycles: int, repeat: int, storage: str) -> list[float]:
+class RedisCpu:
+    """redis-server's own CPU seconds (user + system, from INFO), when storage is Redis."""
+
+    def __init__(self, storage: str) -> None:
+        self.client = None
+        if storage.startswith("redis"):
+            import redis
+
+            self.client = redis.Redis.from_url(storage)
+            self.client.flushdb()
+
+    def seconds(self) -> float:
+        if self.client is None:
+            return 0.0
+        info = self.client.info("cpu")
+        return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+async def run_scenario(name: str, cycles: int, repeat: int,
+                       storage: str) -> tuple[list[float], list[float]]:
+    redis_cpu = RedisCpu(storage)
     with tempfile.TemporaryDirectory(prefix="bench-inproc-") as d:
         cfg = parse_config(_config(Path(d), free_port(), storage), Path(d))
         server = Server(cfg)
@@ -169,24 +196,33 @@ async def run_scenario(name: str, cycles: int, repeat: int, storage: str) -> lis
             step = getattr(c, name)
             for _ in range(min(200, cycles)):  # warm-up: caches, first-time paths
                 await step()
-            figures = []
+            figures, redis_figures = [], []
             for _ in range(repeat):
-                t0 = time.process_time()
+                t0, r0 = time.process_time(), redis_cpu.seconds()
                 for _ in range(cycles):
                     await step()
-                figures.append((time.process_time() - t0) / cycles * 1000)
-            return figures
+                r = (redis_cpu.seconds() - r0) / cycles * 1000
+                figures.append((time.process_time() - t0) / cycles * 1000 + r)
+                redis_figures.append(r)
+            return figures, redis_figures
         finally:
             await server.stop()
 
 
 async def main_async(args: argparse.Namespace) -> None:
     rows = []
+    storage = args.storage
+    if storage.startswith("memory"):
+        storage = "memory:"
+    elif not storage.startswith("redis"):
+        storage = ""  # the default: SQLite in the data dir
     for name in [s for s in args.scenarios.split(",") if s]:
-        figures = await run_scenario(name, args.cycles, args.repeat,
-                                     "memory:" if args.storage.startswith("memory") else "")
+        figures, redis_figures = await run_scenario(name, args.cycles, args.repeat, storage)
         rows.append((name, min(figures), sorted(figures)[len(figures) // 2]))
-        print(f"  {name:9} " + " ".join(f"{f:.3f}" for f in figures) + " ms/cycle", flush=True)
+        shown = " ".join(f"{f:.3f}" for f in figures)
+        if storage.startswith("redis"):
+            shown += " (redis-server: " + " ".join(f"{f:.3f}" for f in redis_figures) + ")"
+        print(f"  {name:9} {shown} ms/cycle", flush=True)
     print(f"\n| scenario (in-process, {args.storage}) | CPU ms/cycle, best of {args.repeat} "
           "| median |")
     print("|---|---|---|")

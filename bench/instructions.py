@@ -1,7 +1,7 @@
 """Instructions per cycle of the whole server stack: a figure the machine's pace cannot move.
 
     .venv/bin/python bench/instructions.py [--scenarios register,subscribe,publish]
-        [--cycles 200,600] [--storage sqlite|memory:]
+        [--cycles 200,600] [--storage sqlite|memory:|redis://HOST:PORT/DB]
 
 On this shared machine CPU time per call moves by 10-20 % between runs of the same code (the
 host's pace, not ours), more than most single changes save. So this script counts instead:

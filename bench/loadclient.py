@@ -324,6 +324,7 @@ async def run_sipp(
     inject: Path | None = None,
     limit: int | None = None,
     extra: Iterable[str] = (),
+    transport: str = "u1",
 ) -> SippResult:
     """Run a scenario at `rate` calls/s for about `seconds`; parse sipp's statistics file."""
     with tempfile.TemporaryDirectory(prefix="bench-sipp-") as d:
@@ -339,7 +340,7 @@ async def run_sipp(
             "-p",
             "0",
             "-t",
-            "u1",
+            transport,
             "-key",
             "domain",
             DOMAIN,
@@ -364,6 +365,7 @@ async def run_sipp(
             "-recv_timeout",
             "10000",
             *extra,
+            *(("-max_socket", "15000") if transport == "un" else ()),
         ]
         if inject is not None:
             cmd += ["-inf", str(inject)]

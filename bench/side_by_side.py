@@ -181,11 +181,12 @@ def _sustained(s: Step) -> bool:
 
 
 async def ladder(server: KamailioServer | BenchServer, scenario: str, rates: list[float],
-                 seconds: float, inject: Path | None) -> Ladder:
+                 seconds: float, inject: Path | None, transport: str = "u1") -> Ladder:
     out = Ladder()
     for rate in rates:
         c0 = server.cpu()
-        r = await run_sipp(f"{scenario}.xml", server.addr, rate, seconds, inject=inject)
+        r = await run_sipp(f"{scenario}.xml", server.addr, rate, seconds, inject=inject,
+                           transport=transport)
         cpu = server.cpu() - c0
         step = Step(rate, r.achieved, r.successful, r.failed, r.retransmissions,
                     cpu / r.successful * 1000 if r.successful else float("nan"))
