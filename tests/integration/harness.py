@@ -89,6 +89,35 @@ def free_port_pair(host: str = LOCALHOST, attempts: int = 50) -> int:
     raise RuntimeError("no free UDP+TCP port pair found")
 
 
+class HeldPort:
+    """A UDP+TCP port number kept bound until `release()`: for a server started later on a
+    port fixed in advance, so that nothing started meanwhile (a baresip picking its own ports,
+    TLS one above) is handed the same number by the kernel."""
+
+    def __init__(self, host: str = LOCALHOST, attempts: int = 50) -> None:
+        self._sockets: list[socket.socket] = []
+        for _ in range(attempts):
+            u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            u.bind((host, 0))
+            port = int(u.getsockname()[1])
+            t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                t.bind((host, port))
+            except OSError:
+                u.close()
+                t.close()
+                continue
+            self.port = port
+            self._sockets = [u, t]
+            return
+        raise RuntimeError("no free UDP+TCP port pair found")
+
+    def release(self) -> None:
+        for s in self._sockets:
+            s.close()
+        self._sockets = []
+
+
 def free_tcp_port(host: str = LOCALHOST) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
         t.bind((host, 0))

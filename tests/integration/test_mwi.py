@@ -26,9 +26,9 @@ import pytest
 from baresip import BaresipProcess, baresip_binary
 from harness import (
     LOCALHOST,
+    HeldPort,
     ServerProcess,
     SipClient,
-    free_port_pair,
     register,
     run_sipp,
     wait_until,
@@ -89,9 +89,17 @@ class MwiPhone(BaresipProcess):
 
 
 @pytest.fixture
-def late_server(server_factory) -> ServerProcess:
-    """A server on a port fixed in advance, not started yet (see the module docstring)."""
-    return server_factory("srv", start=False, port=free_port_pair())
+def held_port() -> Iterator[HeldPort]:
+    held = HeldPort()
+    yield held
+    held.release()
+
+
+@pytest.fixture
+def late_server(server_factory, held_port) -> ServerProcess:
+    """A server on a port fixed in advance, not started yet (see the module docstring); the
+    port stays bound until just before it starts, so baresip cannot be given it."""
+    return server_factory("srv", start=False, port=held_port.port)
 
 
 @pytest.fixture
@@ -101,8 +109,9 @@ def phone(baresip_path, late_server, tmp_path) -> Iterator[MwiPhone]:
     p.stop()
 
 
-def test_baresip_mwi_shows_no_then_the_voicemail_summary(phone, late_server):
+def test_baresip_mwi_shows_no_then_the_voicemail_summary(phone, late_server, held_port):
     assert wait_until(lambda: "baresip is ready" in phone.output(), timeout=10), phone.output()
+    held_port.release()
     late_server.start()
     assert wait_until(lambda: len(phone.summaries()) >= 1, timeout=15), phone.output()[-3000:]
     first = parse_message_summary(phone.summaries()[0].encode())
