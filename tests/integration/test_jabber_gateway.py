@@ -20,7 +20,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import ServerProcess, SipClient, SipTimeout
 from prosody import ProsodyServer, available
-from xmpp_client import XmppUser
+from xmpp_client import XmppUser, xmpp_user_factory
 
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.pa.model import PresenceDoc
@@ -76,16 +76,8 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
 
 @pytest.fixture
 async def xmpp_users(prosody: ProsodyServer) -> AsyncIterator[Callable[..., XmppUser]]:
-    users: list[XmppUser] = []
-
-    def make(name: str, *, auto_authorize: bool = False) -> XmppUser:
-        u = XmppUser(prosody, name, auto_authorize=auto_authorize)
-        users.append(u)
-        return u
-
-    yield make
-    for u in users:
-        await u.close()
+    async with xmpp_user_factory(prosody) as make:
+        yield make
 
 
 # --- SIP helpers (blocking; called through asyncio.to_thread) ---------------------------------

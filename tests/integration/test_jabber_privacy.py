@@ -26,7 +26,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 from harness import ServerProcess, SipClient, SipTimeout, register
 from prosody import ProsodyServer, available
-from xmpp_client import XmppUser
+from xmpp_client import XmppUser, xmpp_user_factory
 
 from presenced.pa.documents.pidf import decode_pidf
 from presenced.sip.message import Request
@@ -86,16 +86,8 @@ async def servers(prosody: ProsodyServer, tmp_path: Path
 
 @pytest.fixture
 async def xmpp_users(prosody: ProsodyServer) -> AsyncIterator[Callable[..., XmppUser]]:
-    users: list[XmppUser] = []
-
-    def make(name: str) -> XmppUser:
-        u = XmppUser(prosody, name)  # answers nothing by itself
-        users.append(u)
-        return u
-
-    yield make
-    for u in users:
-        await u.close()
+    async with xmpp_user_factory(prosody) as make:  # users answer nothing by themselves
+        yield make
 
 
 def _rules(srv: ServerProcess, *args: str) -> None:

@@ -8,8 +8,9 @@ priority built as raw elements, so tests can send exactly what a peer would, gar
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 from xml.etree import ElementTree as ET
 
@@ -113,3 +114,21 @@ def statuses(pres: Any) -> list[tuple[str, str | None]]:
     """The (text, xml:lang) of every <status/> of a received presence."""
     ns = pres.xml.tag[1:].partition("}")[0]
     return [(el.text or "", el.get(XML_LANG)) for el in pres.xml.iterfind(f"{{{ns}}}status")]
+
+
+@contextlib.asynccontextmanager
+async def xmpp_user_factory(prosody: ProsodyServer) -> AsyncIterator[Callable[..., XmppUser]]:
+    """`make(name, auto_authorize=False)` -> an `XmppUser` on `prosody` (not yet connected);
+    every user made is closed on the way out. The tests' `xmpp_users` fixtures wrap this."""
+    users: list[XmppUser] = []
+
+    def make(name: str, *, auto_authorize: bool = False) -> XmppUser:
+        u = XmppUser(prosody, name, auto_authorize=auto_authorize)
+        users.append(u)
+        return u
+
+    try:
+        yield make
+    finally:
+        for u in users:
+            await u.close()

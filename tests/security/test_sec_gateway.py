@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from harness import ServerProcess, SipClient
 from prosody import ProsodyServer, available
-from xmpp_client import XmppUser
+from xmpp_client import XmppUser, xmpp_user_factory
 
 COMPONENT = "gw.jabber.test"
 # The gateway asks each XMPP user once per SIP watcher, from that watcher's own JID.
@@ -64,16 +64,8 @@ async def presenced(prosody: ProsodyServer, tmp_path: Path) -> AsyncIterator[Ser
 
 @pytest.fixture
 async def xmpp_users(prosody: ProsodyServer) -> AsyncIterator[Callable[[str], XmppUser]]:
-    users: list[XmppUser] = []
-
-    def make(name: str) -> XmppUser:
-        u = XmppUser(prosody, name)  # requests stay pending: nobody approves
-        users.append(u)
-        return u
-
-    yield make
-    for u in users:
-        await u.close()
+    async with xmpp_user_factory(prosody) as make:  # requests stay pending: nobody approves
+        yield make
 
 
 def _requests_from_gateway(user: XmppUser, since: int = 0) -> int:
