@@ -1,7 +1,8 @@
 """The cluster's pipelined Redis connection (cluster/link.py) against a real redis-server:
 commands of one event-loop turn in one write with replies matched in order, error replies as
 values, AUTH and SELECT from the URL, a stopped (SIGSTOP) or restarted Redis failing the
-waiting callers and the next call reconnecting, the feed's messages in order, and a store
+waiting callers and the next call reconnecting, the feed's messages in order (a lagging reader
+pausing the socket, not growing a queue), and a store
 whose scripts Redis forgot loading them again."""
 
 from __future__ import annotations
@@ -127,6 +128,25 @@ async def test_the_feed_delivers_in_order_and_reports_its_loss(redis_server: Red
         assert await asyncio.wait_for(feed.next(), 5) == b"last"
         with pytest.raises(LinkDown):
             await asyncio.wait_for(feed.next(), 5)
+    finally:
+        await feed.close()
+        await link.close()
+
+
+async def test_a_lagging_feed_reader_stops_reading_and_loses_nothing(
+        redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(link_module, "FEED_PAUSE", 4)
+    monkeypatch.setattr(link_module, "FEED_RESUME", 1)
+    feed = RedisFeed(redis_server.url)
+    link = RedisLink(redis_server.url)
+    try:
+        await feed.subscribe("big")
+        sent = [bytes([65 + i % 26]) * 65536 + str(i).encode() for i in range(50)]
+        await asyncio.gather(*(link.call("PUBLISH", "big", m) for m in sent))
+        await asyncio.sleep(0.5)  # nobody takes: the link reads up to the pause and stops
+        assert feed._paused and len(feed._messages) < len(sent)
+        got = [await asyncio.wait_for(feed.next(), 5) for _ in sent]
+        assert got == sent and not feed._paused
     finally:
         await feed.close()
         await link.close()

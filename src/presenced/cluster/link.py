@@ -15,6 +15,8 @@ replies. What is here is the plumbing:
   in every caller waiting on it. Silent means no reply within `command_timeout`: a watchdog
   checks the oldest command once a second and drops the connection.
 - The next call after a loss connects again (one attempt shared by all callers).
+- The feed reader that lags stops reading the socket past `FEED_PAUSE` queued messages (Redis
+  then holds them, as its pub/sub output-buffer limit allows), so the queue stays bounded.
 
 `RedisFeed` is the same connection subscribed to the change feed: every write a node makes is
 announced there, and every node (the writer too) reads it. The rest of the cluster's Redis
@@ -30,6 +32,10 @@ from typing import Any, cast
 from urllib.parse import unquote, urlsplit
 
 WATCH_INTERVAL = 1.0  # seconds between watchdog checks of the oldest command
+# Feed messages received and not yet taken: above PAUSE the socket is not read (Redis holds
+# the rest, and drops a subscriber past its client-output-buffer-limit: the node resyncs),
+# below RESUME it is read again.
+FEED_PAUSE, FEED_RESUME = 10_000, 1_000
 
 
 class LinkDown(ConnectionError):
@@ -144,14 +150,12 @@ class RedisLink:
     def _opened(self, task: asyncio.Task[_Wire]) -> None:
         fut, self._connecting = self._connecting, None
         assert fut is not None
-        if task.cancelled():
-            fut.set_exception(LinkDown("connecting to Redis was cancelled"))
-        elif task.exception() is not None:
-            fut.set_exception(task.exception())  # type: ignore[arg-type]
-        else:
+        exc = LinkDown("connecting to Redis was cancelled") if task.cancelled() else task.exception()
+        if exc is None:
             fut.set_result(task.result())
-        if fut.exception() is not None:
-            fut.exception()  # retrieved: a connect nobody awaited any more logs nothing
+        else:
+            fut.set_exception(exc)
+            fut.exception()  # marked retrieved: a connect nobody awaits any more logs nothing
 
     async def _open(self) -> _Wire:
         loop = asyncio.get_running_loop()
@@ -165,7 +169,8 @@ class RedisLink:
         except (OSError, TimeoutError) as exc:
             raise LinkDown(f"cannot connect to Redis at {where}: {exc or 'timed out'}") from exc
         if self._closed:  # closed while connecting
-            wire.transport.abort()  # type: ignore[union-attr]
+            if wire.transport is not None:
+                wire.transport.abort()
             raise LinkDown("the Redis link is closed")
         self._wire = wire
         self._arm_watchdog()
@@ -234,6 +239,7 @@ class RedisFeed(RedisLink):
         self._messages: collections.deque[bytes] = collections.deque()
         self._waiter: asyncio.Future[None] | None = None
         self._error: LinkDown | None = None
+        self._paused = False
 
     async def subscribe(self, channel: str) -> None:
         reply = await self.call("SUBSCRIBE", channel)
@@ -249,6 +255,10 @@ class RedisFeed(RedisLink):
                 await self._waiter
             finally:
                 self._waiter = None
+        if self._paused and len(self._messages) <= FEED_RESUME:
+            self._paused = False
+            if self._wire is not None and self._wire.transport is not None:
+                self._wire.transport.resume_reading()
         return self._messages.popleft()
 
     def _push(self, reply: Any) -> bool:
@@ -257,6 +267,10 @@ class RedisFeed(RedisLink):
             self._messages.append(reply[2])
             if self._waiter is not None and not self._waiter.done():
                 self._waiter.set_result(None)
+            if not self._paused and len(self._messages) >= FEED_PAUSE:
+                self._paused = True
+                if self._wire is not None and self._wire.transport is not None:
+                    self._wire.transport.pause_reading()
             return True
         return False
 
