@@ -74,19 +74,11 @@ def free_port_pair(host: str = LOCALHOST, attempts: int = 50) -> int:
 
     The kernel picks a free UDP port; we then check TCP can bind the same number. The sockets
     close before the server binds, so a race is possible but unlikely on a test machine;
-    `ServerProcess.start` retries on a bind failure.
+    `ServerProcess.start` retries on a bind failure (a port fixed in advance: `HeldPort`).
     """
-    for _ in range(attempts):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as u:
-            u.bind((host, 0))
-            port = int(u.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as t:
-                try:
-                    t.bind((host, port))
-                except OSError:
-                    continue
-                return port
-    raise RuntimeError("no free UDP+TCP port pair found")
+    held = HeldPort(host, attempts)
+    held.release()
+    return held.port
 
 
 class HeldPort:

@@ -2,8 +2,9 @@
 
 Every REGISTER, PUBLISH and SUBSCRIBE a node answers waits for one Lua script in Redis. Through
 redis-py's client each such call cost ~150 µs of our CPU (connection pool, retry wrapper,
-timeout tasks, observability hooks, stream reader), more than the rest of the request; this
-link costs ~20 µs (bench/inproc_cycles.py --storage redis://..., docs/performance.md). The
+timeout tasks, observability hooks, stream reader), more than the rest of the request; on this
+link a round trip costs ~47 µs, 17 µs of it in user space and the rest the two system calls
+(docs/performance.md "Seventh pass"). The
 protocol itself is not ours: hiredis (a redis-py dependency) packs the commands and parses the
 replies. What is here is the plumbing:
 
