@@ -48,6 +48,18 @@ class Transport(Protocol):
         ...
 
 
+class TimerHandle(Protocol):
+    def cancel(self) -> None: ...
+
+
+class Loop(Protocol):
+    """What the driver asks of its event loop: the clock, and one timer."""
+
+    def time(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> TimerHandle: ...
+
+
 class Application(Protocol):
     def on_request(self, event: RequestReceived) -> None: ...
 
@@ -57,7 +69,8 @@ class Application(Protocol):
 
 
 class Driver:
-    def __init__(self, endpoint: Endpoint) -> None:
+    def __init__(self, endpoint: Endpoint, loop: Loop | None = None) -> None:
+        """`loop`: the running asyncio loop unless given (the fuzzer's fake clock)."""
         self.endpoint = endpoint
         # Every listener, by (transport name, advertised host:port).
         self.listeners: dict[tuple[str, str], Transport] = {}
@@ -70,12 +83,16 @@ class Driver:
         self.app: Application | None = None
         # A copy of every message received and sent for a capture server ([hep]); None = off.
         self.mirror: HepMirror | None = None
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: TimerHandle | None = None
         self._deadline: float | None = None
-        self._loop = asyncio.get_running_loop()
+        self._loop: Loop = asyncio.get_running_loop() if loop is None else loop
         self.now: Callable[[], float] = self._loop.time
         self._backlogged: set[str] = set()  # listeners whose receive queue is long
         self._backlog_logged = -1e9
+
+    @property
+    def loop(self) -> Loop:
+        return self._loop
 
     def set_backlog(self, listener: str, backlogged: bool) -> None:
         """A UDP listener's receive queue went over its limit (True) or drained (False): the
