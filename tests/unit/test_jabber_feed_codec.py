@@ -1,6 +1,6 @@
 """The gateway leader hands an XMPP user's presence to the other nodes as msgpack ("jp" on the
 cluster feed); what a node decodes must be the same document, made of the model's own classes,
-in the pure and in the mypyc build (msgspec reads the dataclasses' field types)."""
+in the pure and in the mypyc build (msgspec reads the Structs' field types)."""
 
 from __future__ import annotations
 

@@ -7,22 +7,26 @@ closed), RPID persons (RFC 4480 activities and notes) and presentity-level notes
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 from typing import Literal
+
+import msgspec
 
 Basic = Literal["open", "closed"]
 
+# Frozen msgspec Structs, not frozen dataclasses: a dataclass's generated __init__ sets each
+# field through object.__setattr__ in interpreted code (1.2 us for a Tuple), a Struct's is C
+# (docs/performance.md, "Ninth pass"). Trees of these hold no cycles, hence gc=False. They
+# encode to the same msgpack maps the dataclasses did, so stored documents read back.
 
-@dataclass(frozen=True, slots=True)
-class Note:
+
+class Note(msgspec.Struct, frozen=True, gc=False):
     """A human-readable note (RFC 3863 §4.1.6) with its xml:lang, kept as received."""
 
     text: str
     lang: str | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class Tuple:
+class Tuple(msgspec.Struct, frozen=True, gc=False):
     """One PIDF tuple: a service with a basic status.
 
     `id` must stay stable across notifications for the same source (RFC 3863 §4.1.2), so sources
@@ -40,8 +44,7 @@ class Tuple:
     activities: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
-class Person:
+class Person(msgspec.Struct, frozen=True, gc=False):
     """An RPID <dm:person> (RFC 4480 §4 / RFC 4479 data model)."""
 
     id: str
@@ -51,14 +54,13 @@ class Person:
     timestamp: float | None = None
 
 
-@dataclass(frozen=True, slots=True)
-class PresenceDoc:
+class PresenceDoc(msgspec.Struct, frozen=True, gc=False):
     """Everything presenced knows about one presentity at one moment."""
 
     entity: str  # "pres:alice@example.com" (RFC 3863 §4.1.1)
     tuples: tuple[Tuple, ...] = ()
     persons: tuple[Person, ...] = ()
-    notes: tuple[Note, ...] = field(default=())
+    notes: tuple[Note, ...] = ()
 
     @property
     def basic(self) -> Basic:

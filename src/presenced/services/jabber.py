@@ -60,7 +60,6 @@ Resilience
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import logging
 import math
 import secrets
@@ -1012,8 +1011,8 @@ class JabberGateway:
             if remote is None or not remote.farewell:
                 return doc
             notes = tuple(Note(text, lang) for text, lang in remote.farewell)
-            return dataclasses.replace(
-                doc, tuples=tuple(dataclasses.replace(t, notes=notes) for t in doc.tuples))
+            return msgspec.structs.replace(
+                doc, tuples=tuple(msgspec.structs.replace(t, notes=notes) for t in doc.tuples))
         return xmpp_to_pidf(entity_of(presentity), remote.resources)
 
     def _mark(self, presentity: str) -> None:
