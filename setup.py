@@ -27,7 +27,7 @@ _NOT_COMPILED = {"__init__.py", "errors.py", "auth.py", "records.py", "model.py"
 # stay pure: they are not per request, or (storage) spend their time in SQLite or Redis.
 _ALSO_COMPILED = ("services/dispatch.py", "services/notifier.py", "services/alarm.py",
                   "services/registrar.py", "services/publish.py",
-                  "transport/driver.py", "transport/udp.py")
+                  "transport/driver.py", "transport/udp.py", "transport/contact.py")
 
 
 def compiled_modules() -> list[str]:

@@ -13,7 +13,6 @@ import functools
 import gc
 import ipaddress
 import logging
-import os
 import secrets
 import signal
 import socket
@@ -21,7 +20,6 @@ import sys
 from collections.abc import Awaitable, Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 from presenced import __version__, sdnotify
 from presenced.build import core_build
@@ -59,11 +57,13 @@ from presenced.sip.auth import (
     ThrottlePolicy,
     load_users_file,
 )
-from presenced.sip.endpoint import Endpoint, EndpointConfig, Peer
+from presenced.sip.endpoint import Endpoint, EndpointConfig
 from presenced.sip.limits import AmplificationLimits, RateLimits, parse_networks
 from presenced.sip.message import Limits
+from presenced.sip.tokens import make_token
 from presenced.storage import Storage, open_storage
 from presenced.storage.redis import DEFAULT_PREFIX, split_prefix
+from presenced.transport.contact import ContactFor
 from presenced.transport.driver import Driver
 from presenced.transport.mirror import HepMirror
 from presenced.transport.tcp import ConnectionTable, TcpTransport
@@ -79,33 +79,6 @@ if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only w
 log = logging.getLogger("presenced.server")
 
 
-class _Tokens:
-    """Tags, branches and ETags: 64 random bits each, as hex. The bits are os.urandom's, as
-    secrets.token_hex(8) would give, drawn 4 KiB at a time: one getrandom() system call per
-    512 tokens instead of one each (a subscribe cycle draws four)."""
-
-    __slots__ = ("_at", "_hex")
-
-    def __init__(self) -> None:
-        self._hex: str = ""
-        self._at: int = 0
-
-    def __call__(self) -> str:
-        at = self._at
-        if at >= len(self._hex):
-            self._hex = os.urandom(4096).hex()
-            at = 0
-        self._at = at + 16
-        return self._hex[at:at + 16]
-
-    def reset(self) -> None:
-        self._hex = ""
-        self._at = 0
-
-
-make_token = _Tokens()
-# A forked worker must not hand out its parent's unused tokens too.
-os.register_at_fork(after_in_child=make_token.reset)
 
 
 def _reachable_host(host: str) -> str:
@@ -144,10 +117,6 @@ def trusted_predicate(entries: Iterable[str]) -> Callable[[str], bool]:
 
 # How long stop() waits for in-flight handlers and NOTIFY runs before the storage closes.
 SHUTDOWN_DRAIN_TIMEOUT = 5.0
-
-# user-unreserved and unreserved characters (RFC 3261 §25.1) stay as they are in our Contact
-_USER_SAFE = "-_.!~*'()&=+$,;?/"
-
 
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
@@ -261,26 +230,7 @@ class Server:
         if advertise is not None:
             local_hosts.add(advertise.rpartition(":")[0].lower())
 
-        def contact_for(presentity: str, flow: Peer | str) -> str:
-            """Our Contact for a dialog over `flow`: the listener the flow came on (a Peer
-            with `local`), else the first listener of its transport (a transport name)."""
-            # The presentity holds the user part unescaped: escape it again, so no character
-            # of it (a decoded CR LF) reaches our Contact header raw (issue 9 finding 2).
-            user = quote(presentity.rsplit("@", 1)[0], safe=_USER_SAFE) if "@" in presentity else ""
-            if isinstance(flow, Peer):
-                transport = flow.transport
-                hostport = flow.local or self.driver.bind(flow).local or via_hosts.get(transport)
-            else:
-                transport = flow
-                hostport = via_hosts.get(transport)
-            hostport = advertise or hostport or next(iter(via_hosts.values()))
-            prefix = f"{user}@" if user else ""
-            if transport == "tls":  # RFC 5630 §3.1.3: sips:, not the deprecated transport=tls
-                return f"sips:{prefix}{hostport}"
-            if transport in ("ws", "wss"):  # RFC 7118 §5.2: transport=ws for both, sips: for WSS
-                scheme = "sips" if transport == "wss" else "sip"
-                return f"{scheme}:{prefix}{hostport};transport=ws"
-            return f"sip:{prefix}{hostport};transport={transport}"
+        contact_for = ContactFor(self.driver, via_hosts, advertise)
 
         pa = cfg.pa
         trusted = trusted_predicate(cfg.server.trusted_proxies)

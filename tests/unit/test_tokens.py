@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 
-from presenced.server import make_token
+from presenced.sip.tokens import make_token
 
 
 def test_tokens_are_16_hex_digits_and_distinct_across_refills() -> None:

@@ -62,3 +62,13 @@ def test_a_long_near_miss_fails_in_linear_time() -> None:
     start = time.process_time()
     assert isinstance(_outcome(parse_uri, text), str)
     assert time.process_time() - start < 1.0
+
+
+@CHECK
+@given(st.one_of(st.text(max_size=12), st.text("abAZ09-_.!~*'()&=+$,;?/%@: \r\n", max_size=12)))
+def test_escape_user_gives_what_quote_gives(user: str) -> None:
+    from urllib.parse import quote
+
+    from presenced.sip.uri import _USER_SAFE, escape_user
+    assert escape_user(user) == quote(user, safe=_USER_SAFE)
+    assert "\r" not in escape_user(user) and "\n" not in escape_user(user)

@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError
-from presenced.sip.uri import SipUri, parse_hostport, parse_uri
+from presenced.sip.uri import SipUri, parse_hostport, parse_uri, valid_host
 
 # Canonical spelling of the headers we know, keyed by lowercased name and by compact form
 # (RFC 3261 §7.3.3 and the IANA registry). Unknown names keep the spelling they came with.
@@ -398,7 +398,32 @@ class Via:
 _VIA = re.compile(r"SIP\s*/\s*2\.0\s*/\s*([A-Za-z0-9\-.!%*_+`'~]+)\s+(\[[^\]]*\]|[^\s:;]+)(?:\s*:\s*(\d+))?\s*(.*)\Z", re.S | re.I | re.A)
 
 
+# The shape nearly every Via has -- "SIP/2.0/UDP host[:port]" and token parameters, one SP and
+# no other LWS -- matched in one pass, the host then checked as the general parser checks it;
+# anything else goes to the general parser: both give the same Via or the same ParseError
+# (tests/unit/test_via_fast_path.py compares them).
+_VIA_COMMON = re.compile(
+    r"SIP/2\.0/([A-Za-z]+) ([A-Za-z0-9.\-]+)(?::([0-9]{1,5}))?"
+    r"((?:;[A-Za-z0-9\-.!%*_+`'~]+(?:=[A-Za-z0-9\-.!%*_+`'~]+)?)*)\Z"
+)
+
+
 def parse_via(value: str) -> Via:
+    m = _VIA_COMMON.match(value)
+    if m is not None:
+        transport, host, port_text, param_text = m.groups()
+        port = int(port_text) if port_text is not None else None
+        if valid_host(host) and (port is None or port <= 65535):
+            params: dict[str, str | None] = {}
+            if param_text:
+                for item in param_text[1:].split(";"):
+                    name, eq, pvalue = item.partition("=")
+                    params[name.lower()] = pvalue if eq else None
+            return Via(transport.upper(), host, port, params)
+    return _parse_via(value)
+
+
+def _parse_via(value: str) -> Via:
     m = _VIA.match(value.strip())
     if m is None:
         raise ParseError(f"bad Via {value!r}")
