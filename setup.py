@@ -19,12 +19,13 @@ from setuptools.command.build_ext import build_ext
 
 # Left out: __init__ files; errors.py (its exceptions are subclassed by uncompiled modules,
 # which a compiled class forbids); auth.py (a subclass of errors.py's ParseError, and only on
-# the [auth] path); records.py and pa/model.py (plain records that msgspec decodes by their
-# field types, which it cannot read off a compiled class: nested records came back as dicts).
+# the [auth] path); records.py and pa/model.py (msgspec Structs: their __init__, __eq__ and
+# __hash__ are C already, and a Struct cannot be a compiled class).
 _NOT_COMPILED = {"__init__.py", "errors.py", "auth.py", "records.py", "model.py"}
 # Beyond sip/ and pa/: what every REGISTER, SUBSCRIBE, PUBLISH and NOTIFY answer runs through
-# (docs/performance.md, "Eighth pass"). The gateway, the cluster, the admin API and storage
-# stay pure: they are not per request, or (storage) spend their time in SQLite or Redis.
+# (docs/performance.md, "Eighth pass"), and our Contact for each dialog ("Ninth pass"). The
+# gateway, the cluster, the admin API and storage stay pure: they are not per request, or
+# (storage) spend their time in SQLite or Redis.
 _ALSO_COMPILED = ("services/dispatch.py", "services/notifier.py", "services/alarm.py",
                   "services/registrar.py", "services/publish.py",
                   "transport/driver.py", "transport/udp.py", "transport/contact.py")
