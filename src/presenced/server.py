@@ -79,8 +79,6 @@ if TYPE_CHECKING:  # the admin adapter (aiohttp, prometheus-client) loads only w
 log = logging.getLogger("presenced.server")
 
 
-
-
 def _reachable_host(host: str) -> str:
     """The address we put in Via and Contact for a listen host (a wildcard is no address)."""
     try:
@@ -117,6 +115,7 @@ def trusted_predicate(entries: Iterable[str]) -> Callable[[str], bool]:
 
 # How long stop() waits for in-flight handlers and NOTIFY runs before the storage closes.
 SHUTDOWN_DRAIN_TIMEOUT = 5.0
+
 
 class Server:
     """Everything one presenced process runs. `start()` then `stop()`."""
