@@ -68,3 +68,5 @@ def test_the_host_cache_answers_as_the_pattern_and_stays_bounded() -> None:
         assert uri.valid_host(f"h{i}.example.com")
     assert len(uri._GOOD_HOSTS) <= uri._GOOD_HOSTS_MAX
     assert not uri.valid_host("a..b")
+    huge = "a" * 60_000 + ".example.com"  # accepted, but never kept: the cache's memory is bounded
+    assert uri.valid_host(huge) and huge not in uri._GOOD_HOSTS

@@ -114,10 +114,12 @@ class SipUri:
 
 
 # Hosts `_HOSTNAME` has accepted: the same few proxies and clients name themselves in every
-# Via, Contact and URI, and the pattern's nested repeats cost ~0.6 us a look. Bounded: a peer
-# that sends new names each time only empties it.
+# Via, Contact and URI, and the pattern's nested repeats cost ~0.6 us a look. Bounded in count
+# and in each name's length (a DNS name has at most 253 characters): a peer that sends new or
+# huge names each time only empties it, and it never holds more than ~1 MiB.
 _GOOD_HOSTS: set[str] = set()
 _GOOD_HOSTS_MAX = 4096
+_GOOD_HOST_LEN = 253
 
 
 def valid_host(host: str) -> bool:
@@ -126,9 +128,10 @@ def valid_host(host: str) -> bool:
         return True
     if _HOSTNAME.match(host) is None:
         return False
-    if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
-        _GOOD_HOSTS.clear()
-    _GOOD_HOSTS.add(host)
+    if len(host) <= _GOOD_HOST_LEN:
+        if len(_GOOD_HOSTS) >= _GOOD_HOSTS_MAX:
+            _GOOD_HOSTS.clear()
+        _GOOD_HOSTS.add(host)
     return True
 
 
