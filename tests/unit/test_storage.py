@@ -327,6 +327,52 @@ async def test_sqlite_new_migration_applies_on_top_of_existing_schema(tmp_path: 
         assert conn.execute("SELECT x, y FROM a").fetchall() == [("1", "z")]
 
 
+async def test_sqlite_schema_4_rows_survive_the_move_to_without_rowid(tmp_path: Path) -> None:
+    # A database an earlier presenced left at schema 4 (rowid tables), with one row of each kind.
+    path = tmp_path / "p.db"
+    store = SqliteStorage(path, migrations=bundled_migrations()[:4])
+    await store.open()
+    sub, pub = subscription("s1"), publication("e1")  # every field set
+    await store.put_subscription(sub)
+    await store.put_publication(pub)
+    await store.close()
+    assert user_version(path) == 4
+
+    store = await reopened(path)
+    try:
+        assert await store.load_subscriptions() == [sub]
+        assert await store.load_publications() == [pub]
+    finally:
+        await store.close()
+    assert user_version(path) == 5
+    with sqlite3.connect(path) as conn:
+        for table in ("subscriptions", "publications"):
+            sql = conn.execute("SELECT sql FROM sqlite_master WHERE name = ?", (table,)).fetchone()
+            assert sql[0].rstrip().endswith("WITHOUT ROWID"), sql
+        # No key index beside the table any more (a rowid table with a TEXT key has one).
+        names = {row[0] for row in conn.execute("SELECT name FROM sqlite_master")}
+        assert not any(n.startswith("sqlite_autoindex_subscriptions") for n in names), names
+
+
+async def test_sqlite_a_subscription_write_appends_one_wal_frame(tmp_path: Path) -> None:
+    # The point of schema 5: one leaf page per write, so one 4 KiB frame per commit (two, and
+    # five for a 900-byte publication, with rowid tables and their key index).
+    path = tmp_path / "p.db"
+    store = await reopened(path)
+    wal = Path(f"{path}-wal")
+    try:
+        for i in range(200):
+            await store.put_subscription(subscription(f"warm{i:04d}"))
+        before = wal.stat().st_size
+        for i in range(100):
+            await store.put_subscription(subscription(f"new{i:04d}"))
+            await store.delete_subscription(f"new{i:04d}")
+        frames = (wal.stat().st_size - before) / (4096 + 24) / 200
+    finally:
+        await store.close()
+    assert 0.9 < frames < 1.3, frames
+
+
 async def test_sqlite_failed_migration_rolls_back_entirely(tmp_path: Path) -> None:
     path = tmp_path / "p.db"
     broken = Migration(1, "001_broken.sql", "CREATE TABLE a (x); CREATE TABLE oops (;")
