@@ -23,12 +23,14 @@ from setuptools.command.build_ext import build_ext
 # __hash__ are C already, and a Struct cannot be a compiled class).
 _NOT_COMPILED = {"__init__.py", "errors.py", "auth.py", "records.py", "model.py"}
 # Beyond sip/ and pa/: what every REGISTER, SUBSCRIBE, PUBLISH and NOTIFY answer runs through
-# (docs/performance.md, "Eighth pass"), and our Contact for each dialog ("Ninth pass"). The
+# (docs/performance.md, "Eighth pass"), our Contact for each dialog ("Ninth pass"), and the
+# registrar's decision on each REGISTER ("Tenth pass"). The
 # gateway, the cluster, the admin API and storage stay pure: they are not per request, or
 # (storage) spend their time in SQLite or Redis.
 _ALSO_COMPILED = ("services/dispatch.py", "services/notifier.py", "services/alarm.py",
                   "services/registrar.py", "services/publish.py",
-                  "transport/driver.py", "transport/udp.py", "transport/contact.py")
+                  "transport/driver.py", "transport/udp.py", "transport/contact.py",
+                  "registrar/bindings.py")
 
 
 def compiled_modules() -> list[str]:

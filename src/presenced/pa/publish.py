@@ -87,16 +87,29 @@ class PublishPolicy:
     max_total_bytes: int = 64 * 1024 * 1024  # all live bodies; beyond: 503 + Retry-After
 
 
-@dataclass(frozen=True, slots=True)
+# One per PUBLISH: its __init__ is written out (init=False), which mypyc compiles; the one
+# @dataclass generates stays interpreted (9.5 k instructions a call, docs/performance.md
+# "Tenth pass").
+@dataclass(frozen=True, slots=True, init=False)
 class PublishOutcome:
     """What one PUBLISH did. Persist `put` / `delete_etag` before sending `response`."""
 
     response: Response
-    put: Publication | None = None
-    delete_etag: str | None = None
-    changed: frozenset[str] = _NO_CHANGE  # presentities whose composed state changed
-    replaced: Publication | None = None  # the publication refreshed, modified or removed
-    event: str = PRESENCE  # the package of the publication (and of `changed`)
+    put: Publication | None
+    delete_etag: str | None
+    changed: frozenset[str]  # presentities whose composed state changed
+    replaced: Publication | None  # the publication refreshed, modified or removed
+    event: str  # the package of the publication (and of `changed`)
+
+    def __init__(self, response: Response, put: Publication | None = None,
+                 delete_etag: str | None = None, changed: frozenset[str] = _NO_CHANGE,
+                 replaced: Publication | None = None, event: str = PRESENCE) -> None:
+        object.__setattr__(self, "response", response)
+        object.__setattr__(self, "put", put)
+        object.__setattr__(self, "delete_etag", delete_etag)
+        object.__setattr__(self, "changed", changed)
+        object.__setattr__(self, "replaced", replaced)
+        object.__setattr__(self, "event", event)
 
 
 class _Entry:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from presenced.pa.records import Binding
 from presenced.sip.errors import ParseError
@@ -25,14 +25,25 @@ class RegistrarPolicy:
     max_contacts: int = 32
 
 
-@dataclass(slots=True)
+# One per REGISTER: __init__ written out (init=False) so that mypyc compiles it (setup.py).
+@dataclass(slots=True, init=False)
 class RegisterOutcome:
     status: int
-    reason: str | None = None
-    min_expires: int | None = None  # for 423 (RFC 3261 §10.3 step 7)
-    puts: list[Binding] = field(default_factory=list)
-    deletes: list[Binding] = field(default_factory=list)
-    bindings: list[Binding] = field(default_factory=list)  # the AOR's bindings afterwards
+    reason: str | None
+    min_expires: int | None  # for 423 (RFC 3261 §10.3 step 7)
+    puts: list[Binding]
+    deletes: list[Binding]
+    bindings: list[Binding]  # the AOR's bindings afterwards
+
+    def __init__(self, status: int, reason: str | None = None, min_expires: int | None = None,
+                 puts: list[Binding] | None = None, deletes: list[Binding] | None = None,
+                 bindings: list[Binding] | None = None) -> None:
+        self.status = status
+        self.reason = reason
+        self.min_expires = min_expires
+        self.puts = [] if puts is None else puts
+        self.deletes = [] if deletes is None else deletes
+        self.bindings = [] if bindings is None else bindings
 
 
 def contact_key(contact: NameAddr) -> str:
