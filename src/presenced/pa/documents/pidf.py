@@ -200,15 +200,22 @@ _MIN_TS = 0.0  # 1970-01-01T00:00:00Z
 _MAX_TS = 253402300799.0  # 9999-12-31T23:59:59Z
 
 
+# ".001Z" .. ".999Z": every NOTIFY stamps the time it is sent, so this runs once per NOTIFY.
+_MILLIS_TEXT = tuple(f".{m:03d}Z" for m in range(1000))
+
+
 def format_timestamp(ts: float) -> str:
     """RFC 3339 UTC: "2001-10-27T16:49:29Z", or with milliseconds when `ts` is not integral."""
-    ts = min(max(ts, _MIN_TS), _MAX_TS)
+    if ts < _MIN_TS:
+        ts = _MIN_TS
+    elif ts > _MAX_TS:
+        ts = _MAX_TS
     whole = int(ts // 1)
     millis = round((ts - whole) * 1000)
     if millis == 1000:
         whole, millis = whole + 1, 0
     base = _seconds_text(whole)
-    return f"{base}.{millis:03d}Z" if millis else base + "Z"
+    return base + _MILLIS_TEXT[millis] if millis else base + "Z"
 
 
 @functools.lru_cache(maxsize=256)  # NOTIFYs in the same second share their timestamps
