@@ -306,7 +306,8 @@ class NotifierService:
                     # A fan-out to thousands of watchers: let the loop read their 200s now,
                     # before the socket's receive buffer overflows and they are retransmitted.
                     await asyncio.sleep(0)
-            elif isinstance(eff, WatchStarted | WatchStopped) and eff.event == PRESENCE:
+            # (a tuple: `WatchStarted | WatchStopped` builds a UnionType at each evaluation)
+            elif isinstance(eff, (WatchStarted, WatchStopped)) and eff.event == PRESENCE:
                 started = isinstance(eff, WatchStarted)
                 for listener in self.watch_listeners:
                     try:
