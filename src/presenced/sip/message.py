@@ -278,8 +278,12 @@ _REQUEST_LINE = re.compile(r"([A-Za-z0-9\-.!%*_+`'~]+) ([^ \t]+) SIP/(\d+\.\d+)\
 # Status-Line = SIP-Version SP Status-Code SP Reason-Phrase CRLF
 _STATUS_LINE = re.compile(r"SIP/(\d+\.\d+) (\d{3}) ([^\r\n]*)\Z", re.A)
 _HEADER_NAME = re.compile(r"[A-Za-z0-9\-.!%*_+`'~]+\Z")
-_MANDATORY = ("via", "from", "to", "call-id", "cseq")
-_SINGLE = frozenset({"from", "to", "call-id", "cseq", "max-forwards", "content-length"})
+# The headers parse_message counts, one bit each: the mandatory ones must be present, the
+# single-valued ones at most once (RFC 3261 §8.1.1, §20; RFC 4475 §3.3.8).
+_CHECKED = {"via": 1, "from": 2, "to": 4, "call-id": 8, "cseq": 16, "max-forwards": 32,
+            "content-length": 64}
+_MANDATORY = 1 | 2 | 4 | 8 | 16
+_SINGLE = 2 | 4 | 8 | 16 | 32 | 64
 
 
 def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Response:
@@ -306,7 +310,8 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     first = lines[0]
     msg: Request | Response
     m = _REQUEST_LINE.match(first)
-    headers = Headers._from_parsed(_parse_header_lines(lines, limits))
+    entries, seen, twice = _parse_header_lines(lines, limits)
+    headers = Headers._from_parsed(entries)
     if m is not None:
         method, uri, version = m.groups()
         if version != "2.0":
@@ -338,15 +343,13 @@ def parse_message(data: bytes, limits: Limits = DEFAULT_LIMITS) -> Request | Res
     if len(body) > limits.max_body_size:
         raise ParseError("body too large", 413, msg)
     msg.body = body
-    present: set[str] = set()
-    for k, _, _ in headers._items:
-        if k in present and k in _SINGLE:
-            # RFC 4475 §3.3.8/§3.3.9: two values of a single-valued header, answer 400.
-            raise ParseError(f"more than one {CANONICAL[k]} header", 400, msg)
-        present.add(k)
-    for key in _MANDATORY:
-        if key not in present:
-            raise ParseError(f"missing {CANONICAL[key]} header", 400, msg)
+    if twice:
+        # RFC 4475 §3.3.8/§3.3.9: two values of a single-valued header, answer 400.
+        raise ParseError(f"more than one {CANONICAL[twice]} header", 400, msg)
+    if seen & _MANDATORY != _MANDATORY:
+        for key, bit in _CHECKED.items():
+            if bit & _MANDATORY and not seen & bit:
+                raise ParseError(f"missing {CANONICAL[key]} header", 400, msg)
     cseq = msg.cseq if isinstance(msg, Response) else _check_cseq(msg)
     del cseq
     return msg
@@ -362,13 +365,42 @@ def _check_cseq(req: Request) -> CSeq:
     return cseq
 
 
-# lowercased name as written (compact forms too) -> (lookup key, canonical spelling)
-_KNOWN_NAMES: dict[str, tuple[str, str]] = {low: (full.lower(), full) for low, full in CANONICAL.items()}
+# A header name as written -> (lookup key, canonical spelling, bit in _CHECKED or 0). Seeded
+# with the lowercased and the canonical spellings (compact forms too); other spellings seen
+# on the wire are added as they come, up to _SPELLINGS_MAX, so a name is lowercased, looked
+# up and validated once rather than in every message.
+_SPELLINGS: dict[str, tuple[str, str, int]] = {}
+for _low, _full in CANONICAL.items():
+    _entry = (_full.lower(), _full, _CHECKED.get(_full.lower(), 0))
+    _SPELLINGS[_low] = _entry
+    _SPELLINGS.setdefault(_full, _entry)
+_SPELLINGS_MAX = 4096
 
 
-def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str, str]]:
+def _spelling(name: str) -> tuple[str, str, int]:
+    """The entry of a header name not in _SPELLINGS yet (`name` as written, before the
+    colon). Raises `ParseError` for a name that is not a token."""
+    bare = name.rstrip(" \t")
+    low = bare.lower()
+    hit = _SPELLINGS.get(low)
+    if hit is None:
+        if not _HEADER_NAME.match(bare):
+            raise ParseError(f"bad header name {bare[:80]!r}")
+        hit = (low, bare, 0)
+    if len(_SPELLINGS) < _SPELLINGS_MAX:
+        _SPELLINGS[name] = hit
+    return hit
+
+
+def _parse_header_lines(
+    lines: list[str], limits: Limits
+) -> tuple[list[tuple[str, str, str]], int, str | None]:
+    """The header entries of `lines` (the start line first, skipped), the _CHECKED bits of
+    the headers seen, and the key of the first single-valued header seen twice, if any."""
     entries: list[tuple[str, str, str]] = []
-    known = _KNOWN_NAMES
+    spellings = _SPELLINGS
+    seen = 0
+    twice: str | None = None
     # Fewer lines than the limit cannot make more entries: then no count per line.
     max_headers = limits.max_headers if len(lines) - 1 > limits.max_headers else -1
     for line in lines[1:]:
@@ -379,21 +411,21 @@ def _parse_header_lines(lines: list[str], limits: Limits) -> list[tuple[str, str
             key, name, value = entries[-1]
             entries[-1] = (key, name, f"{value} {line.strip()}".strip())
             continue
-        name, colon, value = line.partition(":")
+        written, colon, value = line.partition(":")
         if not colon:
             raise ParseError(f"header line without a colon: {line[:80]!r}")
-        name = name.rstrip(" \t")
-        low = name.lower()
-        hit = known.get(low)
+        hit = spellings.get(written)
         if hit is None:
-            if not _HEADER_NAME.match(name):
-                raise ParseError(f"bad header name {name[:80]!r}")
-            entries.append((low, name, value.strip()))
-        else:
-            entries.append((hit[0], hit[1], value.strip()))
+            hit = _spelling(written)
+        key, name, bit = hit
+        if bit:
+            if seen & bit & _SINGLE and twice is None:
+                twice = key
+            seen |= bit
+        entries.append((key, name, value.strip()))
         if max_headers >= 0 and len(entries) > max_headers:
             raise ParseError("too many headers")
-    return entries
+    return entries, seen, twice
 
 
 _COPIED_ONCE = frozenset({"from", "call-id", "cseq"})
