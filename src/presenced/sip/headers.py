@@ -207,7 +207,8 @@ _QUOTED = re.compile(r'"(?:[^"\\]|\\.)*"\Z', re.S)
 
 
 def is_token(text: str) -> bool:
-    return _TOKEN.match(text) is not None
+    # Letters and digits alone (most tags and parameter names) are a token without the regex.
+    return (text.isascii() and text.isalnum()) or _TOKEN.match(text) is not None
 
 
 def unquote(value: str) -> str:

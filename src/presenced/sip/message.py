@@ -202,16 +202,21 @@ class Message:
         Raises `UnsafeHeaderError` (a 400 ParseError) rather than write a control character in
         the start line or a header value: CR/LF there would let a peer's text add lines to our
         message (header injection). HTAB is allowed in values (RFC 3261 §25.1 LWS)."""
-        lines = [self._start_line()]
+        # One join of the pieces: no string per header line, no copy to add the blank line.
+        parts = [self._start_line()]
         for _, name, value in self.headers._items:
             if name != "Content-Length":
-                lines.append(f"{name}: {value}")
-        lines.append(f"Content-Length: {len(self.body)}")
-        head = "\r\n".join(lines)
-        data = (head + "\r\n\r\n").encode("utf-8", "surrogateescape")
-        # CR and LF may appear only as the separators the join put there (and the blank line).
-        n = len(lines) - 1
-        if not _only_line_breaks(data, n + 2) and _unsafe_text(head, n):
+                parts.append("\r\n")
+                parts.append(name)
+                parts.append(": ")
+                parts.append(value)
+        parts.append(f"\r\nContent-Length: {len(self.body)}\r\n\r\n")
+        head = "".join(parts)
+        data = head.encode("utf-8", "surrogateescape")
+        # CR and LF may appear only as the separators put there: one after each line (the
+        # start line, each header) and the blank line.
+        crlfs = (len(parts) - 2) // 4 + 3
+        if not _only_line_breaks(data, crlfs) and _unsafe_text(head, crlfs):
             raise UnsafeHeaderError("control character in a header value")  # echo nothing of it
         return data + self.body
 
