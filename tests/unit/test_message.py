@@ -11,6 +11,7 @@ from presenced.sip.errors import ParseError
 from presenced.sip.headers import (
     STAR_CONTACT,
     Headers,
+    parse_cseq,
     parse_name_addr,
     parse_via,
     split_list,
@@ -84,6 +85,65 @@ def test_header_names_are_case_insensitive_and_unknown_ones_keep_their_spelling(
     assert "X-Custom-Thing" in names and "x-custom-thing" in names
     assert "Max-Forwards" in names  # known names take their canonical spelling
     assert req.max_forwards == 9
+
+
+def test_a_spelling_seen_once_parses_the_same_every_time() -> None:
+    """Names are looked up as written (a memo of spellings): odd case, space before the
+    colon and a compact form give the same entries on the first message and the next."""
+    for _ in range(2):
+        req = parse_request(msg(
+            "vIA : SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKs1",
+            "f:<sip:bob@example.com>;tag=f1",
+            "TO:   <sip:alice@example.com>  ",
+            "call-ID: s1@192.0.2.10",
+            "cseq: 1 OPTIONS",
+            "X-Odd-Name : kept",
+        ))
+        assert req.headers._items == [
+            ("via", "Via", "SIP/2.0/UDP 192.0.2.10:5070;branch=z9hG4bKs1"),
+            ("from", "From", "<sip:bob@example.com>;tag=f1"),
+            ("to", "To", "<sip:alice@example.com>"),
+            ("call-id", "Call-ID", "s1@192.0.2.10"),
+            ("cseq", "CSeq", "1 OPTIONS"),
+            ("x-odd-name", "X-Odd-Name", "kept"),
+        ]
+    with pytest.raises(ParseError, match="bad header name"):
+        parse_message(options("Bad Name: x"))
+    with pytest.raises(ParseError, match="bad header name"):  # not remembered as good
+        parse_message(options("Bad Name: x"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "reason"),
+    [
+        (("f: <sip:carol@example.com>;tag=2",), "more than one From header"),
+        (("l: 0", "Content-Length: 0"), "more than one Content-Length header"),
+        (("Max-Forwards: 70", "max-forwards: 69"), "more than one Max-Forwards header"),
+    ],
+)
+def test_a_single_valued_header_twice_is_a_400_compact_forms_included(
+    extra: tuple[str, ...], reason: str
+) -> None:
+    with pytest.raises(ParseError, match=reason) as info:
+        parse_message(options(*extra))
+    assert info.value.status == 400
+
+
+@pytest.mark.parametrize("missing", ["Via", "From", "To", "Call-ID", "CSeq"])
+def test_each_mandatory_header_missing_is_named(missing: str) -> None:
+    lines = [line for line in (*CORE, "CSeq: 1 OPTIONS") if not line.startswith(missing + ":")]
+    with pytest.raises(ParseError, match=f"missing {missing} header"):
+        parse_message(msg(*lines))
+
+
+def test_cseq_fast_and_general_forms_agree() -> None:
+    for text, seq, method in [("1 OPTIONS", 1, "OPTIONS"), ("  7\tOPTIONS ", 7, "OPTIONS"),
+                              ("2147483647 NOTIFY", 2**31 - 1, "NOTIFY"), ("3 FOO", 3, "FOO")]:
+        cseq = parse_cseq(text)
+        assert (cseq.seq, cseq.method) == (seq, method)
+    for bad in ["2147483648 NOTIFY", "12345678901 NOTIFY", "\u0661 NOTIFY", "1 ", "x NOTIFY"]:
+        with pytest.raises(ParseError):
+            parse_cseq(bad)
 
 
 def test_headers_set_replaces_every_line_in_place_of_the_first() -> None:
