@@ -39,14 +39,14 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
+
+from presenced.sip.uri import escape_user
 
 __all__ = ["Addressing", "Unmappable", "bare_jid", "split_jid"]
 
 # RFC 7622 §3.3.1: characters never allowed in a localpart (besides space and controls).
 _JID_FORBIDDEN = frozenset("\"&'/:<>@")
-# RFC 3261 §25.1: unreserved / user-unreserved characters stay literal in a SIP user part.
-_SIP_USER_SAFE = "-_.!~*'()&=+$,;?/"
 _MAX_PART = 1023
 # RFC 3261 §25.1 escaped = "%" HEXDIG HEXDIG; anything else after "%" is malformed.
 _BAD_ESCAPE = re.compile(r"%(?![0-9A-Fa-f]{2})")
@@ -195,7 +195,7 @@ def _check_user(user: str, host: str) -> tuple[str, str] | Unmappable:
 
 
 def _sip_user(local: str) -> str:
-    return quote(local, safe=_SIP_USER_SAFE)
+    return escape_user(local)  # RFC 3261 §25.1: user-unreserved characters stay literal
 
 
 class Addressing:

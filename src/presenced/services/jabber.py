@@ -68,7 +68,7 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
-from urllib.parse import quote, unquote
+from urllib.parse import unquote
 
 import msgspec
 
@@ -98,6 +98,7 @@ from presenced.pa.subscription import PRESENCE
 from presenced.services.notifier import NotifierService
 from presenced.sip.endpoint import RequestReceived, parse_peer
 from presenced.sip.message import Request, make_response
+from presenced.sip.uri import escape_user
 
 __all__ = ["PART", "SOURCE", "JabberGateway", "Refusal"]
 
@@ -111,7 +112,6 @@ _UNAVAILABLE = XmppPresence(available=False)
 
 MAX_CONTACTS = 100_000  # SIP users with XMPP subscribers, in this process
 MAX_BUCKETS = 10_000  # rate buckets kept before full ones are swept out
-_USER_SAFE = "-_.!~*'()&=+$,;?/"  # RFC 3261 §25.1 user characters kept literal
 _FIND_DIALOG = 256  # newest agent dialogs searched for the one a SUBSCRIBE created
 
 
@@ -897,7 +897,7 @@ class JabberGateway:
         user, at, host = aor.rpartition("@")
         if not at or host.lower() not in self.served:
             return None
-        return self.addressing.sip_user_as_jid(f"sip:{quote(user, safe=_USER_SAFE)}@{host}")
+        return self.addressing.sip_user_as_jid(f"sip:{escape_user(user)}@{host}")
 
     def _dialogs(self, remote: _Remote, wjid: str) -> list[str]:
         """The live dialogs of one SIP watcher (by its JID) to one XMPP user."""
