@@ -113,6 +113,20 @@ def test_a_spelling_seen_once_parses_the_same_every_time() -> None:
         parse_message(options("Bad Name: x"))
 
 
+def test_the_spelling_memo_is_bounded_in_names_and_length() -> None:
+    from presenced.sip import message
+
+    long_name = "X-" + "a" * 100
+    req = headers_of(f"{long_name}: 1")
+    assert req.headers.get(long_name) == "1"
+    assert long_name not in message._SPELLINGS  # parsed, but never remembered
+    before = len(message._SPELLINGS)
+    for i in range(message._SPELLINGS_MAX + 10):
+        parse_message(options(f"X-Fill-{i}: 1"))
+    assert before <= len(message._SPELLINGS) <= message._SPELLINGS_MAX
+    assert headers_of("X-Fill-After-Full: 2").headers.get("x-fill-after-full") == "2"
+
+
 @pytest.mark.parametrize(
     ("extra", "reason"),
     [

@@ -372,14 +372,16 @@ def _check_cseq(req: Request) -> CSeq:
 
 # A header name as written -> (lookup key, canonical spelling, bit in _CHECKED or 0). Seeded
 # with the lowercased and the canonical spellings (compact forms too); other spellings seen
-# on the wire are added as they come, up to _SPELLINGS_MAX, so a name is lowercased, looked
-# up and validated once rather than in every message.
+# on the wire are added as they come, up to _SPELLINGS_MAX names of at most _SPELLING_LEN
+# characters, so a name is lowercased, looked up and validated once rather than in every
+# message, and hostile names cannot grow the memo past a bounded size.
 _SPELLINGS: dict[str, tuple[str, str, int]] = {}
 for _low, _full in CANONICAL.items():
     _entry = (_full.lower(), _full, _CHECKED.get(_full.lower(), 0))
     _SPELLINGS[_low] = _entry
     _SPELLINGS.setdefault(_full, _entry)
 _SPELLINGS_MAX = 4096
+_SPELLING_LEN = 64  # longer names are not remembered: the memo stays under ~1 MiB
 
 
 def _spelling(name: str) -> tuple[str, str, int]:
@@ -392,7 +394,7 @@ def _spelling(name: str) -> tuple[str, str, int]:
         if not _HEADER_NAME.match(bare):
             raise ParseError(f"bad header name {bare[:80]!r}")
         hit = (low, bare, 0)
-    if len(_SPELLINGS) < _SPELLINGS_MAX:
+    if len(name) <= _SPELLING_LEN and len(_SPELLINGS) < _SPELLINGS_MAX:
         _SPELLINGS[name] = hit
     return hit
 
