@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 from presenced.sip.errors import ParseError, UnsafeHeaderError
-from presenced.sip.headers import Via, split_list
+from presenced.sip.headers import KNOWN_METHODS, Via, split_list
 from presenced.sip.limits import (
     AmplificationGuard,
     AmplificationLimits,
@@ -50,11 +50,6 @@ from presenced.sip.transaction import (
 )
 
 MAGIC_COOKIE = "z9hG4bK"  # RFC 3261 §8.1.1.7
-# Methods RFC 3261 and its extensions define that we do not serve: 405 with Allow (§8.2.1).
-KNOWN_METHODS = frozenset(
-    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
-     "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
-)
 
 
 # Records made for every message write their __init__ out (init=False): mypyc compiles it,

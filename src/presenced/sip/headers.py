@@ -461,14 +461,18 @@ class CSeq:
 _CSEQ = re.compile(r"\s*(\d{1,10})\s+([A-Za-z0-9\-.!%*_+`'~]+)\s*\Z", re.A)
 
 
-# The methods a CSeq names in nearly every message: "<digits> <one of these>" needs no regex.
-_CSEQ_METHODS = frozenset({"SUBSCRIBE", "NOTIFY", "PUBLISH", "REGISTER", "MESSAGE", "OPTIONS",
-                           "INVITE", "ACK", "BYE", "CANCEL", "INFO", "UPDATE", "REFER", "PRACK"})
+# Methods RFC 3261 and its extensions define: the endpoint answers those it does not serve
+# with 405 and Allow (§8.2.1) and counts any other as "OTHER"; a CSeq "<digits> <one of
+# these>" needs no regex.
+KNOWN_METHODS = frozenset(
+    {"INVITE", "ACK", "BYE", "CANCEL", "OPTIONS", "REGISTER", "PRACK", "SUBSCRIBE",
+     "NOTIFY", "PUBLISH", "INFO", "REFER", "MESSAGE", "UPDATE"}
+)
 
 
 def parse_cseq(value: str) -> CSeq:
     num, space, method = value.partition(" ")
-    if space and method in _CSEQ_METHODS and 0 < len(num) <= 10 and num.isascii() and num.isdigit():
+    if space and method in KNOWN_METHODS and 0 < len(num) <= 10 and num.isascii() and num.isdigit():
         seq = int(num)
         if seq < 2**31:
             return CSeq(seq, method)
