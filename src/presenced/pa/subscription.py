@@ -303,13 +303,20 @@ ResourceKey = tuple[str, str]  # (event package, AOR)
 class _Resource:
     """One (package, AOR): its sources' parts, the composed state, its watchers."""
 
-    __slots__ = ("bodies", "package", "parts", "sources", "state", "summaries", "views",
-                 "watchers")
+    __slots__ = ("bodies", "name", "package", "parts", "sources", "stale", "state",
+                 "summaries", "views", "watchers")
 
     def __init__(self, package: EventPackage, name: str) -> None:
         self.package = package
+        self.name = name
         self.parts: dict[str, object] = {}
-        self.state: object = package.empty(name)
+        # The composed state, worked out when it is first needed (`current()`): while nobody
+        # watches, a change of a part only marks it stale, so a presentity that publishes or
+        # registers with no watchers pays no composition per change. `state` is valid when
+        # not `stale`, and a resource with watchers is never stale (`watch` composes), so
+        # `set_part` compares a new state with the one its watchers saw.
+        self.state: object = None
+        self.stale = True
         # content type -> body of the current state, or (prefix, suffix) of a versioned one
         self.bodies: dict[str, bytes | tuple[bytes, bytes]] = {}
         self.summaries: dict[str, bytes | tuple[bytes, bytes] | None] = {}
@@ -320,8 +327,24 @@ class _Resource:
         # the first and last of each start and stop a watch (O(1), not a scan of `watchers`)
         self.sources: dict[str, int] = {}
 
+    def current(self) -> object:
+        """The composed state, composing it first when stale."""
+        if self.stale:
+            parts = self.parts
+            self.state = (self.package.compose(self.name, parts) if parts
+                          else self.package.empty(self.name))
+            self.stale = False
+        return self.state
+
+    def recompose_later(self) -> None:
+        """The parts changed while nobody watches: compose when the state is next needed."""
+        self.stale = True
+        self.reset_bodies()
+
     def watch(self, sub_id: str, source: str) -> bool:
         """Add a watcher; True when it is its source's first."""
+        if self.stale:
+            self.current()  # watchers are told changes against the state they saw
         self.watchers.add(sub_id)
         n = self.sources.get(source, 0)
         self.sources[source] = n + 1
@@ -434,14 +457,12 @@ class Notifier:
             provider = self._providers.get(event)
             if provider is not None:
                 res.parts.update(provider(name))
-                if res.parts:
-                    res.state = res.package.compose(name, res.parts)
         return res
 
     def document(self, presentity: str, event: str = PRESENCE) -> object:
         """The composed state of a resource (presence: a `PresenceDoc`)."""
         res = self.resources.get((event, presentity))
-        return res.state if res is not None else self.packages[event].empty(presentity)
+        return res.current() if res is not None else self.packages[event].empty(presentity)
 
     def set_part(self, presentity: str, key: str, part: object | None, now: float,
                  event: str = PRESENCE, quiet: bool = False) -> list[Effect]:
@@ -450,6 +471,10 @@ class Notifier:
         or notifying: the state watchers saw stays until the next change (the registrar uses
         it after reporting a registration's end)."""
         res = self._resource(event, presentity)
+        if quiet and res.stale:
+            # The state stays as of the last change that was not quiet: compose it now,
+            # before the part goes, as an eager composition would have.
+            res.current()
         if part is None:
             if res.parts.pop(key, None) is None:
                 self._forget_if_idle(event, presentity, res)
@@ -461,8 +486,12 @@ class Notifier:
         if quiet:
             self._forget_if_idle(event, presentity, res)
             return []
+        if not res.watchers:
+            if not self._forget_if_idle(event, presentity, res):
+                res.recompose_later()
+            return []
         state = res.package.compose(presentity, res.parts)
-        if self._forget_if_idle(event, presentity, res) or state == res.state:
+        if state == res.state:
             return []
         res.state = state
         res.reset_bodies()
@@ -491,8 +520,11 @@ class Notifier:
             return
         res = self._resource(event, presentity)
         res.parts[key] = part
-        res.state = res.package.compose(presentity, res.parts)
-        res.reset_bodies()
+        if res.watchers:
+            res.state = res.package.compose(presentity, res.parts)
+            res.reset_bodies()
+        else:
+            res.recompose_later()
 
     def body(self, presentity: str, content_type: str, now: float, event: str = PRESENCE,
              version: int = 0, view: View | None = None) -> bytes:
@@ -515,14 +547,14 @@ class Notifier:
                 cache = res.views[view] = {}
             encoded = cache.get(content_type)
             if encoded is None:
-                viewed = apply_view(res.state, view, presentity)  # type: ignore[arg-type]
+                viewed = apply_view(res.current(), view, presentity)  # type: ignore[arg-type]
                 encoded = cache[content_type] = self._encode(
                     res.package, presentity, viewed, content_type, now)
             return _body(encoded, version)
         encoded = res.bodies.get(content_type)
         if encoded is None:
             encoded = res.bodies[content_type] = self._encode(
-                res.package, presentity, res.state, content_type, now)
+                res.package, presentity, res.current(), content_type, now)
         return _body(encoded, version)
 
     @staticmethod
@@ -545,7 +577,7 @@ class Notifier:
             return None
         if view is not None:  # the rare case twice over: not cached
             viewed_summary = res.package.summary(
-                presentity, apply_view(res.state, view, presentity))  # type: ignore[arg-type]
+                presentity, apply_view(res.current(), view, presentity))  # type: ignore[arg-type]
             if viewed_summary is None:
                 return None
             body = _body(self._encode(res.package, presentity, viewed_summary, content_type,
@@ -554,7 +586,7 @@ class Notifier:
         if content_type in res.summaries:
             small = res.summaries[content_type]
         else:
-            summary = res.package.summary(presentity, res.state)
+            summary = res.package.summary(presentity, res.current())
             small = res.summaries[content_type] = (
                 None if summary is None
                 else self._encode(res.package, presentity, summary, content_type, now))
@@ -1164,7 +1196,7 @@ class Notifier:
             res = self.resources.get((WINFO, presentity))
             if res is None or not res.watchers:
                 continue
-            old = res.state
+            old = res.current()
             assert isinstance(old, WatcherList)
             watchers = self._watcher_list(presentity)
             if watchers != old.watchers:
@@ -1178,7 +1210,7 @@ class Notifier:
                 # on reading, RFC 3858 §4), so a later full document does not show them again;
                 # same serial: the subscribers' tables did not change. A waiting one stays
                 # until the next change reports it terminated.
-                state = res.state
+                state = res.current()
                 assert isinstance(state, WatcherList)
                 kept = tuple(w for w in state.watchers if w.status != "terminated")
                 if kept != state.watchers:
@@ -1195,7 +1227,7 @@ class Notifier:
         if res is None:
             dlg.seen = -1
             return self.body(presentity, content_type, now, WINFO, version)
-        state = res.state
+        state = res.current()
         assert isinstance(state, WatcherList)
         seen, dlg.seen = dlg.seen, state.serial
         if seen < 0 or seen != state.serial - 1 or state.changes is None:
