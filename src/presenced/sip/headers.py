@@ -279,7 +279,15 @@ _IPV6_BARE = re.compile(r"[0-9A-Fa-f.]*:[0-9A-Fa-f:.]*\Z")
 
 
 def format_params(params: dict[str, str | None]) -> str:
-    return "".join(f";{k}" if v is None else f";{k}={v}" for k, v in params.items())
+    # A loop, not a generator expression: compiled, it costs half as much.
+    out: list[str] = []
+    for k, v in params.items():
+        out.append(";")
+        out.append(k)
+        if v is not None:
+            out.append("=")
+            out.append(v)
+    return "".join(out)
 
 
 # Records made for every message write their __init__ out (init=False): mypyc compiles it,
