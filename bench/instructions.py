@@ -9,11 +9,14 @@ host's pace, not ours), more than most single changes save. So this script count
 valgrind's cachegrind (`--cache-sim=no`: instruction counts only, ~20x slower) twice, with
 two cycle counts, and the difference of the two totals over the difference of the cycles is
 the user-space instructions one cycle costs: start-up and the load generator's set-up cancel
-out. On memory storage repeated runs agree to ~0.2 %; on SQLite the per-cycle figure moves by up to
-~3 % (1.644-1.677 M for one subscribe build, 2026-12-02; the other threads' work is counted
-too): take the median of three, or compare code paths with `--storage memory:`. The load generator shares the parser, so a parser change
-counts for both sides; the kernel's share (system calls) is not counted at all: compare builds
-and commits with this, and quote CPU time from `cpu_per_cycle.py` / `side_by_side.py`.
+out. On memory storage repeated runs agree to ~0.2 %; on SQLite the per-cycle figure moves by
+up to ~3 % (1.644-1.677 M for one subscribe build, 2026-12-02; the other threads' work is
+counted too): take the median of three, or compare code paths with `--storage memory:`. The
+load generator's own work is counted too, but it is small and the same for every build: it
+fills in the scenarios' datagrams and reads the server's answers with two byte regexes, never
+presenced's parser, so a parser change counts for the server alone. The kernel's share
+(system calls) is not counted at all: compare builds and commits with this, and quote CPU
+time from `cpu_per_cycle.py` / `side_by_side.py`.
 
 Runs whichever build `PYTHONPATH` puts first, like the other scripts. Needs valgrind
 (`apt-get install valgrind`); about 15 s per scenario and cycle count.
