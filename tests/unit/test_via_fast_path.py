@@ -1,7 +1,7 @@
-"""parse_via's fast path (sip/headers.py: string operations, no regex) gives exactly what the
-general parser gives: the same Via, or a ParseError with the same text, for generated Vias
-close to the common shape and for arbitrary strings. And the host cache (sip/uri.py `valid_host`) answers
-what the pattern answers."""
+"""parse_via's fast path (sip/headers.py: string operations, one character class for the
+parameters) gives exactly what the general parser gives: the same Via, or a ParseError with
+the same text, for generated Vias close to the common shape and for arbitrary strings. And the
+host cache (sip/uri.py `valid_host`) answers what the pattern answers."""
 
 from __future__ import annotations
 
