@@ -376,7 +376,8 @@ def hostile_vectors() -> Iterator[pathlib.Path]:
 def test_hostile_bodies_get_400_quickly(pubs: Publications, path: pathlib.Path) -> None:
     start = time.perf_counter()
     out = pubs.handle(publish(path.read_bytes()), ALICE, T0)
-    assert time.perf_counter() - start < 0.5
+    # Generous for a busy machine: a bound against pathological parsing, not a benchmark.
+    assert time.perf_counter() - start < 2
     assert_status(out.response, 400)
     reason = out.response.reason
     assert reason.startswith("Bad presence document: ")
@@ -391,10 +392,10 @@ def test_oversized_body_gets_400_before_parsing(pubs: Publications) -> None:
     req = publish(b"")  # a framed TCP message may exceed the UDP-sized parse limit: set the body
     req.body = big
     req.headers.set("Content-Type", "application/pidf+xml")
-    start = time.perf_counter()
     out = pubs.handle(req, ALICE, T0)
-    assert time.perf_counter() - start < 0.1
     assert_status(out.response, 400)
+    # Only parse_xml's size check, which runs before lxml sees a byte, gives this reason (a
+    # time bound here failed once on a busy machine, and could not tell the two apart anyway).
     assert "65536-byte limit" in out.response.reason
     assert len(pubs) == 0
 
