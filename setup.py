@@ -1,16 +1,21 @@
 """Build hook: everything else is in pyproject.toml.
 
-Only with PRESENCED_MYPYC=1 does this compile the typed core (sip/, pa/ and the services and
-transport code every request runs through) with mypyc:
+A wheel (`pip install .`) compiles the typed core -- sip/, pa/ and the services and transport
+code every request runs through -- with mypyc wherever it can be built: mypyc comes with the
+build requirements (pyproject.toml), and a probe compiles a C file that includes Python.h
+first. Where that probe fails (no C compiler, no Python headers: `apt-get install gcc
+python3-dev`), the package is pure Python, as it is for an editable install (`pip install
+-e .`: compiled modules beside the sources would shadow every edit of a .py file).
 
-    .venv/bin/pip install mypy==2.4.1 wheel==0.48.0
-    PRESENCED_MYPYC=1 .venv/bin/pip install --no-build-isolation .
-
-Never for an editable install: compiled modules beside the sources would shadow every edit
-of a .py file. Without the variable the package is pure Python, as everywhere else.
+    PRESENCED_MYPYC=1   compile, and fail the build if that cannot be done
+    PRESENCED_MYPYC=0   pure Python, never compile
+    (unset)             compile where the probe passes, else pure Python with a warning
 """
 
 import os
+import sys
+import sysconfig
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -62,8 +67,57 @@ class ParallelBuildExt(build_ext):
         super().build_extensions()
 
 
+# The setup.py commands that put modules into a wheel or an installation. Metadata (egg_info,
+# dist_info) and editable installs (editable_wheel, develop) never compile.
+_BUILDS = {"bdist_wheel", "build", "build_ext", "install"}
+_EDITABLE = {"editable_wheel", "develop"}
+
+
+def _probe_compiler() -> str | None:
+    """None when a C file that includes Python.h compiles here, else why not."""
+    try:
+        from setuptools._distutils.ccompiler import new_compiler
+        from setuptools._distutils.sysconfig import customize_compiler
+    except ImportError:  # pragma: no cover - setuptools without its vendored distutils
+        from distutils.ccompiler import new_compiler  # type: ignore[no-redef]
+        from distutils.sysconfig import customize_compiler  # type: ignore[no-redef]
+    include = sysconfig.get_paths()["include"]
+    if not Path(include, "Python.h").is_file():
+        return f"no Python headers in {include} (apt-get install python3-dev)"
+    compiler = new_compiler()
+    customize_compiler(compiler)
+    with tempfile.TemporaryDirectory(prefix="presenced-probe-") as d:
+        src = Path(d, "probe.c")
+        src.write_text("#include <Python.h>\nint presenced_probe(void) { return 0; }\n")
+        try:
+            compiler.compile([str(src)], output_dir=d, include_dirs=[include])
+        except Exception as exc:  # CompileError, or the compiler is not there at all
+            return f"the C compiler failed on a probe ({type(exc).__name__}: {exc})"
+    return None
+
+
+def _want_mypyc() -> bool:
+    mode = os.environ.get("PRESENCED_MYPYC", "")
+    commands = set(sys.argv[1:])
+    if mode == "0" or commands & _EDITABLE or not commands & _BUILDS:
+        return False
+    why_not = None
+    try:
+        import mypyc.build  # noqa: F401
+    except ImportError:
+        why_not = "mypyc is not installed (it comes with mypy)"
+    if why_not is None:
+        why_not = _probe_compiler()
+    if why_not is None:
+        return True
+    if mode == "1":
+        raise SystemExit(f"PRESENCED_MYPYC=1, but the compiled core cannot be built: {why_not}")
+    print(f"presenced: building the pure-Python package: {why_not}", file=sys.stderr)
+    return False
+
+
 ext_modules = []
-if os.environ.get("PRESENCED_MYPYC") == "1":
+if _want_mypyc():
     from mypyc.build import mypycify
 
     # multi_file: one C file per module, compiled in parallel (above). Measured: the same

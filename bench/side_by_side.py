@@ -26,9 +26,11 @@ The servers:
   per-source limiter (`[limits] exempt`); without it the benchmark would measure the limiter
   doing its job.
 
-With `--compiled DIR` (a mypyc build installed with `pip install --target DIR`, see
-docs/performance.md) a third server runs the same ladders: presenced importing from DIR, so
-the pure and the compiled core are measured in the same run as Kamailio.
+The presenced column is the checkout's own sources: the pure-Python core, what an editable
+install runs. With `--compiled DIR` (`pip install --no-deps --target DIR .`: the wheel a user's
+`pip install .` builds, compiled where a C compiler is present) a third server runs the same
+ladders, presenced importing from DIR, so the pure and the compiled core are measured in the
+same run as Kamailio.
 
 Absolute figures on a shared 2-core machine are noisy; the ratios of one run are what
 docs/performance.md quotes. Both servers and sipp share the two cores.

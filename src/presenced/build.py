@@ -1,9 +1,9 @@
 """Which build of the sans-IO core is running: "mypyc" (compiled) or "python" (pure).
 
-`pip install .` and `pip install -e .` give the pure-Python package. With
-`PRESENCED_MYPYC=1 pip install --no-build-isolation .` (mypy installed, a C compiler present)
-setup.py compiles `sip/` and `pa/` with mypyc; the `.py` files ship beside the extension
-modules, which Python imports first. See docs/performance.md for what the compiled core buys.
+`pip install .` compiles `sip/`, `pa/` and the per-request services with mypyc where a C
+compiler and the Python headers are present (setup.py), else it gives the pure-Python package,
+as `pip install -e .` always does. The `.py` files ship beside the extension modules, which
+Python imports first. See docs/performance.md for what the compiled core buys.
 """
 
 from __future__ import annotations

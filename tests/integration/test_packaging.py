@@ -259,3 +259,49 @@ def test_containerfile_commands_install_run_and_health_check_the_server(tmp_path
     unhealthy = subprocess.run(healthcheck, env=env, capture_output=True, text=True, timeout=30)
     assert unhealthy.returncode == 1, unhealthy
     assert "Traceback" not in (tmp_path / "container.log").read_text()
+
+
+# --- the wheel's core: compiled where it can be, else pure (setup.py) ---------------------------
+
+
+def _build_wheel(tmp_path: Path, env_changes: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """`pip wheel .` of a copy of the checkout, with this venv's setuptools, wheel and mypy
+    (no build isolation: the decision under test is setup.py's, not pip's downloads)."""
+    tree = tmp_path / "tree"
+    for name in ("pyproject.toml", "setup.py", "README.md"):
+        tree.mkdir(exist_ok=True)
+        shutil.copy(ROOT / name, tree / name)
+    shutil.copytree(ROOT / "src", tree / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PRESENCED_MYPYC")}
+    env.update(env_changes)
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "-v", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "dist"), str(tree)],
+        env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_without_a_working_c_compiler_the_wheel_is_pure_python(tmp_path: Path) -> None:
+    # CC=false: the compiler exists but fails, as on a machine without the Python headers.
+    built = _build_wheel(tmp_path, {"CC": "false"})
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    wheels = [p.name for p in (tmp_path / "dist").iterdir()]
+    assert len(wheels) == 1 and wheels[0].endswith("-py3-none-any.whl"), wheels
+    assert "building the pure-Python package: the C compiler failed on a probe" in (
+        built.stdout + built.stderr)
+
+
+def test_presenced_mypyc_1_fails_the_build_when_it_cannot_compile(tmp_path: Path) -> None:
+    built = _build_wheel(tmp_path, {"CC": "false", "PRESENCED_MYPYC": "1"})
+    assert built.returncode != 0
+    assert "PRESENCED_MYPYC=1, but the compiled core cannot be built" in (
+        built.stdout + built.stderr)
+    assert not (tmp_path / "dist").exists() or not list((tmp_path / "dist").iterdir())
+
+
+def test_presenced_mypyc_0_builds_pure_python_without_running_mypyc(tmp_path: Path) -> None:
+    built = _build_wheel(tmp_path, {"PRESENCED_MYPYC": "0"})
+    assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
+    wheels = [p.name for p in (tmp_path / "dist").iterdir()]
+    assert len(wheels) == 1 and wheels[0].endswith("-py3-none-any.whl"), wheels
+    assert "mypyc" not in built.stdout.lower().replace("presenced_mypyc", "")
