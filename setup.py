@@ -75,12 +75,8 @@ _EDITABLE = {"editable_wheel", "develop"}
 
 def _probe_compiler() -> str | None:
     """None when a C file that includes Python.h compiles here, else why not."""
-    try:
-        from setuptools._distutils.ccompiler import new_compiler
-        from setuptools._distutils.sysconfig import customize_compiler
-    except ImportError:  # pragma: no cover - setuptools without its vendored distutils
-        from distutils.ccompiler import new_compiler  # type: ignore[no-redef]
-        from distutils.sysconfig import customize_compiler  # type: ignore[no-redef]
+    from setuptools._distutils.ccompiler import new_compiler  # vendored since setuptools 60
+    from setuptools._distutils.sysconfig import customize_compiler
     include = sysconfig.get_paths()["include"]
     if not Path(include, "Python.h").is_file():
         return f"no Python headers in {include} (apt-get install python3-dev)"

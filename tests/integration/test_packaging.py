@@ -268,8 +268,8 @@ def _build_wheel(tmp_path: Path, env_changes: dict[str, str]) -> subprocess.Comp
     """`pip wheel .` of a copy of the checkout, with this venv's setuptools, wheel and mypy
     (no build isolation: the decision under test is setup.py's, not pip's downloads)."""
     tree = tmp_path / "tree"
+    tree.mkdir()
     for name in ("pyproject.toml", "setup.py", "README.md"):
-        tree.mkdir(exist_ok=True)
         shutil.copy(ROOT / name, tree / name)
     shutil.copytree(ROOT / "src", tree / "src",
                     ignore=shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so"))
@@ -282,7 +282,7 @@ def _build_wheel(tmp_path: Path, env_changes: dict[str, str]) -> subprocess.Comp
 
 
 def test_without_a_working_c_compiler_the_wheel_is_pure_python(tmp_path: Path) -> None:
-    # CC=false: the compiler exists but fails, as on a machine without the Python headers.
+    # CC=false: a compiler that fails on everything, as where no C toolchain works.
     built = _build_wheel(tmp_path, {"CC": "false"})
     assert built.returncode == 0, built.stdout[-3000:] + built.stderr[-3000:]
     wheels = [p.name for p in (tmp_path / "dist").iterdir()]
