@@ -9,10 +9,12 @@ publications did).
 from __future__ import annotations
 
 import asyncio
+import faulthandler
 import functools
 import gc
 import ipaddress
 import logging
+import os
 import secrets
 import signal
 import socket
@@ -41,7 +43,7 @@ from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
-from presenced.services.alarm import drain_all
+from presenced.services.alarm import drain_all, where
 from presenced.services.cluster import ClusterReplica
 from presenced.services.dispatch import Dispatcher, SourceHandler
 from presenced.services.jabber import JabberGateway
@@ -115,6 +117,11 @@ def trusted_predicate(entries: Iterable[str]) -> Callable[[str], bool]:
 
 # How long stop() waits for in-flight handlers and NOTIFY runs before the storage closes.
 SHUTDOWN_DRAIN_TIMEOUT = 5.0
+# The whole of stop(): the drain, then the cluster's lease, the transports and the storage.
+# What overstays is logged (each task and where it waits) and the process exits with 1: every
+# write was committed before its answer went out, so nothing acknowledged is lost, and an
+# operator's SIGTERM always ends the process (a supervisor's own timeout would SIGKILL it).
+SHUTDOWN_TIMEOUT = 10.0
 
 
 class Server:
@@ -610,7 +617,22 @@ async def serve(config: Config, config_path: str | None = None,
     await stop.wait()
     log.info("shutting down")
     sdnotify.notify("STOPPING=1")
-    await server.stop()
+    # If the event loop itself is stuck (a call that blocks it), the asyncio bound below never
+    # fires: faulthandler's own thread then dumps every thread's stack and exits with 1.
+    faulthandler.dump_traceback_later(SHUTDOWN_TIMEOUT + 2, exit=True)
+    # A task of its own, so that where it waits can be shown if it overstays.
+    stopping = loop.create_task(server.stop(), name="shutdown")
+    done, _ = await asyncio.wait({stopping}, timeout=SHUTDOWN_TIMEOUT)
+    if done:
+        faulthandler.cancel_dump_traceback_later()
+    else:
+        current = asyncio.current_task()
+        stuck = [where(t) for t in asyncio.all_tasks() if t is not current]
+        log.error("shutdown did not finish within %g s; exiting anyway. Still running: %s",
+                  SHUTDOWN_TIMEOUT, "; ".join(stuck))
+        logging.shutdown()
+        os._exit(1)  # not through asyncio.Runner: it would wait for the same tasks again
+    await stopping
     return 0
 
 

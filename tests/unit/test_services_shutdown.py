@@ -14,6 +14,7 @@ import gc
 import logging
 import socket
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -131,3 +132,81 @@ def test_a_background_follows_a_new_loop_once_the_old_one_closed() -> None:
     asyncio.run(round_("first"))
     asyncio.run(round_("second"))
     assert ran == ["first", "second"]
+
+
+async def test_where_names_a_task_and_every_coroutine_it_awaits() -> None:
+    from presenced.services.alarm import where
+
+    gate = asyncio.Event()
+
+    async def inner() -> None:
+        await gate.wait()
+
+    async def outer() -> None:
+        await inner()
+
+    task = asyncio.get_running_loop().create_task(outer(), name="stuck-one")
+    await asyncio.sleep(0)
+    shown = where(task)
+    assert shown.startswith("stuck-one: test_services_shutdown.py:")
+    assert " outer > " in shown and " inner > " in shown and shown.endswith(" wait")
+    gate.set()
+    await task
+
+
+_HANGING_STOP = """
+import asyncio, os, signal, sys
+import presenced.server as server_module
+from presenced.config import parse_config
+from pathlib import Path
+
+import time
+
+async def stuck_on_something(self):
+    await asyncio.Event().wait()  # a step of stop() that never returns
+
+async def blocking_the_loop(self):
+    time.sleep(60)  # a call that blocks the event loop itself
+
+server_module.Server.stop = {stop}
+
+server_module.SHUTDOWN_TIMEOUT = 0.5
+config = parse_config('[server]\\nlisten = ["udp:127.0.0.1:0"]\\ndomains = ["example.com"]\\n'
+                      '[storage]\\nurl = "memory:"\\n', Path("/nonexistent-presenced-test"))
+
+async def main():
+    asyncio.get_running_loop().call_later(0.3, os.kill, os.getpid(), signal.SIGTERM)
+    return await server_module.serve(config)
+
+import logging
+logging.basicConfig(level=logging.INFO, stream=sys.stderr)
+sys.exit(asyncio.run(main()))
+"""
+
+
+def test_a_shutdown_that_overstays_its_bound_logs_where_it_waits_and_exits_1() -> None:
+    """SIGTERM always ends the process: a stop that hangs is reported, task by task, and the
+    process exits with 1 after SHUTDOWN_TIMEOUT instead of waiting forever."""
+    import subprocess
+
+    proc = subprocess.run([sys.executable, "-c", _HANGING_STOP.replace("{stop}", "stuck_on_something")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert "shutting down" in proc.stderr
+    line = next(x for x in proc.stderr.splitlines() if "shutdown did not finish" in x)
+    assert "within 0.5 s; exiting anyway" in line, line
+    assert "shutdown: " in line and "stuck_on_something" in line, line
+
+
+def test_a_shutdown_that_blocks_the_event_loop_still_ends_with_every_stack_shown() -> None:
+    """The asyncio bound cannot fire while a call blocks the loop: faulthandler's thread dumps
+    the stacks and exits 2 s after it."""
+    import subprocess
+
+    started = time.monotonic()
+    proc = subprocess.run([sys.executable, "-c", _HANGING_STOP.replace("{stop}", "blocking_the_loop")],
+                          capture_output=True, text=True, timeout=30)
+    assert proc.returncode == 1, proc.stderr
+    assert time.monotonic() - started < 20  # not the 60 s the call would block
+    assert "Timeout (0:00:02.500000)!" in proc.stderr, proc.stderr
+    assert "in blocking_the_loop" in proc.stderr, proc.stderr

@@ -123,8 +123,10 @@ class ClusterNode:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await t
         self._tasks = []
+        # Bounded: with Redis unreachable the lease lapses by itself within `lease_time`.
         with contextlib.suppress(Exception):
-            await self.store.client.delete(self.store.lease_key(self.node_id))
+            async with asyncio.timeout(min(self.lease_time, 2.0)):
+                await self.store.client.delete(self.store.lease_key(self.node_id))
 
     # --- lease and death ------------------------------------------------------------------
 

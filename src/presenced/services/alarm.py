@@ -76,6 +76,23 @@ class Background:
         return len(left)
 
 
+def where(task: asyncio.Task[Any]) -> str:
+    """Where a pending task waits: its name and the chain of coroutines it is awaiting, each as
+    file:line function (what a shutdown that overstays logs; `Task.get_stack` shows only the
+    outermost frame of a suspended coroutine)."""
+    steps: list[str] = []
+    coro: Any = task.get_coro()
+    while coro is not None and len(steps) < 30:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        code = frame.f_code
+        steps.append(f"{code.co_filename.rpartition('/')[2]}:{frame.f_lineno} {code.co_name}")
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    waits = " > ".join(steps) if steps else repr(task.get_coro())
+    return f"{task.get_name()}: {waits}"
+
+
 async def drain_all(backgrounds: Iterable[Background], timeout: float) -> int:
     """Drain several `Background`s against one shared deadline, in order (a task of an
     earlier one may spawn into a later one: the notifier's NOTIFY runs after a handler)."""
