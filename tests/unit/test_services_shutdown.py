@@ -149,7 +149,7 @@ async def test_where_names_a_task_and_every_coroutine_it_awaits() -> None:
     await asyncio.sleep(0)
     shown = where(task)
     assert shown.startswith("stuck-one: test_services_shutdown.py:")
-    assert " outer > " in shown and " inner > " in shown and shown.endswith(" wait")
+    assert " outer > " in shown and " inner > " in shown and shown.endswith(" wait > FutureIter")
     gate.set()
     await task
 

@@ -84,13 +84,13 @@ def where(task: asyncio.Task[Any]) -> str:
     coro: Any = task.get_coro()
     while coro is not None and len(steps) < 30:
         frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
-        if frame is None:
+        if frame is None:  # a future (FutureIter), or a mypyc-compiled coroutine (no frame)
+            steps.append(type(coro).__name__)
             break
         code = frame.f_code
         steps.append(f"{code.co_filename.rpartition('/')[2]}:{frame.f_lineno} {code.co_name}")
         coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
-    waits = " > ".join(steps) if steps else repr(task.get_coro())
-    return f"{task.get_name()}: {waits}"
+    return f"{task.get_name()}: {' > '.join(steps)}"
 
 
 async def drain_all(backgrounds: Iterable[Background], timeout: float) -> int:
