@@ -210,3 +210,50 @@ def test_a_shutdown_that_blocks_the_event_loop_still_ends_with_every_stack_shown
     assert time.monotonic() - started < 20  # not the 60 s the call would block
     assert "Timeout (0:00:02.500000)!" in proc.stderr, proc.stderr
     assert "in blocking_the_loop" in proc.stderr, proc.stderr
+
+
+async def test_cancel_and_wait_stops_a_loop_whose_cancel_wait_for_swallowed() -> None:
+    """On Python 3.11 `asyncio.wait_for` returns the inner result when a cancel arrives as the
+    inner call completes (redis-py awaits through it): one cancel is lost and a lease loop
+    ran on, so a cluster node's stop waited forever. Cancelling again until it ends stops it."""
+    from presenced.services.alarm import cancel_and_wait
+
+    loop = asyncio.get_running_loop()
+    futures: list[asyncio.Future[None]] = []
+
+    async def lease_loop() -> None:
+        while True:
+            futures.append(loop.create_future())
+            await asyncio.wait_for(futures[-1], 30)
+
+    task = loop.create_task(lease_loop())
+    await asyncio.sleep(0)
+    futures[-1].set_result(None)
+    task.cancel()  # in the same turn as the inner call's completion
+    await asyncio.sleep(0.01)
+    if sys.version_info < (3, 12):
+        assert not task.done() and len(futures) == 2  # the cancel was lost: it loops on
+    started = loop.time()
+    assert await cancel_and_wait([task]) == 0
+    assert task.cancelled() and loop.time() - started < 1
+
+
+async def test_cancel_and_wait_gives_up_on_a_task_that_refuses_at_its_bound() -> None:
+    from presenced.services.alarm import cancel_and_wait
+
+    release = asyncio.Event()
+
+    async def stubborn() -> None:
+        while not release.is_set():
+            try:
+                await asyncio.sleep(10)
+            except asyncio.CancelledError:
+                continue
+
+    task = asyncio.get_running_loop().create_task(stubborn())
+    await asyncio.sleep(0)
+    assert await cancel_and_wait([task], timeout=0.3) == 1 and not task.done()
+    release.set()
+    task.cancel()
+    await asyncio.wait({task}, timeout=1)
+    assert task.done()

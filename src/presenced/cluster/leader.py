@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from presenced.cluster.store import ClusterStore
 from presenced.pa.records import Subscription, decode_subscription
+from presenced.services.alarm import cancel_and_wait
 
 log = logging.getLogger("presenced.cluster")
 
@@ -67,16 +68,16 @@ class ComponentLease:
         self.epoch = 0
         self._renewed_at = 0.0
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def start(self) -> None:
         self._task = asyncio.get_running_loop().create_task(self._loop(), name="jabber-lease")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
+        self._stopping = True  # the loop ends at its next turn even if the cancel is lost
         if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+            await cancel_and_wait([task])
         if self.leader:
             await self._lose("stopping")
             with contextlib.suppress(Exception):
@@ -84,7 +85,7 @@ class ComponentLease:
 
     async def _loop(self) -> None:
         interval = self.lease_time / 3
-        while True:
+        while not self._stopping:
             try:
                 await self._tick()
             except asyncio.CancelledError:

@@ -35,6 +35,7 @@ from presenced.pa.records import (
     decode_publication,
     encode_msgpack,
 )
+from presenced.services.alarm import cancel_and_wait
 
 log = logging.getLogger("presenced.cluster")
 
@@ -77,6 +78,7 @@ class ClusterNode:
         self._renewed = False
         self._suspects: set[str] = set()
         self._tasks: list[asyncio.Task[None]] = []
+        self._leaving = False
         self._subscribed = asyncio.Event()
         self._ready = asyncio.Event()
         self.adopted = 0  # dialogs taken from dead nodes (counters for the logs and tests)
@@ -117,12 +119,10 @@ class ClusterNode:
 
     async def leave(self) -> None:
         """Stop the loops and drop the lease: survivors adopt our dialogs at their next ticks."""
-        for t in self._tasks:
-            t.cancel()
-        for t in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await t
-        self._tasks = []
+        self._leaving = True  # the loops end at their next turn even if a cancel is lost
+        tasks, self._tasks = self._tasks, []
+        if await cancel_and_wait(tasks):
+            log.warning("node %s: a cluster loop did not stop in time", self.node_id)
         # Bounded: with Redis unreachable the lease lapses by itself within `lease_time`.
         with contextlib.suppress(Exception):
             async with asyncio.timeout(min(self.lease_time, 2.0)):
@@ -160,7 +160,7 @@ class ClusterNode:
 
     async def _lease_loop(self) -> None:
         interval = self.lease_time / 3
-        while True:
+        while not self._leaving:
             await asyncio.sleep(interval)
             try:
                 await self._tick()
@@ -215,7 +215,7 @@ class ClusterNode:
     async def _feed_loop(self) -> None:
         first = True
         backoff = 0.2
-        while True:
+        while not self._leaving:
             feed = self.store.feed_link()
             try:
                 await feed.subscribe(self.store.feed)
@@ -229,7 +229,7 @@ class ClusterNode:
                     await self._reconcile()
                 first = False
                 backoff = 0.2
-                while True:
+                while not self._leaving:
                     await self._apply(await feed.next())
             except asyncio.CancelledError:
                 raise

@@ -67,13 +67,31 @@ class Background:
             await asyncio.wait(set(self._tasks), timeout=remaining)
         self._closed = True
         left = set(self._tasks)
-        for task in left:
-            task.cancel()
         if left:
             log.warning("%s: %d task(s) still running at shutdown, cancelled", self.name,
                         len(left))
-            await asyncio.gather(*left, return_exceptions=True)
+            await cancel_and_wait(left)
         return len(left)
+
+
+async def cancel_and_wait(tasks: Iterable[asyncio.Task[Any]], timeout: float = 5.0) -> int:
+    """Cancel the tasks and wait until they end, cancelling again every 0.1 s while one still
+    runs: on Python 3.11 a cancel can be lost (`asyncio.wait_for` returns the inner result when
+    the cancel arrives as the inner call completes, CPython gh-86296; redis-py uses it), and a
+    loop whose cancel was lost runs on. Bounded by `timeout`; returns how many still run."""
+    pending = {t for t in tasks if not t.done()}
+    deadline = asyncio.get_running_loop().time() + timeout
+    while pending:
+        for t in pending:
+            t.cancel()
+        remaining = deadline - asyncio.get_running_loop().time()
+        if remaining <= 0:
+            break
+        _, pending = await asyncio.wait(pending, timeout=min(0.1, remaining))
+    for t in tasks:
+        if t.done() and not t.cancelled():
+            t.exception()  # retrieved: a loop that failed as it stopped logs nothing more
+    return len(pending)
 
 
 def where(task: asyncio.Task[Any]) -> str:
