@@ -43,7 +43,7 @@ from presenced.pa.publish import Publications, PublishPolicy
 from presenced.pa.routing import Router, compile_script
 from presenced.pa.subscription import PRESENCE, Notifier, PaPolicy
 from presenced.registrar.bindings import RegistrarPolicy
-from presenced.services.alarm import drain_all, where
+from presenced.services.alarm import drain_all
 from presenced.services.cluster import ClusterReplica
 from presenced.services.dispatch import Dispatcher, SourceHandler
 from presenced.services.jabber import JabberGateway
@@ -65,6 +65,7 @@ from presenced.sip.message import Limits
 from presenced.sip.tokens import make_token
 from presenced.storage import Storage, open_storage
 from presenced.storage.redis import DEFAULT_PREFIX, split_prefix
+from presenced.tasks import where
 from presenced.transport.contact import ContactFor
 from presenced.transport.driver import Driver
 from presenced.transport.mirror import HepMirror

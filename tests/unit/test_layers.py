@@ -24,11 +24,12 @@ ALLOWED: dict[str, frozenset[str]] = {
     # The XCAP server: its sans-IO core and its aiohttp adapter, over the RulesStore port.
     "xcap": frozenset({"sip", "pa", "services"}),
     "sdnotify": frozenset(),  # systemd readiness (a datagram)
+    "tasks": frozenset(),  # stopping asyncio tasks, and where a stuck one waits
     "ping": frozenset({"sip", "config"}),  # `presenced ping`: the health check
-    "cluster": frozenset({"pa"}),  # the multi-node adapter on Redis: it stores the core's records
+    "cluster": frozenset({"pa", "tasks"}),  # the multi-node adapter on Redis: it stores the core's records
     # Services reach the network only through their ports (services/ports.py): no transport.
     "services": frozenset({"sip", "pa", "registrar", "jabber", "jabber.component", "config",
-                           "storage"}),
+                           "storage", "tasks"}),
 }
 # Of the adapters, services may use only the ports: the Storage protocol, and only through
 # services/ports.py (one place says what a service may ask of the outside world).

@@ -135,7 +135,7 @@ def test_a_background_follows_a_new_loop_once_the_old_one_closed() -> None:
 
 
 async def test_where_names_a_task_and_every_coroutine_it_awaits() -> None:
-    from presenced.services.alarm import where
+    from presenced.tasks import where
 
     gate = asyncio.Event()
 
@@ -216,7 +216,7 @@ async def test_cancel_and_wait_stops_a_loop_whose_cancel_wait_for_swallowed() ->
     """On Python 3.11 `asyncio.wait_for` returns the inner result when a cancel arrives as the
     inner call completes (redis-py awaits through it): one cancel is lost and a lease loop
     ran on, so a cluster node's stop waited forever. Cancelling again until it ends stops it."""
-    from presenced.services.alarm import cancel_and_wait
+    from presenced.tasks import cancel_and_wait
 
     loop = asyncio.get_running_loop()
     futures: list[asyncio.Future[None]] = []
@@ -239,7 +239,7 @@ async def test_cancel_and_wait_stops_a_loop_whose_cancel_wait_for_swallowed() ->
 
 
 async def test_cancel_and_wait_gives_up_on_a_task_that_refuses_at_its_bound() -> None:
-    from presenced.services.alarm import cancel_and_wait
+    from presenced.tasks import cancel_and_wait
 
     release = asyncio.Event()
 

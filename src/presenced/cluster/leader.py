@@ -29,7 +29,7 @@ from collections.abc import Awaitable, Callable
 
 from presenced.cluster.store import ClusterStore
 from presenced.pa.records import Subscription, decode_subscription
-from presenced.services.alarm import cancel_and_wait
+from presenced.tasks import cancel_and_wait
 
 log = logging.getLogger("presenced.cluster")
 

@@ -35,7 +35,7 @@ from presenced.pa.records import (
     decode_publication,
     encode_msgpack,
 )
-from presenced.services.alarm import cancel_and_wait
+from presenced.tasks import cancel_and_wait
 
 log = logging.getLogger("presenced.cluster")
 
